@@ -1,0 +1,128 @@
+"""The `medprobe` command line. User mistakes print one line and exit 2; nothing prints a traceback for them."""
+
+import argparse
+import logging
+import sys
+
+from medprobe.errors import MedprobeError
+
+
+def _add_data_args(parser):
+    parser.add_argument("--dataset", required=True, help="MedMNIST name, .npz file, image folder or CSV manifest")
+    parser.add_argument("--data-dir", help="folder holding MedMNIST npz files (else $MEDPROBE_DATA, else the user cache)")
+    parser.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224), help="MedMNIST image size")
+
+
+def _add_encoder_args(parser):
+    parser.add_argument("--encoder", default="efficientnet_lite0", help="registered encoder name (see `medprobe encoders`)")
+    parser.add_argument("--weights", help="local weights file or model folder, instead of the default source")
+    parser.add_argument("--cache-dir", help="embedding cache folder (default $MEDPROBE_CACHE, else the user cache)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="medprobe", description="Training-free medical image classification with frozen embeddings.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="embed, fit a probe, and report test AUC/ACC with 95%% CIs")
+    _add_data_args(run)
+    _add_encoder_args(run)
+    run.add_argument("--probe", default="logreg", help="logreg, svm or knn")
+    run.add_argument("--class-weight", choices=("balanced",), help="reweight classes inversely to their frequency")
+    run.add_argument("--out", default="medprobe-run", help="results folder (default ./medprobe-run)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+
+    embed = commands.add_parser("embed", help="only compute (and cache) the embeddings")
+    _add_data_args(embed)
+    _add_encoder_args(embed)
+
+    datasets = commands.add_parser("datasets", help="list MedMNIST datasets and which are present locally")
+    datasets.add_argument("--data-dir")
+    datasets.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224))
+
+    commands.add_parser("encoders", help="list registered encoders with status, dim and licence")
+    return parser
+
+
+def cmd_run(args):
+    from medprobe.pipeline import run
+    from medprobe.results import format_table
+
+    results = run(
+        args.dataset,
+        args.encoder,
+        args.probe,
+        out=args.out,
+        data_dir=args.data_dir,
+        size=args.size,
+        weights=args.weights,
+        class_weight=args.class_weight,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        progress=not args.quiet,
+    )
+    data = results["dataset"]
+    print(f"{data['name']} ({data['task']}, test n={data['n']['test']}) · {args.encoder} · {args.probe} {results['probe']['params']}")
+    print(format_table(results["metrics"]["test"]))
+    print(f"embedding {results['timings']['embed_s']:.1f} s ({'cache hit' if results['cache']['hit'] else 'computed'}); results in {args.out}/")
+
+
+def cmd_embed(args):
+    from medprobe.datasets import load_dataset
+    from medprobe.embed import embed
+    from medprobe.encoders import create_encoder
+
+    data = load_dataset(args.dataset, data_dir=args.data_dir, size=args.size)
+    encoder, transform = create_encoder(args.encoder, weights=args.weights)
+    result = embed(data, encoder, transform, cache_dir=args.cache_dir, use_cache=not args.no_cache, batch_size=args.batch_size, progress=not args.quiet)
+    print(f"{len(data)} images -> {result.vectors.shape[1]}-d in {result.seconds:.1f} s ({'cache hit' if result.from_cache else 'computed'})")
+    if result.path:
+        print(f"cache: {result.path}")
+
+
+def cmd_datasets(args):
+    from medprobe.datasets import medmnist_search_dirs, medmnist_table
+
+    table = medmnist_table()
+    dirs = medmnist_search_dirs(args.data_dir)
+    print(f"{'name':<16}{'task':<13}{'classes':>8}  {'licence':<13}local ({args.size} px)")
+    for name, meta in table.items():
+        file = meta["files"][str(args.size)]["file"]
+        where = next((str(d / file) for d in dirs if (d / file).is_file()), "not found (downloads on first use)")
+        print(f"{name:<16}{meta['task']:<13}{len(meta['label_names']):>8}  {meta['license']:<13}{where}")
+    print("\nAlso accepted: any MedMNIST-layout .npz, an image folder (class/ or split/class/), or a CSV with path,label[,split].")
+
+
+def cmd_encoders(args):
+    from medprobe.encoders import encoder_status, list_encoders
+
+    print(f"{'name':<24}{'dim':>6}  {'input':>5}  {'licence':<14}status")
+    for name, config in list_encoders().items():
+        print(f"{name:<24}{config.embed_dim:>6}  {config.input_size:>5}  {config.license:<14}{encoder_status(name)}")
+
+
+COMMANDS = {"run": cmd_run, "embed": cmd_embed, "datasets": cmd_datasets, "encoders": cmd_encoders}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="medprobe: %(message)s")
+    try:
+        COMMANDS[args.command](args)
+    except MedprobeError as e:
+        print(f"medprobe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medprobe: interrupted; finished cache shards are kept and the next run resumes from them", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

