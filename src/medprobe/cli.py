@@ -27,6 +27,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="embed, fit a probe, and report test AUC/ACC with 95%% CIs")
+    run.set_defaults(func=cmd_run)
     _add_data_args(run)
     _add_encoder_args(run)
     run.add_argument("--probe", default="logreg", help="logreg, svm or knn")
@@ -36,14 +37,20 @@ def build_parser():
     run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
 
     embed = commands.add_parser("embed", help="only compute (and cache) the embeddings")
+    embed.set_defaults(func=cmd_embed)
     _add_data_args(embed)
     _add_encoder_args(embed)
 
     datasets = commands.add_parser("datasets", help="list MedMNIST datasets and which are present locally")
+    datasets.set_defaults(func=cmd_datasets)
     datasets.add_argument("--data-dir")
     datasets.add_argument("--size", type=int, default=28, choices=(28, 64, 128, 224))
 
-    commands.add_parser("encoders", help="list registered encoders with status, dim and licence")
+    encoders = commands.add_parser("encoders", help="list registered encoders with status, dim and licence")
+    encoders.set_defaults(func=cmd_encoders)
+
+    # Further commands live beside the code they drive; each module's add_command(commands) adds its
+    # subparser with set_defaults(func=...). Keep this list one line per module.
     return parser
 
 
@@ -107,17 +114,16 @@ def cmd_encoders(args):
         print(f"{name:<24}{config.embed_dim:>6}  {config.input_size:>5}  {config.license:<14}{encoder_status(name)}")
 
 
-COMMANDS = {"run": cmd_run, "embed": cmd_embed, "datasets": cmd_datasets, "encoders": cmd_encoders}
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="medprobe: %(message)s")
     try:
-        COMMANDS[args.command](args)
+        args.func(args)
     except MedprobeError as e:
         print(f"medprobe: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `medprobe datasets | head`
+        return 0
     except KeyboardInterrupt:
         print("medprobe: interrupted; finished cache shards are kept and the next run resumes from them", file=sys.stderr)
         return 130
