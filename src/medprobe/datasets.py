@@ -289,12 +289,14 @@ def _make_missing_splits(dataset):
         if (splits == split).any():
             continue
         train = np.flatnonzero(splits == "train")
-        strata = dataset.labels[train] if dataset.labels.ndim == 1 else None
-        counts = np.bincount(strata) if strata is not None else None
-        if counts is not None and (counts[counts > 0] < 2).any():
-            strata = None  # a class with one image cannot be stratified
         fraction_of_train = fraction / (1 - TEST_FRACTION) if split == "val" and "test" in made else fraction
-        _, taken = train_test_split(train, test_size=fraction_of_train, random_state=SPLIT_SEED, stratify=strata)
+        n_taken = max(1, round(fraction_of_train * len(train)))
+        strata = dataset.labels[train] if dataset.labels.ndim == 1 else None
+        if strata is not None:
+            counts = np.bincount(strata)[np.unique(strata)]
+            if counts.min() < 2 or n_taken < len(counts):
+                strata = None  # too few images to stratify; a plain seeded draw is the honest fallback
+        _, taken = train_test_split(train, test_size=n_taken, random_state=SPLIT_SEED, stratify=strata)
         splits[taken] = split
         made[split] = f"stratified {len(taken)} images from train (seed {SPLIT_SEED})"
     dataset.splits = splits.astype(str)
