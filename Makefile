@@ -1,0 +1,22 @@
+# `make demo` and `make test` are the two README commands; each sets up everything it needs.
+PYTHON ?= python3
+VENV := .venv
+DATA ?= ../shared/data/medmnist
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $@
+
+# Headless Chromium renders the HTML report in its test (Debian package; skipped where it is already present).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "could not install chromium (needs root): the HTML report screenshot test will fail"
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/medprobe run --dataset retinamnist --data-dir $(DATA) --encoder efficientnet_lite0 --probe logreg --out runs/retinamnist
+
+test: $(VENV)/.installed chromium
+	$(VENV)/bin/python -m pytest
+
+.PHONY: demo test chromium
