@@ -31,6 +31,7 @@ class Transform:
             "input_size": c.input_size,
             "resize_mode": c.resize_mode,
             "crop_pct": c.crop_pct,
+            "resize_convention": c.resize_convention,
             "interpolation": c.interpolation,
             "mean": list(c.mean),
             "std": list(c.std),
@@ -45,15 +46,40 @@ class Transform:
         if self.config.resize_mode == "squash":
             image = image.resize((size, size), self.resample)
         else:
-            scale = size / self.config.crop_pct / min(image.size)
-            width, height = (max(size, round(d * scale)) for d in image.size)
+            convention = self.config.resize_convention
+            width, height = scaled_size(image.size, size, self.config.crop_pct, convention)
             image = image.resize((width, height), self.resample)
-            left, top = (width - size) // 2, (height - size) // 2
+            left, top = (crop_start(d - size, convention) for d in (width, height))
             image = image.crop((left, top, left + size, top + size))
         pixels = np.asarray(image, dtype=np.float32) / 255.0
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         return (pixels.transpose(2, 0, 1) - self.mean) / self.std
+
+
+def scaled_size(image_size, size, crop_pct, convention="medprobe"):
+    """(width, height) after scaling the shorter side of `image_size` to size / crop_pct.
+
+    "medprobe" rounds the longer side. "torchvision" (also open_clip and timm) and "hf" (transformers
+    image processors) set the shorter side to floor(size / crop_pct) and truncate the longer one, as
+    those libraries do, so the pixels match theirs exactly.
+
+    >>> scaled_size((300, 400), 224, 1.0, "torchvision")
+    (224, 298)
+    """
+    if convention == "medprobe":
+        scale = size / crop_pct / min(image_size)
+        return tuple(max(size, round(d * scale)) for d in image_size)
+    short = int(size / crop_pct)
+    width, height = image_size
+    if width <= height:
+        return short, int(short * height / width)
+    return int(short * width / height), short
+
+
+def crop_start(excess, convention="medprobe"):
+    """Offset of a centre crop that leaves `excess` pixels: torchvision rounds half to even, the others floor."""
+    return int(round(excess / 2.0)) if convention == "torchvision" else excess // 2
 
 
 def make_transform(config):

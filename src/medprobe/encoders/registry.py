@@ -26,6 +26,9 @@ class EncoderConfig:
     # "squash": resize straight to input_size x input_size (used for tiny images such as 28 px MedMNIST).
     resize_mode: str = "resize_crop"
     crop_pct: float = 1.0
+    # How "resize_crop" rounds, matching the library the weights were trained with: "medprobe",
+    # "torchvision" (also open_clip and timm) or "hf" (transformers); see transforms.scaled_size.
+    resize_convention: str = "medprobe"
     channels: int = 3
     source: str = ""
     weights: str = ""
