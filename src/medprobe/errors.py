@@ -28,3 +28,7 @@ class ProbeError(MedprobeError):
 
 class CacheError(MedprobeError):
     """A cache entry is corrupt or does not match what was asked for."""
+
+
+class ClusterError(MedprobeError):
+    """Ray is not installed, a cluster cannot be reached, or a distributed job lost work it could not redo."""

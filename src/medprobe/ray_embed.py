@@ -1,0 +1,216 @@
+"""The embedding step on Ray: the same cache shards, under the same key, from the same `embed_batch`.
+
+A thin adapter over `medprobe.embed`, in Ray Data's batch-inference pattern:
+
+    records (index, path, sha256) --decode_batch--> pixels --Embedder--> embeddings
+
+`decode_batch` is a plain function over `medprobe.embed.load_pixels`; `Embedder` loads the encoder
+once per actor and calls `encoder.embed_batch`, exactly as the local path does. The driver hashes
+the images, works out the content key, skips every shard the cache already holds (so a stopped job
+resumes), and writes each remaining Parquet shard as soon as all its rows are back.
+"""
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from medprobe.cache import SHARD_SIZE, CacheEntry, cache_key, cache_root
+from medprobe.embed import Embeddings, describe_job, image_digests, load_pixels
+from medprobe.encoders import create_encoder
+from medprobe.errors import ClusterError, MedprobeError
+
+LOCAL = "local"  # start a private Ray instance for the job; anything else is an address to attach to
+INSTALL_HINT = "--ray needs Ray Data, which is not installed: pip install 'medprobe[ray]'"
+
+
+def decode_batch(batch, images, transform):
+    """Preprocessing as a plain function: record indices in, the local path's float32 (B, C, H, W) pixels out."""
+    pixels = np.stack([load_pixels(images, transform, int(i)) for i in batch["index"]])
+    return {"index": batch["index"], "pixels": pixels}
+
+
+class Embedder:
+    """The model as a Ray Data callable class: the encoder loads once per actor, each call embeds one batch.
+
+    >>> embedder = Embedder("efficientnet_lite0")
+    >>> embedder({"index": np.arange(2), "pixels": pixels})["embedding"].shape
+    (2, 1280)
+    """
+
+    def __init__(self, encoder, weights=None, device="cpu"):
+        self.encoder, _ = create_encoder(encoder, weights=weights, device=device)
+
+    def __call__(self, batch):
+        pixels = np.require(batch["pixels"], np.float32, "CW")  # Ray hands out read-only views; torch warns on those
+        return {"index": batch["index"], "embedding": self.encoder.embed_batch(pixels)}
+
+
+def embed_on_ray(
+    dataset,
+    encoder="efficientnet_lite0",
+    weights=None,
+    address=LOCAL,
+    concurrency=None,
+    cache_dir=None,
+    use_cache=True,
+    batch_size=64,
+    progress=True,
+    device="cpu",
+):
+    """`medprobe.embed.embed` on a Ray cluster: same vectors, same cache entry, same resume behaviour.
+
+    `address` is "local" (a Ray started for this job), "auto" or "ray://head:10001"; when Ray is
+    already initialised in this process that session is used. `concurrency` is the number of
+    encoder actors (default: the cluster's CPUs minus one, left for decoding).
+
+    >>> embed_on_ray(load_dataset("ham.csv"), "efficientnet_lite0", address="auto").vectors.shape
+    (2000, 1280)
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    model, transform = create_encoder(encoder, weights=weights, device=device)  # lazy: the driver does not run it
+    images = dataset.images
+    digests = image_digests(images)
+    description = describe_job(model, transform)
+    key = cache_key(digests, description)
+    entry = CacheEntry(cache_root(cache_dir), model.config.name, key, description)
+    n = len(images)
+    n_shards = max(1, -(-n // SHARD_SIZE))
+    trusted = entry.verified_shards() if use_cache and entry.is_complete() else set(range(n_shards))
+
+    parts = {}
+    for shard in range(n_shards) if use_cache else ():
+        cached = entry.read_shard(shard, _stop(shard, n) - shard * SHARD_SIZE) if shard in trusted else None
+        if cached is not None:
+            parts[shard] = cached
+    todo = [shard for shard in range(n_shards) if shard not in parts]
+
+    bar = tqdm(total=n, desc=f"embedding with {model.config.name} on Ray", unit="img", disable=not progress or None)
+    bar.update(n - sum(_stop(s, n) - s * SHARD_SIZE for s in todo))
+    if todo:
+        ray = _import_ray()
+        with _session(ray, address):
+            batches = _pipeline(ray, dataset, digests, todo, encoder, weights, device, transform, concurrency, batch_size)
+            done = np.zeros(n, dtype=bool)
+            for batch in _raising_user_errors(batches):
+                index, vectors = batch["index"], batch["embedding"]
+                for shard in np.unique(index // SHARD_SIZE):
+                    start, stop = shard * SHARD_SIZE, _stop(shard, n)
+                    mine = index // SHARD_SIZE == shard
+                    part = parts.setdefault(shard, np.zeros((stop - start, vectors.shape[1]), np.float32))
+                    part[index[mine] - start] = vectors[mine]
+                    done[index[mine]] = True
+                    if use_cache and done[start:stop].all():
+                        entry.write_shard(shard, start, dataset.ids[start:stop], digests[start:stop], part)
+                bar.update(len(index))
+        missing = [s for s in todo if not done[s * SHARD_SIZE : _stop(s, n)].all()]
+        if missing:
+            raise ClusterError(f"the Ray job ended without returning every row of shards {missing}; run it again to finish them")
+    bar.close()
+    vectors = np.concatenate([parts[shard] for shard in range(n_shards)])
+    if use_cache and todo:
+        entry.finish(n_shards, n, vectors.shape[1])
+    return Embeddings(
+        vectors=vectors,
+        key=key,
+        path=str(entry.path) if use_cache else "",
+        from_cache=use_cache and not todo,
+        seconds=time.perf_counter() - started,
+        description=description,
+    )
+
+
+def _stop(shard, n):
+    return min(n, (shard + 1) * SHARD_SIZE)
+
+
+def _pipeline(ray, dataset, digests, todo, encoder, weights, device, transform, concurrency, batch_size):
+    """The Ray Data plan: one block of records per missing shard, then decode -> embed in a pool of actors."""
+    import pyarrow as pa
+
+    n = len(dataset.images)
+    blocks = []
+    for shard in todo:
+        rows = range(shard * SHARD_SIZE, _stop(shard, n))
+        blocks.append(
+            pa.table(
+                {
+                    "index": pa.array(rows, pa.int64()),
+                    "path": [dataset.images.describe(i) for i in rows],  # for people reading the plan; workers use index
+                    "sha256": digests[rows.start : rows.stop],
+                }
+            )
+        )
+    if concurrency is None:
+        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # Ray Data fuses the two steps into one actor per CPU, so pixels never cross the object store.
+    # File datasets ship only their paths to the workers; in-memory (npz) arrays go once into the object store.
+    # Failures use Ray Data's defaults: a task on a lost worker reruns (max_retries=3), a dead actor restarts
+    # and its in-flight batches rerun (max_restarts=-1, max_task_retries=-1). Ray 2.60 deprecates setting
+    # them per call, so they are left at those defaults; tests/test_ray.py kills an actor to hold them to it.
+    records = ray.data.from_arrow(blocks)
+    pixels = records.map_batches(
+        decode_batch,
+        fn_kwargs={"images": dataset.images, "transform": transform},
+        batch_size=batch_size,
+    )
+    embedded = pixels.map_batches(
+        Embedder,
+        fn_constructor_kwargs={"encoder": encoder, "weights": weights, "device": device},
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        batch_size=batch_size,
+    )
+    return embedded.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise ClusterError(INSTALL_HINT) from e
+    return ray
+
+
+@contextmanager
+def _session(ray, address):
+    """Use the process's Ray session if there is one; else start (LOCAL) or attach to one for this job only."""
+    context = ray.data.DataContext.get_current()
+    saved, context.enable_progress_bars = context.enable_progress_bars, False  # medprobe's own bar instead
+    owned = not ray.is_initialized()
+    try:
+        if owned:
+            _init(ray, address)
+        yield
+    finally:
+        context.enable_progress_bars = saved
+        if owned:
+            ray.shutdown()
+
+
+def _init(ray, address):
+    try:
+        if address == LOCAL:
+            ray.init(address=LOCAL, include_dashboard=False, logging_level="WARNING")
+        else:
+            ray.init(address=address, logging_level="WARNING")
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise ClusterError(
+            f"cannot attach to the Ray cluster at {address!r} ({e}); check the address "
+            "(e.g. auto, or ray://head:10001), or use --ray alone for a local Ray"
+        ) from e
+
+
+def _raising_user_errors(batches):
+    """Re-raise a medprobe error from a worker (an unreadable image) as itself, without Ray's wrapping."""
+    try:
+        yield from batches
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, MedprobeError):
+            cause = cause.__cause__ or getattr(cause, "cause", None)
+        if cause is None:
+            raise
+        raise cause from None
