@@ -53,3 +53,38 @@ def write_image_folder(root, classes=("a", "b"), per_class=6, splits=None, size=
                 pixels = np.clip(k * 120 + rng.integers(0, 60, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
     return root
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=None, signed=False, frames=None, **elements):
+    """A small uncompressed DICOM file; `elements` sets attributes such as RescaleSlope or WindowCenter."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    colour = pixels.shape[-1] == 3 and photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    shape = pixels.shape[:-1] if colour else pixels.shape
+    ds.Rows, ds.Columns = shape[-2:]
+    if frames:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    bits = 8 if pixels.dtype.itemsize == 1 else 16
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits_stored or bits
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(signed)
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
