@@ -1,0 +1,298 @@
+"""`medprobe baseline`: the conventional side, a ResNet-18 trained from scratch and measured on this machine.
+
+The protocol is MedMNIST v2's (Yang et al., Sci. Data 2023; github.com/MedMNIST/experiments):
+Adam at lr 1e-3, batch 128, 100 epochs, learning rate x0.1 at 50 % and 75 % of the epochs,
+cross-entropy (BCE-with-logits for multi-label), inputs scaled to [-1, 1], no augmentation,
+the checkpoint with the best validation AUC kept and scored once on test.
+
+- 28 px: MedMNIST's own ResNet-18 is the CIFAR-style variant (3x3 stride-1 first convolution,
+  no max-pool), so the 28 px image is not shrunk to 1 px before the last stage. We build it
+  from torchvision's resnet18(weights=None) by swapping conv1 for a 3x3 stride-1 convolution
+  and removing the max-pool; the rest is identical to MedMNIST's models.py.
+- 224 px: the stock torchvision resnet18(weights=None), fed the 28 px images upsampled with
+  nearest-neighbour interpolation, as MedMNIST v2 did. Images larger than the input size (an
+  image folder) are resized to it once, bilinearly.
+- Images are fed as RGB (grayscale replicated), as MedMNIST's `--as_rgb`; it only changes the
+  first convolution's input channels.
+
+Besides test AUC/ACC with bootstrap CIs it records wall and CPU seconds, so the bench can put
+a compute ratio next to each embedding probe. A run stopped before 100 epochs, by --epochs or
+by the wall-clock cap, is labelled capped.
+"""
+
+import copy
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medprobe import __version__
+from medprobe.cache import atomic_write_bytes
+from medprobe.costs import cpu_seconds
+from medprobe.errors import MedprobeError
+from medprobe.results import PREDICTIONS, RESULTS, SUMMARY, package_versions, write_json, write_predictions
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = {"optimizer": "Adam", "lr": 1e-3, "batch_size": 128, "epochs": 100, "lr_milestones": [0.5, 0.75], "lr_gamma": 0.1}
+CHECKPOINT = "best.pt"
+
+
+def build_resnet18(num_classes, size):
+    """ResNet-18 from scratch: CIFAR-style stem below 64 px (as MedMNIST at 28 px), torchvision's stem otherwise."""
+    from torch import nn
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    if size < 64:
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def load_pixels(dataset, size):
+    """uint8 (N, 3, S, S) for every record; S is the native size when it is at most `size`, else `size`."""
+    from PIL import Image
+
+    first = dataset.images.load(0)
+    native = first.size[0] if first.size[0] == first.size[1] else None
+    keep_native = native is not None and native <= size
+    out = None
+    for i in range(len(dataset)):
+        image = dataset.images.load(i).convert("RGB")
+        if not keep_native or image.size != (native, native):
+            if keep_native:
+                raise MedprobeError(f"{dataset.images.describe(i)} is {image.size}, the first image is {native}x{native}; "
+                                    "images of one dataset must share a size to be upsampled the MedMNIST way")
+            image = image.resize((size, size), Image.BILINEAR)
+        array = np.asarray(image).transpose(2, 0, 1)
+        if out is None:
+            out = np.empty((len(dataset), *array.shape), dtype=np.uint8)
+        out[i] = array
+    return out
+
+
+def _batch(pixels, rows, size):
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(pixels[rows]).float().div_(127.5).sub_(1.0)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="nearest")
+    return x
+
+
+def _scores(model, pixels, rows, size, task, batch_size=256):
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            logits = model(_batch(pixels, rows[start:start + batch_size], size))
+            out.append((torch.sigmoid(logits) if task == "multi-label" else torch.softmax(logits, dim=1)).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def train_baseline(
+    dataset,
+    out=None,
+    data_dir=None,
+    size=28,
+    epochs=PROTOCOL["epochs"],
+    max_minutes=None,
+    batch_size=PROTOCOL["batch_size"],
+    lr=PROTOCOL["lr"],
+    seed=0,
+    n_boot=1000,
+    progress=True,
+):
+    """Train ResNet-18 from scratch on `dataset` and score the best-val-AUC checkpoint on test.
+
+    >>> results = train_baseline("retinamnist", out="/tmp/baseline_retina", data_dir="../shared/data/medmnist")
+    >>> results["metrics"]["test"]["auc"], results["timings"]["train_cpu_s"]
+    """
+    import torch
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    from medprobe.datasets import load_dataset
+    from medprobe.metrics import evaluate, medmnist_acc, medmnist_auc
+
+    if size not in (28, 224):
+        log.warning("MedMNIST v2 trained at 28 and 224 px; %d px is outside its protocol", size)
+    if epochs < 1:
+        raise MedprobeError(f"--epochs must be at least 1, got {epochs}")
+    started, started_cpu = time.perf_counter(), cpu_seconds()
+    # MedMNIST's "224" models saw the 28 px images upsampled, so always read the 28 px file.
+    data = load_dataset(dataset, data_dir=data_dir, size=28)
+    pixels = load_pixels(data, size)
+    load_s = time.perf_counter() - started
+    train, val, test = (data.indices(s) for s in ("train", "val", "test"))
+    task, labels = data.task, data.labels
+    n_out = labels.shape[1] if task == "multi-label" else len(data.label_names)
+
+    torch.manual_seed(seed)
+    generator = np.random.default_rng(seed)
+    model = build_resnet18(n_out, size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    milestones = [int(f * epochs) for f in PROTOCOL["lr_milestones"]]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=PROTOCOL["lr_gamma"])
+    loss_fn = nn.BCEWithLogitsLoss() if task == "multi-label" else nn.CrossEntropyLoss()
+    target = torch.from_numpy(labels).float() if task == "multi-label" else torch.from_numpy(labels).long()
+
+    history, best = [], {"val_auc": -1.0, "epoch": None, "state": None}
+    capped_reason = f"--epochs {epochs} < the protocol's {PROTOCOL['epochs']}" if epochs < PROTOCOL["epochs"] else ""
+    train_started, train_started_cpu = time.perf_counter(), cpu_seconds()
+    bar = tqdm(range(epochs), desc=f"ResNet-18 {size} px on {data.name}", unit="epoch", disable=not progress or None)
+    for epoch in bar:
+        tick = time.perf_counter()
+        model.train()
+        order = generator.permutation(train)
+        losses = []
+        for start in range(0, len(order), batch_size):
+            rows = np.sort(order[start:start + batch_size])
+            if len(rows) < 2:  # BatchNorm cannot train on a single image
+                continue
+            optimizer.zero_grad()
+            loss = loss_fn(model(_batch(pixels, rows, size)), target[rows])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        scheduler.step()
+        val_scores = _scores(model, pixels, val, size, task)
+        val_auc, val_acc = medmnist_auc(labels[val], val_scores, task), medmnist_acc(labels[val], val_scores, task)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": val_auc, "val_acc": val_acc,
+                        "seconds": round(time.perf_counter() - tick, 3)})
+        if val_auc > best["val_auc"]:
+            best = {"val_auc": val_auc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            if out is not None:
+                _save_checkpoint(Path(out) / CHECKPOINT, best, size, n_out)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_auc=f"{val_auc:.3f}", best=best["epoch"])
+        elapsed = time.perf_counter() - train_started
+        if max_minutes is not None and epoch + 1 < epochs and elapsed + history[-1]["seconds"] > 60 * max_minutes:
+            capped_reason = f"wall-clock cap of {max_minutes:g} min reached after {epoch + 1} of {epochs} epochs"
+            log.warning("baseline: %s", capped_reason)
+            break
+    bar.close()
+    train_s, train_cpu_s = time.perf_counter() - train_started, cpu_seconds() - train_started_cpu
+
+    model.load_state_dict(best["state"])
+    tick, tick_cpu = time.perf_counter(), cpu_seconds()
+    test_scores = _scores(model, pixels, test, size, task)
+    metrics = {
+        "val": evaluate(labels[val], _scores(model, pixels, val, size, task), task, data.label_names, n_boot, seed),
+        "test": evaluate(labels[test], test_scores, task, data.label_names, n_boot, seed),
+    }
+    epochs_done = len(history)
+    results = {
+        "medprobe": __version__,
+        "kind": "baseline",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": data.describe(),
+        "method": {
+            "name": f"resnet18_{size}",
+            "description": f"ResNet-18 trained from scratch at {size} px, MedMNIST v2 protocol",
+            "stem": "3x3 stride-1 conv1, no max-pool (MedMNIST 28 px)" if size < 64 else "torchvision stock (7x7 stride-2, max-pool)",
+            "input": "28 px images upsampled (nearest)" if size > pixels.shape[-1] else f"{pixels.shape[-1]} px",
+        },
+        "training": {
+            **PROTOCOL,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "size": size,
+            "epochs_done": epochs_done,
+            "protocol_epochs": PROTOCOL["epochs"],
+            "capped": epochs_done < PROTOCOL["epochs"],
+            "capped_reason": capped_reason if epochs_done < PROTOCOL["epochs"] else "",
+            "max_minutes": max_minutes,
+            "best_epoch": best["epoch"],
+            "best_val_auc": best["val_auc"],
+            "selection": "best val AUC (MedMNIST) over epochs",
+            "threads": torch.get_num_threads(),
+            "history": history,
+        },
+        "metrics": metrics,
+        "timings": {
+            "load_s": load_s,
+            "train_s": train_s,
+            "train_cpu_s": train_cpu_s,
+            "train_images_per_s": epochs_done * len(train) / train_s,
+            "evaluate_s": time.perf_counter() - tick,
+            "evaluate_cpu_s": cpu_seconds() - tick_cpu,
+            "total_s": time.perf_counter() - started,
+            "total_cpu_s": cpu_seconds() - started_cpu,
+        },
+        "seed": seed,
+        "versions": package_versions(),
+    }
+    if out is not None:
+        out = Path(out)
+        write_predictions(out / PREDICTIONS, data.ids[test], labels[test], test_scores, data.label_names, task)
+        write_json(out / RESULTS, results)
+        atomic_write_bytes(out / SUMMARY, summary_markdown(results).encode())
+    return results
+
+
+def _save_checkpoint(path, best, size, n_out):
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"state_dict": best["state"], "epoch": best["epoch"], "val_auc": best["val_auc"], "size": size,
+                "num_classes": n_out, "arch": "resnet18"}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def summary_markdown(results):
+    test, training, timings = results["metrics"]["test"], results["training"], results["timings"]
+    capped = f" **CAPPED**: {training['capped_reason']}." if training["capped"] else ""
+    return "\n".join([
+        f"# {results['dataset']['name']} · {results['method']['description']}",
+        "",
+        f"{training['epochs_done']} of {training['epochs']} epochs, best val AUC {training['best_val_auc']:.3f} at epoch "
+        f"{training['best_epoch']}.{capped}",
+        "",
+        "| metric | value | 95 % CI |",
+        "|---|---|---|",
+        f"| AUC (MedMNIST) | {test['auc']:.3f} | {test['auc_ci'][0]:.3f}–{test['auc_ci'][1]:.3f} |",
+        f"| ACC (MedMNIST) | {test['acc']:.3f} | {test['acc_ci'][0]:.3f}–{test['acc_ci'][1]:.3f} |",
+        "",
+        f"Training: {timings['train_s']:.0f} s wall, {timings['train_cpu_s']:.0f} CPU s "
+        f"({timings['train_images_per_s']:.0f} img/s, {training['threads']} threads).",
+        "",
+    ])
+
+
+def add_command(commands):
+    parser = commands.add_parser("baseline", help="train ResNet-18 from scratch (MedMNIST v2 protocol) and measure its cost")
+    parser.set_defaults(func=cmd_baseline)
+    parser.add_argument("--dataset", required=True, help="MedMNIST name, .npz file, image folder or CSV manifest")
+    parser.add_argument("--data-dir", help="folder holding MedMNIST npz files (else $MEDPROBE_DATA, else the user cache)")
+    parser.add_argument("--size", type=int, default=28, choices=(28, 224), help="network input size (224 = 28 px upsampled)")
+    parser.add_argument("--epochs", type=int, default=PROTOCOL["epochs"], help="epochs (protocol: 100; fewer is labelled capped)")
+    parser.add_argument("--max-minutes", type=float, help="wall-clock cap; training stops at the last epoch that fits")
+    parser.add_argument("--batch-size", type=int, default=PROTOCOL["batch_size"])
+    parser.add_argument("--lr", type=float, default=PROTOCOL["lr"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--out", default="medprobe-baseline", help="results folder (default ./medprobe-baseline)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_baseline(args):
+    from medprobe.results import format_table
+
+    results = train_baseline(
+        args.dataset, out=args.out, data_dir=args.data_dir, size=args.size, epochs=args.epochs, max_minutes=args.max_minutes,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet,
+    )
+    training, timings = results["training"], results["timings"]
+    print(f"{results['dataset']['name']} · {results['method']['description']} · {training['epochs_done']} epochs"
+          + (f" (CAPPED: {training['capped_reason']})" if training["capped"] else ""))
+    print(format_table(results["metrics"]["test"]))
+    print(f"training {timings['train_s']:.0f} s wall, {timings['train_cpu_s']:.0f} CPU s; results in {args.out}/")
