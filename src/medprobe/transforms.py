@@ -70,7 +70,8 @@ def scaled_size(image_size, size, crop_pct, convention="medprobe"):
     if convention == "medprobe":
         scale = size / crop_pct / min(image_size)
         return tuple(max(size, round(d * scale)) for d in image_size)
-    short = int(size / crop_pct)
+    # floor like timm's scale_size; the epsilon keeps 224 / (224 / 256) at 256 despite float error
+    short = int(size / crop_pct + 1e-6)
     width, height = image_size
     if width <= height:
         return short, int(short * height / width)
