@@ -42,12 +42,19 @@ class EncoderConfig:
 _CONFIGS: dict[str, EncoderConfig] = {}
 _LOADERS = {}
 _AVAILABILITY = {}
+_VARIANTS = {}
 
 
-def register_family(family, loader, availability):
-    """Register a family's loader `(config, weights_path, device) -> encoder` and its offline check."""
+def register_family(family, loader, availability, variant=None):
+    """Register a family's loader `(config, weights_path, device) -> encoder` and its offline check.
+
+    `variant(config, suffix) -> config` resolves names such as `clip_vit_b16@pre` (features before
+    CLIP's projection); the suffix ends up in the config's name, so in results and the cache key.
+    """
     _LOADERS[family] = loader
     _AVAILABILITY[family] = availability
+    if variant is not None:
+        _VARIANTS[family] = variant
 
 
 def register_encoder(config):
@@ -63,9 +70,15 @@ def list_encoders():
 def get_config(name):
     """The registered config of one encoder (a fused name 'a+b' is not a single config)."""
     _import_families()
-    if name not in _CONFIGS:
-        raise EncoderError(unknown_name_message("encoder", name, _CONFIGS))
-    return _CONFIGS[name]
+    base, _, suffix = name.partition("@")
+    if base not in _CONFIGS:
+        raise EncoderError(unknown_name_message("encoder", base, _CONFIGS))
+    config = _CONFIGS[base]
+    if not suffix:
+        return config
+    if config.family not in _VARIANTS:
+        raise EncoderError(f"{base} has no '@' variants; '@pre' selects features before the projection of CLIP-style encoders only")
+    return _VARIANTS[config.family](config, suffix)
 
 
 def encoder_status(name):
@@ -91,3 +104,4 @@ def create_encoder(name, weights=None, device="cpu"):
 def _import_families():
     # Families register themselves on import; importing here (not at package import) keeps `import medprobe` light.
     from medprobe.encoders import efficientnet_lite  # noqa: F401
+    from medprobe.encoders import hf_vision, open_clip_family, torchvision_resnet  # noqa: F401
