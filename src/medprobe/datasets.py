@@ -10,7 +10,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from medprobe._names import unknown_name_message
 from medprobe.errors import DatasetError
-from medprobe.images import IMAGE_SUFFIXES, ArrayImages, FileImages
+from medprobe.images import ArrayImages, FileImages, is_image_file
 
 SPLITS = ("train", "val", "test")
 TASKS = ("binary", "multi-class", "ordinal", "multi-label")
@@ -50,6 +50,14 @@ class Dataset:
         """JSON-ready description recorded in results."""
         counts = {s: int((self.splits == s).sum()) for s in SPLITS}
         return {"name": self.name, "task": self.task, "label_names": list(self.label_names), "n": counts, **self.info}
+
+    def subset(self, rows, check=True):
+        """The same dataset restricted to `rows` (e.g. without unreadable images), checked again unless check=False."""
+        rows = np.asarray(rows, dtype=np.int64)
+        kept = replace(self, ids=self.ids[rows], splits=self.splits[rows], labels=self.labels[rows], images=self.images.subset(rows), info=dict(self.info))
+        if check:
+            _check(kept)
+        return kept
 
 
 def load_dataset(spec, data_dir=None, size=28, download=True):
@@ -213,7 +221,7 @@ def _from_folder(root):
     has_splits = bool(children) and children <= set(SPLITS)
     rows = []
     for path in sorted(root.rglob("*")):
-        if path.is_file() and (path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() == ".dcm"):
+        if path.is_file() and is_image_file(path):
             parts = path.relative_to(root).parts
             if len(parts) != (3 if has_splits else 2):
                 raise DatasetError(
@@ -229,26 +237,28 @@ def _from_csv(path):
     """Columns `path,label` and an optional `split`; paths are relative to the CSV's folder."""
     if not path.is_file():
         raise DatasetError(f"{path}: CSV manifest not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        if not {"path", "label"} <= set(columns):
-            raise DatasetError(f"{path}: the header must have columns path,label (and optionally split); got {columns}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}, row {line}"
-            if not (row.get("path") or "").strip():
-                raise DatasetError(f"{where}: empty path")
-            label = (row.get("label") or "").strip()
-            if not label:
-                raise DatasetError(f"{where}: missing label for {row['path']}")
-            split = (row.get("split") or "").strip().lower()
-            if split and split not in SPLITS:
-                raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)} or empty, got {split!r}")
-            image = path.parent / row["path"].strip()
-            if not image.is_file():
-                raise DatasetError(f"{where}: image {image} does not exist (paths are relative to the CSV's folder)")
-            rows.append((image, label, split))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            records = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a readable UTF-8 CSV file ({e})") from e
+    if not {"path", "label"} <= set(columns):
+        raise DatasetError(f"{path}: the header must have columns path,label (and optionally split); got {columns}")
+    rows = []
+    for line, row in enumerate(records, start=2):
+        where = f"{path}, row {line}"
+        if not (row.get("path") or "").strip():
+            raise DatasetError(f"{where}: empty path")
+        label = (row.get("label") or "").strip()
+        if not label:
+            raise DatasetError(f"{where}: missing label for {row['path']}")
+        split = (row.get("split") or "").strip().lower()
+        if split and split not in SPLITS:
+            raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)} or empty, got {split!r}")
+        # A missing image is reported by the pre-scan together with every other unreadable file (medprobe.scan).
+        rows.append((path.parent / row["path"].strip(), label, split))
     if not rows:
         raise DatasetError(f"{path}: the manifest has no rows")
     return _from_rows(path.stem, rows, path.parent, source="csv")
@@ -262,7 +272,7 @@ def _from_rows(name, rows, root, source):
         name=name,
         task="binary" if len(label_names) == 2 else "multi-class",
         label_names=label_names,
-        ids=np.array([str(Path(p).relative_to(root)) for p in paths]),
+        ids=np.array([os.path.relpath(p, root) for p in paths]),
         splits=np.array(splits, dtype=object),
         labels=np.array([index[label] for label in label_strings], dtype=np.int64),
         images=FileImages(paths),
@@ -273,7 +283,10 @@ def _from_rows(name, rows, root, source):
 
 
 def _natural_key(label):
-    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+    try:
+        return (0, int(label), label)
+    except ValueError:
+        return (1, 0, label)
 
 
 # --- splits and checks ---------------------------------------------------------------------------

@@ -30,5 +30,9 @@ class CacheError(MedprobeError):
     """A cache entry is corrupt or does not match what was asked for."""
 
 
+class ModelError(MedprobeError):
+    """A saved probe is missing, damaged, tampered with, or fitted on an encoder this installation lacks."""
+
+
 class ClusterError(MedprobeError):
     """Ray is not installed, a cluster cannot be reached, or a distributed job lost work it could not redo."""
