@@ -16,7 +16,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SHARD_SIZE = 512
+# Rows per committed shard: the most work a kill can lose. $MEDPROBE_SHARD_SIZE lowers it (tests use it to kill mid-run).
+SHARD_SIZE = int(os.environ.get("MEDPROBE_SHARD_SIZE", "512"))
 # A leading underscore makes pyarrow, pandas and polars skip it when reading the folder as a dataset.
 MANIFEST = "_manifest.json"
 
@@ -123,9 +124,16 @@ class CacheEntry:
 
     def verified_shards(self):
         """Shard numbers whose bytes still match the manifest; a mismatch is logged and the shard is redone."""
-        manifest = json.loads((self.path / MANIFEST).read_text())
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+            records = list(enumerate(manifest["shards"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # A damaged manifest proves nothing: every shard is checked again by its Parquet footer and page checksums.
+            log.warning("cache manifest %s is corrupt (%s); checking every shard again", self.path / MANIFEST, e)
+            (self.path / MANIFEST).unlink(missing_ok=True)
+            return {int(p.stem.split("-")[-1]) for p in self.path.glob("part-*.parquet") if p.stem.split("-")[-1].isdigit()}
         good = set()
-        for shard, record in enumerate(manifest["shards"]):
+        for shard, record in records:
             path = self.path / record["file"]
             if path.is_file() and file_sha256(path) == record["sha256"]:
                 good.add(shard)

@@ -9,6 +9,7 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.cache import SHARD_SIZE, CacheEntry, cache_key, cache_root
+from medprobe.images import DECODING
 
 
 @dataclass
@@ -36,6 +37,7 @@ def describe_job(encoder, transform):
     return {
         "encoder": encoder.config.to_dict(),
         "preprocessing": transform.policy,
+        "decoding": DECODING,  # how files become pixels (medprobe.images); a change must not reuse old embeddings
         "runtime": getattr(encoder, "runtime", {}),
         "medprobe": __version__,
     }
