@@ -121,7 +121,10 @@ def _build(folder):
     import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(folder)
+    try:
+        model = AutoModel.from_pretrained(folder)
+    except Exception as e:  # transformers and safetensors raise many types for a wrong or corrupt folder
+        raise EncoderError(f"{folder}: transformers could not load a model from it ({type(e).__name__}: {e})") from e
 
     class PooledOutput(torch.nn.Module):
         def __init__(self, net):
