@@ -146,11 +146,12 @@ def _resolve_dataset(entry, base, data_dir, size):
         raise BenchConfigError(f"bench config: each dataset is a name/path or a mapping with a 'dataset' key, got {entry!r}")
     _check_keys(entry, _DATASET_KEYS, f"bench config dataset {entry.get('dataset')!r}")
     spec = str(entry["dataset"])
-    if _looks_like_path(spec):
+    is_path = _looks_like_path(spec) or (base / spec).exists()
+    if is_path:
         spec = _resolve_path(spec, base)
-    default_name = Path(spec).stem if _looks_like_path(spec) else spec.lower()
+    default_name = Path(spec).stem if is_path else spec.lower()
     references = reference_rows()
-    medmnist_name = None if _looks_like_path(spec) else spec.lower()
+    medmnist_name = None if is_path else spec.lower()
     reference = entry.get("reference", medmnist_name if medmnist_name in {r["dataset"] for r in references} else None)
     if reference is not None and reference not in {r["dataset"] for r in references}:
         raise BenchConfigError(unknown_name_message("reference dataset", reference, {r["dataset"] for r in references}).split(" (run")[0])

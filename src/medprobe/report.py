@@ -385,7 +385,9 @@ def _run_figures(page, run, slug):
         page.figure(reliability_figure(labels, scores, task, f"Reliability · {title}"), f"Reliability diagram, {title}",
                     save_as=f"{slug}_reliability.png"),
     ]
-    if (run["path"] / PROJECTION).is_file():
+    if r.get("kind") == "baseline":
+        pass  # trained end to end: there is no frozen embedding to map
+    elif (run["path"] / PROJECTION).is_file():
         figs.append(page.figure(embedding_figure(read_projection(run["path"] / PROJECTION), title), f"Embedding map, {title}"))
     else:
         figs.append(f"<p class='muted'>No {PROJECTION} in {_esc(run['path'])}; the embedding map needs a run made with this version.</p>")
