@@ -11,6 +11,8 @@ from medprobe.cache import atomic_write_bytes
 RESULTS = "results.json"
 PREDICTIONS = "predictions.csv"
 SUMMARY = "summary.md"
+PROJECTION = "embedding_2d.csv"  # the test embeddings in 2-D, so a report can draw the map without the vectors
+PROJECTIONS = ("pca", "tsne", "umap")
 
 
 def package_versions():
@@ -43,6 +45,42 @@ def write_predictions(path, ids, labels, scores, label_names, task):
     for row_id, label, score in zip(ids, labels, scores):
         truth = list(label) if task == "multi-label" else [label]
         writer.writerow([row_id, *truth, *(f"{s:.6g}" for s in score)])
+    atomic_write_bytes(path, out.getvalue().encode())
+
+
+def project_2d(vectors, method="pca", seed=0):
+    """(N, 2) coordinates of `vectors`: PCA, t-SNE (scikit-learn) or UMAP (needs umap-learn)."""
+    from medprobe.errors import MedprobeError
+
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(2, random_state=seed).fit_transform(vectors)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, init="pca", perplexity=min(30.0, max(2.0, (len(vectors) - 1) / 3)), random_state=seed).fit_transform(vectors)
+    if method == "umap":
+        try:
+            import umap
+        except ImportError as e:
+            raise MedprobeError("projection 'umap' needs umap-learn (pip install umap-learn); or use pca or tsne") from e
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(vectors)
+    raise MedprobeError(f"projection must be one of {', '.join(PROJECTIONS)}, got {method!r}")
+
+
+def write_projection(path, ids, labels, vectors, label_names, task, method="pca", seed=0):
+    """id, label, x, y for each test image, and the method in a column, so the report never needs the vectors."""
+    xy = project_2d(vectors, method, seed) if len(vectors) > 2 else [[0.0, 0.0]] * len(vectors)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["id", "label", "x", "y", "method"])
+    for row_id, label, (x, y) in zip(ids, labels, xy):
+        if task == "multi-label":
+            name = "+".join(n for n, on in zip(label_names, label) if on) or "none"
+        else:
+            name = label_names[label]
+        writer.writerow([row_id, name, f"{x:.5g}", f"{y:.5g}", method])
     atomic_write_bytes(path, out.getvalue().encode())
 
 
