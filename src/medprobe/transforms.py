@@ -23,6 +23,9 @@ class Transform:
         self.resample = _RESAMPLE[config.interpolation]
         self.mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
         self.std = np.asarray(config.std, dtype=np.float32)[:, None, None]
+        # (x / 255 - mean) / std folded into one multiply and one subtract: same values to ~1 ulp, 3x less memory traffic
+        self.scale = (1.0 / (255.0 * self.std)).astype(np.float32)
+        self.shift = (self.mean / self.std).astype(np.float32)
 
     @property
     def policy(self):
@@ -51,10 +54,13 @@ class Transform:
             image = image.resize((width, height), self.resample)
             left, top = (crop_start(d - size, convention) for d in (width, height))
             image = image.crop((left, top, left + size, top + size))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = np.asarray(image)
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
-        return (pixels.transpose(2, 0, 1) - self.mean) / self.std
+        out = pixels.transpose(2, 0, 1).astype(np.float32, order="C")  # one pass: uint8 HWC -> float32 CHW
+        out *= self.scale
+        out -= self.shift
+        return out
 
 
 def scaled_size(image_size, size, crop_pct, convention="medprobe"):

@@ -1,6 +1,30 @@
-"""The one encoder class every PyTorch family returns: a frozen module that maps pixels to pooled features."""
+"""The one encoder class every PyTorch family returns: a frozen module that maps pixels to pooled features.
+
+It also picks how the module runs (its *runtime*):
+
+| runtime | precision | what runs |
+|---|---|---|
+| `auto` (default) | fp32 | ONNX Runtime for jobs of AUTO_ONNX_MIN_IMAGES or more (once exported), else PyTorch eager |
+| `torch` | fp32 | PyTorch eager: the reference every other runtime is checked against |
+| `onnx` | fp32 | ONNX Runtime, CPU |
+| `bf16` | bf16 | PyTorch autocast, channels-last (opt-in: approximate) |
+| `int8` | int8 | ONNX Runtime, static int8 quantisation calibrated on the first batch (opt-in: approximate) |
+
+fp32 runtimes agree to ~1e-6 and share cache entries; bf16 and int8 each get their own (see `runtime`).
+"""
+
+import logging
 
 import numpy as np
+
+from medprobe.errors import EncoderError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "onnx", "bf16", "int8")
+APPROXIMATE = ("bf16", "int8")
+# Below this many images, exporting to ONNX (a few seconds) costs more than it saves, unless already exported.
+AUTO_ONNX_MIN_IMAGES = 256
 
 
 class TorchEncoder:
@@ -8,13 +32,47 @@ class TorchEncoder:
 
     `build` is a zero-argument callable that loads the network. It runs on first use, so a
     run whose embeddings are all cached never imports torch or reads the weights.
+
+    >>> encoder = TorchEncoder(config, build, runtime="onnx")
+    >>> encoder.embed_batch(pixels).shape
+    (64, 1280)
     """
 
-    def __init__(self, config, build, device="cpu"):
+    def __init__(self, config, build, device="cpu", runtime="auto"):
         self.config = config
-        self.device = device
+        self.device = str(device)
         self._build = build
         self._module = None
+        self.mode = check_runtime(runtime, self.device)
+        self.artifacts = None  # folder for exported graphs; embed() points it at the cache folder
+        self.planned_images = None  # how many images the coming job embeds; decides `auto`
+        self.backend = None  # what actually runs, once the first batch has been embedded
+        self.guard = None  # {"images": n, "min_cosine": c} of the fast backend against fp32 eager
+        self._run = None
+        self._fingerprint = None
+
+    @property
+    def runtime(self):
+        """What changes the numbers beyond fp32 rounding; hashed into the cache key by `describe_job`.
+
+        All fp32 backends share one entry (ONNX Runtime equals eager to ~1e-6), so a fallback never
+        changes the key; bf16 and int8 embeddings never share an entry with fp32 or each other.
+        """
+        if self.mode == "bf16":
+            return {"precision": "bf16", "backend": "torch.autocast", "memory_format": "channels_last"}
+        if self.mode == "int8":
+            return {"precision": "int8", "backend": "onnxruntime", "quantization": "static QDQ per-channel, calibrated on the first batch"}
+        return {"precision": "fp32"}
+
+    def runtime_info(self):
+        """The runtime, the backend that actually ran and the guard's verdict, for results files."""
+        return {**self.runtime, "mode": self.mode, "backend": self.backend, "guard": self.guard}
+
+    def prepare(self, n_images=None, artifacts=None):
+        """Tell the encoder how big the coming job is and where exported graphs may be cached."""
+        self.planned_images = n_images
+        if artifacts is not None:
+            self.artifacts = artifacts
 
     @property
     def module(self):
@@ -28,9 +86,142 @@ class TorchEncoder:
         return self._module
 
     def embed_batch(self, pixels):
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if self._run is None:
+            self._start(pixels)
+        return self._run(pixels)
+
+    def reference_batch(self, pixels):
+        """fp32 PyTorch eager: the reference every fast runtime is checked against."""
         import torch
 
         module = self.module
         with torch.inference_mode():
             batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
             return module(batch).float().cpu().numpy()
+
+    # --- choosing and checking the backend ------------------------------------------------------------
+
+    def _start(self, pixels):
+        run, backend = self._fast_backend(pixels)
+        if run is None:
+            self._run, self.backend = self.reference_batch, f"torch eager fp32 ({self.device})"
+            return
+        self._run, self.backend = run, backend
+        from medprobe.encoders.runtimes import GUARD_IMAGES
+
+        self._check(pixels[:GUARD_IMAGES])
+
+    def _fast_backend(self, pixels):
+        """(run, description) for the chosen fast mode, or (None, None) for plain eager."""
+        if self.mode == "torch" or (self.mode == "auto" and self.device != "cpu"):
+            return None, None
+        if self.mode == "bf16":
+            return self._bf16_backend()
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            log.warning("onnxruntime is not installed; embedding with PyTorch eager fp32 instead (3-5x slower): pip install onnxruntime")
+            return None, None
+        if self.mode == "auto" and not self._worth_exporting():
+            return None, None
+        try:
+            return self._onnx_backend(pixels)
+        except Exception as e:  # an exporter or runtime gap for this architecture: eager still gives the right answer
+            log.warning("ONNX Runtime cannot run %s (%s: %s); embedding with PyTorch eager fp32 instead", self.config.name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            return None, None
+
+    def _worth_exporting(self):
+        if self.planned_images is not None and self.planned_images >= AUTO_ONNX_MIN_IMAGES:
+            return True
+        return self._onnx_path().is_file()  # exported by an earlier, larger job: free to reuse
+
+    def _onnx_path(self):
+        from medprobe.encoders import runtimes
+
+        if self._fingerprint is None:
+            self._fingerprint = runtimes.weights_fingerprint(self.module)
+        return runtimes.onnx_file(self._artifact_folder(), self.config, self._fingerprint)
+
+    def _onnx_backend(self, pixels):
+        from medprobe.encoders import runtimes
+
+        folder = self._artifact_folder()
+        path = self._onnx_path()
+        if not path.is_file():
+            log.info("exporting %s to ONNX (once; cached in %s)", self.config.name, folder)
+            runtimes.export_onnx(self.module, self.config, path)
+        if self.mode == "int8":
+            import hashlib
+
+            calibration = pixels[:64]
+            seed = hashlib.sha256(calibration.tobytes()).hexdigest()
+            fp32_path = path
+            path = runtimes.onnx_file(folder, self.config, self._fingerprint, "int8", seed)
+            if not path.is_file():
+                log.info("quantising %s to int8 on %d calibration images", self.config.name, len(calibration))
+                runtimes.quantize_int8(fp32_path, calibration, path)
+        session = runtimes.ort_session(path)
+        name = session.get_inputs()[0].name
+
+        def run(batch):
+            return np.asarray(session.run(None, {name: batch})[0], dtype=np.float32)
+
+        import onnxruntime
+
+        precision = "int8" if self.mode == "int8" else "fp32"
+        return run, f"onnxruntime {onnxruntime.__version__} {precision} (cpu, {runtimes.usable_cores()} threads)"
+
+    def _bf16_backend(self):
+        import torch
+
+        module = self.module.to(memory_format=torch.channels_last)
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+
+        def run(batch):
+            with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16):
+                tensor = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+                return module(tensor).float().cpu().numpy()
+
+        return run, f"torch {torch.__version__} bf16 autocast, channels-last ({self.device})"
+
+    def _artifact_folder(self):
+        from medprobe.cache import cache_root
+
+        return (self.artifacts if self.artifacts is not None else cache_root()) / "_onnx"
+
+    def _check(self, pixels):
+        """The exactness guard: the fast backend against fp32 eager on the first images of the job."""
+        from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
+
+        cosine = min_cosine(self._run(pixels), self.reference_batch(pixels))
+        self.guard = {"images": len(pixels), "min_cosine": round(cosine, 6)}
+        if cosine >= MIN_COSINE:
+            return
+        if self.mode in APPROXIMATE:
+            log.warning("%s embeddings differ from fp32 (min cosine %.4f < %.3f on the first %d images); AUCs may shift slightly", self.mode, cosine, MIN_COSINE, len(pixels))
+            return
+        log.warning("%s disagrees with PyTorch fp32 (min cosine %.4f < %.3f); embedding with PyTorch eager fp32 instead", self.backend, cosine, MIN_COSINE)
+        self._run, self.backend = self.reference_batch, f"torch eager fp32 ({self.device}; fast path failed the guard)"
+
+
+def check_runtime(runtime, device):
+    """Validate a runtime name against the device; a CUDA request without a usable GPU is an error, not a slow run."""
+    if runtime not in RUNTIMES:
+        raise EncoderError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if device == "cpu":
+        return runtime
+    if not device.startswith("cuda"):
+        raise EncoderError(f"unknown device {device!r}: use 'cpu' or 'cuda' (or 'cuda:N')")
+    if runtime in ("onnx", "int8"):
+        raise EncoderError(f"--runtime {runtime} runs on the CPU only; with --device {device} use --runtime auto, torch or bf16")
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU or driver is visible"
+        raise EncoderError(f"--device {device} was asked for, but {why} (torch {torch.__version__}); use --device cpu")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise EncoderError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return runtime
+
