@@ -85,7 +85,7 @@ def embed(dataset, encoder, transform, cache_dir=None, use_cache=True, batch_siz
         encoder.prepare(n_images=computed, artifacts=root)
 
     # Decoding runs one batch ahead in a thread while the encoder works; each shard is written the moment it completes.
-    batches = [(shard, b, min(stop, b + batch_size)) for shard in todo for b in range(shards[shard][0], shards[shard][1], batch_size)]
+    batches = [(shard, b, min(shards[shard][1], b + batch_size)) for shard in todo for b in range(shards[shard][0], shards[shard][1], batch_size)]
     for (shard, b, e), pixels in prefetch(images, transform, batches):
         out.put(b, encoder.embed_batch(pixels))
         bar.update(e - b)
