@@ -1,0 +1,105 @@
+"""`medprobe fit --save` then `medprobe predict` on real images, checked against in-process predictions;
+and determinism: the same inputs and seed give bit-identical embeddings, probe and metrics."""
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medprobe.cli import main
+from medprobe.datasets import Dataset, load_dataset
+from medprobe.embed import embed
+from medprobe.encoders import create_encoder
+from medprobe.images import FileImages
+from medprobe.pipeline import run
+from medprobe.probes import fit_probe
+
+HAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_melnv"
+
+
+def real_folder(target, split, per_class, skip=0):
+    for cls in ("mel", "nv"):
+        files = sorted((HAM / split / cls).glob("*.jpg"))[skip : skip + per_class]
+        if len(files) < per_class:
+            pytest.fail(f"real data not found at {HAM}")
+        (target / cls).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, target / cls / f.name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def fitted_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    folder = real_folder(root / "train", "train", per_class=10)
+    cache = root / "cache"
+    args = ["fit", "--dataset", str(folder), "--save", str(root / "model"), "--cache-dir", str(cache), "--quiet", "--n-boot", "10"]
+    assert main(args) == 0
+    return root, folder, cache
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_round_trip_equals_in_process_probabilities(fitted_model, tmp_path):
+    root, folder, cache = fitted_model
+    new = real_folder(tmp_path / "new", "test", per_class=2)
+    # Full-size images of a few megapixels, as a clinic's camera would give (upscaled real photographs).
+    for source in sorted(new.rglob("*.jpg"))[:2]:
+        Image.open(source).resize((2400, 1800), Image.Resampling.BICUBIC).save(source.with_name(f"big_{source.name}"), quality=90)
+    assert main(["predict", str(root / "model"), str(new), "--out", str(tmp_path / "p.csv"), "--cache-dir", str(cache), "--quiet"]) == 0
+    rows = read_csv(tmp_path / "p.csv")
+    files = sorted(p for p in new.rglob("*") if p.is_file())
+    assert [r["path"] for r in rows] == [str(p) for p in files] and len(files) == 6
+
+    # In process: the same embeddings, the same probe fitted in memory (never saved or loaded).
+    encoder, transform = create_encoder("efficientnet_lite0")
+    data = load_dataset(folder)
+    X = embed(data, encoder, transform, cache_dir=cache, progress=False).vectors
+    train, val = data.indices("train"), data.indices("val")
+    probe = fit_probe("logreg", X[train], data.labels[train], X[val], data.labels[val], data.task, None, 0)
+    new_data = Dataset("new", data.task, data.label_names, np.array([str(p) for p in files]), np.array([""] * 6), np.zeros(6, np.int64), FileImages(files))
+    expected = probe.predict_scores(embed(new_data, encoder, transform, cache_dir=cache, progress=False).vectors)
+    got = np.array([[float(r[f"p_{name}"]) for name in data.label_names] for r in rows])
+    np.testing.assert_array_equal(got, expected)
+    assert [r["predicted"] for r in rows] == [data.label_names[int(p >= 0.5)] for p in expected[:, 1]]
+
+
+def test_predict_takes_a_csv_manifest_and_single_files(fitted_model, tmp_path):
+    root, folder, cache = fitted_model
+    files = sorted(folder.rglob("*.jpg"))[:3]
+    (tmp_path / "m.csv").write_text("path,comment\n" + "".join(f"{f},x\n" for f in files))
+    assert main(["predict", str(root / "model"), str(tmp_path / "m.csv"), "--out", str(tmp_path / "m_out.csv"), "--cache-dir", str(cache), "--quiet"]) == 0
+    assert [r["path"] for r in read_csv(tmp_path / "m_out.csv")] == [str(f) for f in files]
+    assert main(["predict", str(root / "model"), str(files[0]), "--out", str(tmp_path / "one.csv"), "--cache-dir", str(cache), "--quiet"]) == 0
+    assert len(read_csv(tmp_path / "one.csv")) == 1
+
+
+def test_predict_refuses_a_tampered_model(fitted_model, tmp_path, capsys):
+    root, folder, cache = fitted_model
+    shutil.copytree(root / "model", tmp_path / "model")
+    arrays = tmp_path / "model" / "arrays.safetensors"
+    blob = bytearray(arrays.read_bytes())
+    blob[-3] ^= 0x10
+    arrays.write_bytes(bytes(blob))
+    assert main(["predict", str(tmp_path / "model"), str(folder), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 2
+    assert "arrays.safetensors does not match the checksum" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_same_inputs_and_seed_give_bit_identical_embeddings_probe_and_metrics(fitted_model, tmp_path):
+    _, folder, _ = fitted_model
+    outcomes = []
+    for name in ("first", "second"):
+        results = run(str(folder), out=tmp_path / name, cache_dir=tmp_path / f"cache_{name}", save=tmp_path / f"model_{name}", n_boot=50, progress=False)
+        shards = json.loads(next((tmp_path / f"cache_{name}").rglob("_manifest.json")).read_text())["shards"]
+        arrays = hashlib.sha256((tmp_path / f"model_{name}" / "arrays.safetensors").read_bytes()).hexdigest()
+        outcomes.append((results["metrics"], results["probe"], [s["sha256"] for s in shards], arrays, (tmp_path / name / "predictions.csv").read_bytes()))
+    assert outcomes[0] == outcomes[1]
