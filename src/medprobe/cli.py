@@ -23,6 +23,11 @@ def _add_encoder_args(parser):
     parser.add_argument("--cache-dir", help="embedding cache folder (default $MEDPROBE_CACHE, else the user cache)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; cuda without a usable GPU is an error")
+    parser.add_argument(
+        "--runtime", choices=("auto", "torch", "onnx", "bf16", "int8"),
+        help="auto (default): fp32 via ONNX Runtime for large jobs, else PyTorch; torch, onnx: fp32; bf16, int8: faster, approximate (opt-in)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -93,6 +98,8 @@ def cmd_run(args):
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         batch_size=args.batch_size,
+        device=args.device,
+        runtime=args.runtime,
         seed=args.seed,
         n_boot=args.n_boot,
         progress=not args.quiet,
@@ -114,9 +121,9 @@ def cmd_embed(args):
     if args.ray:
         from medprobe.ray_embed import embed_on_ray
 
-        result = embed_on_ray(data, args.encoder, weights=args.weights, address=args.ray, concurrency=args.ray_actors, **options)
+        result = embed_on_ray(data, args.encoder, weights=args.weights, address=args.ray, concurrency=args.ray_actors, device=args.device, **options)
     else:
-        result = embed_spec(data, args.encoder, weights=args.weights, **options).embeddings
+        result = embed_spec(data, args.encoder, weights=args.weights, device=args.device, runtime=args.runtime, **options).embeddings
     print(f"{len(data)} images -> {result.vectors.shape[1]}-d in {result.seconds:.1f} s ({'cache hit' if result.from_cache else 'computed'})")
     if result.path:
         print(f"cache: {result.path}")

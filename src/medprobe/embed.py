@@ -11,6 +11,7 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.cache import SHARD_SIZE, CacheEntry, cache_key, cache_root
+from medprobe.errors import EncoderError
 from medprobe.images import DECODING
 
 
@@ -50,8 +51,11 @@ def load_pixels(images, transform, index):
     return transform(images.load(index))
 
 
-def embed(dataset, encoder, transform, cache_dir=None, use_cache=True, batch_size=64, progress=True):
+def embed(dataset, encoder, transform, cache_dir=None, use_cache=True, batch_size=64, progress=True, runtime=None):
     """Embed every image of `dataset`, reusing and filling the content-keyed cache.
+
+    `runtime` ("auto", "torch", "onnx", "bf16", "int8"; None keeps the encoder's) picks how a
+    PyTorch encoder runs; see `medprobe.encoders.torch_encoder`.
 
     >>> encoder, transform = create_encoder("efficientnet_lite0")
     >>> embed(load_dataset("retinamnist"), encoder, transform).vectors.shape
@@ -60,6 +64,10 @@ def embed(dataset, encoder, transform, cache_dir=None, use_cache=True, batch_siz
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
+    if runtime is not None:
+        if not hasattr(encoder, "use_runtime"):
+            raise EncoderError(f"{encoder.config.name} has one way to run; --runtime {runtime} applies to PyTorch encoders")
+        encoder.use_runtime(runtime)
     images = dataset.images
     digests = image_digests(images)
     description = describe_job(encoder, transform)

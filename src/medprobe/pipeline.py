@@ -39,6 +39,8 @@ def run(
     cache_dir=None,
     use_cache=True,
     batch_size=64,
+    device="cpu",
+    runtime=None,
     seed=0,
     n_boot=N_BOOTSTRAP,
     progress=True,
@@ -76,7 +78,10 @@ def run(
     timings["load_cpu_s"] = cpu_seconds() - started_cpu
 
     tick_cpu = cpu_seconds()
-    encoded = embed_spec(data, encoder, weights=weights, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size, progress=progress)
+    encoded = embed_spec(
+        data, encoder, weights=weights, device=device, runtime=runtime,
+        cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size, progress=progress,
+    )
     embedded = encoded.embeddings
     timings["embed_s"] = embedded.seconds
     timings["embed_cpu_s"] = cpu_seconds() - tick_cpu

@@ -25,6 +25,7 @@ RUNTIMES = ("auto", "torch", "onnx", "bf16", "int8")
 APPROXIMATE = ("bf16", "int8")
 # Below this many images, exporting to ONNX (a few seconds) costs more than it saves, unless already exported.
 AUTO_ONNX_MIN_IMAGES = 256
+ORT_CHUNK = 16  # images per ONNX Runtime call; measured as fast as 64 on a 2-core CPU
 
 
 class TorchEncoder:
@@ -67,6 +68,12 @@ class TorchEncoder:
     def runtime_info(self):
         """The runtime, the backend that actually ran and the guard's verdict, for results files."""
         return {**self.runtime, "mode": self.mode, "backend": self.backend, "guard": self.guard}
+
+    def use_runtime(self, runtime):
+        """Switch the runtime (before the first batch); the cache key follows through `runtime`."""
+        self.mode = check_runtime(runtime, self.device)
+        self._run = self.backend = self.guard = None
+        return self
 
     def prepare(self, n_images=None, artifacts=None):
         """Tell the encoder how big the coming job is and where exported graphs may be cached."""
@@ -165,7 +172,9 @@ class TorchEncoder:
         name = session.get_inputs()[0].name
 
         def run(batch):
-            return np.asarray(session.run(None, {name: batch})[0], dtype=np.float32)
+            # Sub-batches keep ONNX Runtime's activation arena ~4x smaller (~0.4 GB less at 224 px) at the same speed.
+            parts = [session.run(None, {name: batch[i : i + ORT_CHUNK]})[0] for i in range(0, len(batch), ORT_CHUNK)]
+            return np.concatenate(parts).astype(np.float32, copy=False)
 
         import onnxruntime
 
