@@ -44,6 +44,7 @@ def test_one_epoch_run_writes_results_predictions_and_checkpoint(tmp_path):
     model = build_resnet18(3, 28)
     model.load_state_dict(checkpoint["state_dict"])
     assert checkpoint["epoch"] == 1 and "CAPPED" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "history.csv").read_text().splitlines()[0] == "epoch,loss,val_auc,val_acc,seconds"
 
 
 def test_wall_clock_cap_stops_early_and_is_labelled(tmp_path):
@@ -86,3 +87,20 @@ def test_binary_scores_have_two_columns(tmp_path, task_classes):
     write_npz(tmp_path / "tiny.npz", n_train=12, n_val=6, n_test=8, classes=task_classes)
     results = train_baseline(tmp_path / "tiny.npz", epochs=1, n_boot=20, progress=False)
     assert results["dataset"]["task"] == "binary" and set(results["metrics"]["test"]["per_class_auc"]) == {"1"}
+
+
+def test_interrupt_scores_the_best_checkpoint_and_labels_it(tmp_path, monkeypatch):
+    write_npz(tmp_path / "tiny.npz", n_train=12, n_val=6, n_test=9, classes=3)
+    real_step, calls = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # during the second epoch (12 images = one batch per epoch)
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    results = train_baseline(tmp_path / "tiny.npz", out=tmp_path / "out", epochs=5, n_boot=20, progress=False)
+    training = results["training"]
+    assert training["epochs_done"] == 1 and training["capped"] and "interrupted during epoch 2" in training["capped_reason"]
+    assert (tmp_path / "out" / "results.json").is_file()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = {"optimizer": "Adam", "lr": 1e-3, "batch_size": 128, "epochs": 100, "lr_milestones": [0.5, 0.75], "lr_gamma": 0.1}
 CHECKPOINT = "best.pt"
+HISTORY = "history.csv"  # one line per epoch, written as training goes
 
 
 def build_resnet18(num_classes, size):
@@ -152,15 +153,23 @@ def train_baseline(
         model.train()
         order = generator.permutation(train)
         losses = []
-        for start in range(0, len(order), batch_size):
-            rows = np.sort(order[start:start + batch_size])
-            if len(rows) < 2:  # BatchNorm cannot train on a single image
-                continue
-            optimizer.zero_grad()
-            loss = loss_fn(model(_batch(pixels, rows, size)), target[rows])
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = np.sort(order[start:start + batch_size])
+                if len(rows) < 2:  # BatchNorm cannot train on a single image
+                    continue
+                optimizer.zero_grad()
+                loss = loss_fn(model(_batch(pixels, rows, size)), target[rows])
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        except KeyboardInterrupt:
+            if best["state"] is None:
+                raise
+            # Stopped by hand (Ctrl-C, or SIGTERM via the CLI): score the best checkpoint so far, labelled as capped.
+            capped_reason = f"interrupted during epoch {epoch + 1}; the best of the {epoch} finished epochs is scored"
+            log.warning("baseline: %s", capped_reason)
+            break
         scheduler.step()
         val_scores = _scores(model, pixels, val, size, task)
         val_auc, val_acc = medmnist_auc(labels[val], val_scores, task), medmnist_acc(labels[val], val_scores, task)
@@ -171,6 +180,8 @@ def train_baseline(
             if out is not None:
                 _save_checkpoint(Path(out) / CHECKPOINT, best, size, n_out)
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_auc=f"{val_auc:.3f}", best=best["epoch"])
+        if out is not None:  # a long run can be followed with `tail -f OUT/history.csv`, bar or no bar
+            _append_history(Path(out) / HISTORY, history[-1])
         elapsed = time.perf_counter() - train_started
         if max_minutes is not None and epoch + 1 < epochs and elapsed + history[-1]["seconds"] > 60 * max_minutes:
             capped_reason = f"wall-clock cap of {max_minutes:g} min reached after {epoch + 1} of {epochs} epochs"
@@ -237,6 +248,15 @@ def train_baseline(
     return results
 
 
+def _append_history(path, record):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = record["epoch"] == 1 or not path.is_file()
+    with open(path, "w" if fresh else "a") as f:
+        if fresh:
+            f.write(",".join(record) + "\n")
+        f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in record.values()) + "\n")
+
+
 def _save_checkpoint(path, best, size, n_out):
     import io
 
@@ -285,8 +305,15 @@ def add_command(commands):
 
 
 def cmd_baseline(args):
+    import signal
+
     from medprobe.results import format_table
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # `kill PID` of a background run ends training early but still scores and saves the best checkpoint.
+    signal.signal(signal.SIGTERM, stop)
     results = train_baseline(
         args.dataset, out=args.out, data_dir=args.data_dir, size=args.size, epochs=args.epochs, max_minutes=args.max_minutes,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet,

@@ -303,6 +303,10 @@ def _fmt(value, digits=3, signed=False):
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def _ratio(value):
+    return "–" if not value else f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
+
+
 def _short(run):
     r = run["results"]
     return f"{r['dataset']['name']} · {r['encoder']['name']} · {r['probe']['name']}" + (f" · seed {r['seed']}" if "seed" in r else "")
@@ -344,7 +348,8 @@ def _bench_table(bench_root, manifest):
             parts.append("<p class='muted'>No MedMNIST v2 reference exists for this dataset.</p>")
         header = "<tr><th>method</th><th>seed</th><th>AUC [95 % CI]</th><th>ACC [95 % CI]</th><th>CPU s</th>"
         header += "<th>ΔAUC vs trained here</th><th>compute ratio</th>" if has_base else ""
-        header += "<th>ΔAUC vs ResNet-18 (28)</th><th>ΔAUC vs best reference</th></tr>" if dataset["reference"] else "</tr>"
+        nc = "" if dataset["comparable"] else " (not comparable)"
+        header += f"<th>ΔAUC vs ResNet-18 (28){nc}</th><th>ΔAUC vs best reference{nc}</th></tr>" if dataset["reference"] else "</tr>"
         refs = [r for r in mine if r["kind"] == "reference"]
         best_ref = max(refs, key=lambda r: r["auc"]) if refs else None
         r18 = next((r for r in refs if r["method"].endswith("ResNet-18 (28)")), None)
@@ -358,7 +363,7 @@ def _bench_table(bench_root, manifest):
                      _esc(r.get("seed", "")), ci("auc"), ci("acc"), _fmt(r.get("cpu_s"), 1)]
             if has_base:
                 ratio = r.get("compute_ratio")
-                cells += [_fmt(r.get("delta_auc_baseline"), signed=True), f"{ratio:,.0f}×" if ratio else "–"]
+                cells += [_fmt(r.get("delta_auc_baseline"), signed=True), _ratio(ratio)]
             if dataset["reference"]:
                 if r["kind"] == "probe":
                     cells += [_fmt(r["auc"] - r18["auc"], signed=True) if r18 else "–", _fmt(r["auc"] - best_ref["auc"], signed=True)]
@@ -431,7 +436,7 @@ def _compute_section(page, found):
             for e in entries:
                 if e.get("train") is None and e.get("embed") is not None and e.get("fit") is not None:
                     ratio = b["timings"]["train_cpu_s"] / (e["embed"] + e["fit"])
-                    lines.append(f"<li>{_esc(e['label'])}: {ratio:,.0f}× fewer CPU seconds than {_esc(label)}, "
+                    lines.append(f"<li>{_esc(e['label'])}: {_ratio(ratio)} fewer CPU seconds than {_esc(label)}, "
                                  f"ΔAUC {e['auc'] - b['metrics']['test']['auc']:+.3f}</li>")
             if training["capped"]:
                 lines.append(f"<li><b>{_esc(label)} is capped</b>: {_esc(training['capped_reason'])}.</li>")
