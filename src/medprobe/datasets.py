@@ -304,6 +304,11 @@ def _make_missing_splits(dataset):
         train = np.flatnonzero(splits == "train")
         fraction_of_train = fraction / (1 - TEST_FRACTION) if split == "val" and "test" in made else fraction
         n_taken = max(1, round(fraction_of_train * len(train)))
+        if n_taken >= len(train):
+            raise DatasetError(
+                f"{dataset.name}: {len(train)} training image(s) are too few to hold out a {split} split; "
+                "add images, or give the split of each image (split/class/ folders or a split column)"
+            )
         strata = dataset.labels[train] if dataset.labels.ndim == 1 else None
         if strata is not None:
             counts = np.bincount(strata)[np.unique(strata)]
