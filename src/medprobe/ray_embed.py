@@ -38,8 +38,10 @@ class Embedder:
     (2, 1280)
     """
 
-    def __init__(self, encoder, weights=None, device="cpu"):
+    def __init__(self, encoder, weights=None, device="cpu", n_images=None, artifacts=None):
         self.encoder, _ = create_encoder(encoder, weights=weights, device=device)
+        if hasattr(self.encoder, "prepare"):  # as embed() does: the job's size picks the runtime
+            self.encoder.prepare(n_images=n_images, artifacts=artifacts)
 
     def __call__(self, batch):
         pixels = np.require(batch["pixels"], np.float32, "CW")  # Ray hands out read-only views; torch warns on those
@@ -70,34 +72,38 @@ def embed_on_ray(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
+    ray = _import_ray()  # before hashing a million files, say that Ray is missing
     model, transform = create_encoder(encoder, weights=weights, device=device)  # lazy: the driver does not run it
     images = dataset.images
     digests = image_digests(images)
     description = describe_job(model, transform)
     key = cache_key(digests, description)
-    entry = CacheEntry(cache_root(cache_dir), model.config.name, key, description)
+    root = cache_root(cache_dir)
+    entry = CacheEntry(root, model.config.name, key, description)
     n = len(images)
-    n_shards = max(1, -(-n // SHARD_SIZE))
-    trusted = entry.verified_shards() if use_cache and entry.is_complete() else set(range(n_shards))
+    shards = [(shard * SHARD_SIZE, min(n, (shard + 1) * SHARD_SIZE)) for shard in range(max(1, -(-n // SHARD_SIZE)))]
+    trusted = entry.verified_shards() if use_cache and entry.is_complete() else set(range(len(shards)))
 
-    parts = {}
-    for shard in range(n_shards) if use_cache else ():
-        cached = entry.read_shard(shard, _stop(shard, n) - shard * SHARD_SIZE) if shard in trusted else None
-        if cached is not None:
+    parts, todo = {}, []
+    for shard, (start, stop) in enumerate(shards):
+        cached = entry.read_shard(shard, stop - start) if use_cache and shard in trusted else None
+        if cached is None:
+            todo.append(shard)
+        else:
             parts[shard] = cached
-    todo = [shard for shard in range(n_shards) if shard not in parts]
+    computed = sum(shards[s][1] - shards[s][0] for s in todo)
 
     bar = tqdm(total=n, desc=f"embedding with {model.config.name} on Ray", unit="img", disable=not progress or None)
-    bar.update(n - sum(_stop(s, n) - s * SHARD_SIZE for s in todo))
+    bar.update(n - computed)
     if todo:
-        ray = _import_ray()
+        embedder = {"encoder": encoder, "weights": weights, "device": device, "n_images": computed, "artifacts": root}
+        done = np.zeros(n, dtype=bool)
         with _session(ray, address):
-            batches = _pipeline(ray, dataset, digests, todo, encoder, weights, device, transform, concurrency, batch_size)
-            done = np.zeros(n, dtype=bool)
+            batches = _pipeline(ray, dataset, digests, [shards[s] for s in todo], embedder, transform, concurrency, batch_size)
             for batch in _raising_user_errors(batches):
                 index, vectors = batch["index"], batch["embedding"]
                 for shard in np.unique(index // SHARD_SIZE):
-                    start, stop = shard * SHARD_SIZE, _stop(shard, n)
+                    start, stop = shards[shard]
                     mine = index // SHARD_SIZE == shard
                     part = parts.setdefault(shard, np.zeros((stop - start, vectors.shape[1]), np.float32))
                     part[index[mine] - start] = vectors[mine]
@@ -105,13 +111,13 @@ def embed_on_ray(
                     if use_cache and done[start:stop].all():
                         entry.write_shard(shard, start, dataset.ids[start:stop], digests[start:stop], part)
                 bar.update(len(index))
-        missing = [s for s in todo if not done[s * SHARD_SIZE : _stop(s, n)].all()]
+        missing = [s for s in todo if not done[slice(*shards[s])].all()]
         if missing:
             raise ClusterError(f"the Ray job ended without returning every row of shards {missing}; run it again to finish them")
     bar.close()
-    vectors = np.concatenate([parts[shard] for shard in range(n_shards)])
+    vectors = np.concatenate([parts[shard] for shard in range(len(shards))])
     if use_cache and todo:
-        entry.finish(n_shards, n, vectors.shape[1])
+        entry.finish(len(shards), n, vectors.shape[1])
     return Embeddings(
         vectors=vectors,
         key=key,
@@ -122,27 +128,25 @@ def embed_on_ray(
     )
 
 
-def _stop(shard, n):
-    return min(n, (shard + 1) * SHARD_SIZE)
-
-
-def _pipeline(ray, dataset, digests, todo, encoder, weights, device, transform, concurrency, batch_size):
-    """The Ray Data plan: one block of records per missing shard, then decode -> embed in a pool of actors."""
+def _pipeline(ray, dataset, digests, ranges, embedder, transform, concurrency, batch_size):
+    """The Ray Data plan: one block of records per local batch, then decode -> embed in a pool of actors."""
     import pyarrow as pa
 
-    n = len(dataset.images)
     blocks = []
-    for shard in todo:
-        rows = range(shard * SHARD_SIZE, _stop(shard, n))
-        blocks.append(
-            pa.table(
-                {
-                    "index": pa.array(rows, pa.int64()),
-                    "path": [dataset.images.describe(i) for i in rows],  # for people reading the plan; workers use index
-                    "sha256": digests[rows.start : rows.stop],
-                }
+    for start, stop in ranges:
+        # Blocks are cut like the local path's batches and each is embedded whole (batch_size=None below):
+        # CPU kernels may round differently for another batch size, and the output must match bit for bit.
+        for first in range(start, stop, batch_size):
+            rows = range(first, min(stop, first + batch_size))
+            blocks.append(
+                pa.table(
+                    {
+                        "index": pa.array(rows, pa.int64()),
+                        "path": [dataset.images.describe(i) for i in rows],  # for people reading the plan
+                        "sha256": digests[rows.start : rows.stop],
+                    }
+                )
             )
-        )
     if concurrency is None:
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Ray Data fuses the two steps into one actor per CPU, so pixels never cross the object store.
@@ -154,13 +158,13 @@ def _pipeline(ray, dataset, digests, todo, encoder, weights, device, transform, 
     pixels = records.map_batches(
         decode_batch,
         fn_kwargs={"images": dataset.images, "transform": transform},
-        batch_size=batch_size,
+        batch_size=None,
     )
     embedded = pixels.map_batches(
         Embedder,
-        fn_constructor_kwargs={"encoder": encoder, "weights": weights, "device": device},
+        fn_constructor_kwargs=embedder,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
-        batch_size=batch_size,
+        batch_size=None,
     )
     return embedded.iter_batches(batch_size=None, batch_format="numpy")
 

@@ -1,0 +1,180 @@
+"""`--ray`: a local Ray on this machine embeds real images into the same cache, row for row, as the local path."""
+
+import csv
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from medprobe import ray_embed
+from medprobe.cache import MANIFEST
+from medprobe.cli import main
+from medprobe.datasets import load_dataset
+from medprobe.embed import embed, load_pixels
+from medprobe.encoders import create_encoder
+from medprobe.ray_embed import Embedder, decode_batch, embed_on_ray
+
+ENCODER = "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One 2-CPU Ray for the module (start-up costs seconds), always shut down."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_DEDUP_LOGS", "0")  # show each worker's warnings as they happen
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ham(shared_data, tmp_path_factory):
+    """A CSV manifest over 96 real HAM10000 JPEGs (24 from each of train/test x mel/nv), paths relative to the CSV."""
+    files = sorted((shared_data / "ham10000_melnv").rglob("*.jpg"))
+    folder = tmp_path_factory.mktemp("ham")
+    manifest = folder / "ham.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        for path in files[:: len(files) // 96][:96]:
+            writer.writerow([os.path.relpath(path, folder), path.parent.name, path.parent.parent.name])
+    return manifest
+
+
+def test_embedder_call_on_a_plain_batch_dict(ham):
+    data = load_dataset(ham)
+    encoder, transform = create_encoder(ENCODER)
+    batch = decode_batch({"index": np.arange(3)}, data.images, transform)
+    expected = np.stack([load_pixels(data.images, transform, i) for i in range(3)])
+    np.testing.assert_array_equal(batch["pixels"], expected)
+
+    out = Embedder(ENCODER)({"index": batch["index"], "pixels": batch["pixels"]})
+    np.testing.assert_array_equal(out["index"], [0, 1, 2])
+    np.testing.assert_array_equal(out["embedding"], encoder.embed_batch(expected))
+
+
+@pytest.mark.ray
+def test_ray_writes_the_local_cache_entry_row_by_row(local_ray, ham, tmp_path):
+    data = load_dataset(ham)
+    encoder, transform = create_encoder(ENCODER)
+    ham_local = embed(data, encoder, transform, cache_dir=tmp_path / "local", progress=False)
+    on_ray = embed_on_ray(data, ENCODER, cache_dir=tmp_path / "ray", concurrency=2, progress=False)
+
+    assert on_ray.key == ham_local.key
+    np.testing.assert_array_equal(on_ray.vectors, ham_local.vectors)
+    assert Path(on_ray.path).parts[-2:] == Path(ham_local.path).parts[-2:]  # <encoder>/<key[:24]>
+    for name in sorted(os.listdir(ham_local.path)):
+        if name.endswith(".parquet"):
+            ours, theirs = pq.read_table(Path(on_ray.path) / name), pq.read_table(Path(ham_local.path) / name)
+            assert ours.equals(theirs) and ours.schema.metadata == theirs.schema.metadata, name
+
+    again = embed(data, encoder, transform, cache_dir=tmp_path / "ray", progress=False)
+    assert again.from_cache and again.key == on_ray.key
+
+
+@pytest.mark.ray
+def test_cli_ray_on_a_retinamnist_slice(local_ray, shared_data, tmp_path, capsys):
+    """In-memory (npz) images take the object-store route; the CLI output is then a cache hit locally."""
+    real = np.load(shared_data / "medmnist" / "retinamnist.npz")
+    npz = tmp_path / "retina_slice.npz"
+    np.savez(npz, **{f"{s}_{k}": real[f"{s}_{k}"][:n] for s, n in (("train", 24), ("val", 4), ("test", 8)) for k in ("images", "labels")})
+
+    assert main(["embed", "--dataset", str(npz), "--ray", "--ray-actors", "1", "--quiet"]) == 0
+    assert "computed" in capsys.readouterr().out
+    assert main(["embed", "--dataset", str(npz), "--quiet"]) == 0
+    assert "cache hit" in capsys.readouterr().out
+
+    data = load_dataset(npz)
+    encoder, transform = create_encoder(ENCODER)
+    cached = embed(data, encoder, transform, progress=False)
+    fresh = embed(data, encoder, transform, use_cache=False, progress=False)
+    np.testing.assert_array_equal(cached.vectors, fresh.vectors)
+
+
+def _descends_from(pid, ancestor):
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def _actor_pids():
+    """This session's encoder actors: Ray titles each worker after its UDF, and they descend from this process."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"Embedder" in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return {pid for pid in pids if pid != os.getpid() and _descends_from(pid, os.getpid())}
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor through /proc")
+def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path, monkeypatch):
+    # Three one-batch shards, so the kill lands mid-job; the local reference uses the same layout. (Batches
+    # under ~32 rows are not bit-stable across thread counts in PyTorch's CPU kernels, and an actor has one thread.)
+    for module in (ray_embed, sys.modules["medprobe.embed"]):
+        monkeypatch.setattr(module, "SHARD_SIZE", 32)
+    data = load_dataset(ham)
+    encoder, transform = create_encoder(ENCODER)
+    reference = embed(data, encoder, transform, use_cache=False, batch_size=32, progress=False).vectors
+    killed, replacement, late = [], [], []
+
+    def kill_after_first_shard():
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.rglob("part-00000.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victims = _actor_pids()
+        late.append(bool(list(tmp_path.rglob(MANIFEST))))
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        while not replacement and time.monotonic() < deadline:
+            replacement.extend(_actor_pids() - set(killed))
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_after_first_shard)
+    killer.start()
+    result = embed_on_ray(data, ENCODER, cache_dir=tmp_path, concurrency=1, batch_size=32, progress=False)
+    killer.join()
+
+    assert late == [False], "the job ended before the kill"
+    assert killed and replacement, (killed, replacement)
+    np.testing.assert_array_equal(result.vectors, reference)
+
+    # Resume: with the manifest and one shard gone (a job stopped there), only that shard is recomputed.
+    entry = Path(result.path)
+    (entry / MANIFEST).unlink()
+    (entry / "part-00001.parquet").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in entry.glob("part-*.parquet")}
+    resumed = embed_on_ray(data, ENCODER, cache_dir=tmp_path, concurrency=1, batch_size=32, progress=False)
+    assert not resumed.from_cache and (entry / MANIFEST).is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in entry.glob("part-*.parquet") if p.name in kept} == kept
+    assert (entry / "part-00001.parquet").is_file()
+    np.testing.assert_array_equal(resumed.vectors, reference)
+
+
+def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    from conftest import write_npz
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    assert main(["embed", "--dataset", str(write_npz(tmp_path / "tiny.npz")), "--ray", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'medprobe[ray]'" in err
