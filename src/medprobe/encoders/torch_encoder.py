@@ -182,9 +182,12 @@ class TorchEncoder:
         return run, f"onnxruntime {onnxruntime.__version__} {precision} (cpu, {runtimes.usable_cores()} threads)"
 
     def _bf16_backend(self):
+        import copy
+
         import torch
 
-        module = self.module.to(memory_format=torch.channels_last)
+        # A copy: .to(memory_format=...) works in place, and the guard's reference must stay the untouched module.
+        module = copy.deepcopy(self.module).to(memory_format=torch.channels_last)
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
 
         def run(batch):
