@@ -15,7 +15,7 @@ import pytest
 from medprobe import ray_embed
 from medprobe.cache import MANIFEST
 from medprobe.cli import main
-from medprobe.datasets import load_dataset
+from medprobe.datasets import SPLITS, load_dataset
 from medprobe.embed import embed, load_pixels
 from medprobe.encoders import create_encoder
 from medprobe.ray_embed import Embedder, decode_batch, embed_on_ray
@@ -178,3 +178,20 @@ def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, capsy
     assert main(["embed", "--dataset", str(write_npz(tmp_path / "tiny.npz")), "--ray", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'medprobe[ray]'" in err
+
+
+@pytest.mark.ray
+def test_an_unreadable_image_on_a_worker_is_reported_as_itself(local_ray, shared_data, tmp_path):
+    from medprobe.errors import ImageError
+
+    good = sorted((shared_data / "ham10000_melnv" / "train").rglob("*.jpg"))
+    (tmp_path / "broken.jpg").write_bytes(good[0].read_bytes()[:300])  # a JPEG cut off in its header
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        for i, split in enumerate(SPLITS):
+            writer.writerows([os.path.relpath(p, tmp_path), p.parent.name, split] for p in (good[i], good[-1 - i]))
+        writer.writerow(["broken.jpg", "mel", "train"])
+    with pytest.raises(ImageError, match="broken.jpg") as raised:
+        embed_on_ray(load_dataset(tmp_path / "m.csv"), ENCODER, concurrency=1, progress=False)
+    assert "\n" not in str(raised.value) and raised.value.path == str(tmp_path / "broken.jpg")

@@ -17,6 +17,9 @@ class ImageError(DatasetError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):  # picklable with its two arguments, so it crosses from a Ray worker intact
+        return type(self), (self.path, self.reason)
+
 
 class EncoderError(MedprobeError):
     """An encoder is unknown, or its weights cannot be loaded."""

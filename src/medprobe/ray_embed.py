@@ -182,14 +182,19 @@ def _import_ray():
 def _session(ray, address):
     """Use the process's Ray session if there is one; else start (LOCAL) or attach to one for this job only."""
     context = ray.data.DataContext.get_current()
-    saved, context.enable_progress_bars = context.enable_progress_bars, False  # medprobe's own bar instead
+    # medprobe's own progress bar instead of Ray's; a worker's ImageError reaches the driver as itself.
+    settings = {"enable_progress_bars": False, "raise_original_map_exception": True}
+    saved = {name: getattr(context, name, None) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
     owned = not ray.is_initialized()
     try:
         if owned:
             _init(ray, address)
         yield
     finally:
-        context.enable_progress_bars = saved
+        for name, value in saved.items():
+            setattr(context, name, value)
         if owned:
             ray.shutdown()
 
@@ -208,13 +213,11 @@ def _init(ray, address):
 
 
 def _raising_user_errors(batches):
-    """Re-raise a medprobe error from a worker (an unreadable image) as itself, without Ray's wrapping."""
+    """Re-raise a medprobe error from a worker (an unreadable image) as itself, without Ray's traceback around it."""
     try:
         yield from batches
     except Exception as e:
-        cause = e
-        while cause is not None and not isinstance(cause, MedprobeError):
-            cause = cause.__cause__ or getattr(cause, "cause", None)
-        if cause is None:
-            raise
-        raise cause from None
+        cause = getattr(e, "cause", None)  # a RayTaskError carries the worker's exception here
+        if isinstance(cause, MedprobeError):
+            raise cause from None
+        raise
