@@ -77,6 +77,8 @@ def user_path(weights):
 def missing_weights(config, needed, url, problem):
     """The offline error: what is missing, which files to place, where, and the alternatives."""
     folder = model_folder(config)
+    problem = " ".join(str(problem).split())  # hub errors span lines; keep the message one line
+    problem = problem if len(problem) <= 240 else problem[:237] + "..."
     return EncoderError(
         f"no weights for {config.name} on this machine ({problem}). "
         f"Place {_describe(needed)} from {url} in {folder}/ "
