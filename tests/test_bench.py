@@ -77,11 +77,13 @@ def test_every_cell_is_a_run_folder_with_the_run_schema(bench):
 def test_second_invocation_skips_done_cells_and_force_reruns(bench):
     config = load_config(bench["root"] / "grid.yaml")
     before = (bench["out"] / "cells/folder/efficientnet_lite0/logreg/seed-0/results.json").stat().st_mtime_ns
+    report_before = (bench["out"] / "report.html").stat().st_mtime_ns
     started = time.perf_counter()
-    manifest = run_bench(config, bench["out"], cache_dir=bench["cache"], progress=False, report=False)
+    manifest = run_bench(config, bench["out"], cache_dir=bench["cache"], progress=False)
     assert manifest["counts"] == {"ran": 0, "skipped": 4, "failed": 0}
     assert time.perf_counter() - started < 10
     assert (bench["out"] / "cells/folder/efficientnet_lite0/logreg/seed-0/results.json").stat().st_mtime_ns == before
+    assert (bench["out"] / "report.html").stat().st_mtime_ns == report_before  # nothing new: the report is kept
 
     config["n_boot"] = 40  # a changed spec makes the cells stale
     assert run_bench(config, bench["out"], cache_dir=bench["cache"], progress=False, report=False)["counts"]["ran"] == 4
@@ -103,6 +105,7 @@ def test_table_has_reference_rows_deltas_baseline_and_compute_ratio(bench):
 
     markdown = (out / "table.md").read_text()
     assert "NOT COMPARABLE" in markdown and "compute ratio" in markdown and "CAPPED" in markdown
+    assert "projection, not a measurement" in markdown  # a capped baseline's 100-epoch cost is projected, labelled
     assert "No MedMNIST v2 reference exists for this dataset" in markdown and "Scientific Data 10, 41 (2023)" in markdown
     with open(out / "table.csv", newline="") as f:
         table = list(csv.DictReader(f))

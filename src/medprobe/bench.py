@@ -36,7 +36,7 @@ TABLE_MD, TABLE_CSV = "table.md", "table.csv"
 REFERENCE_FILE = "data/medmnist_v2_reference.csv"
 
 _TOP_KEYS = {"name", "datasets", "encoders", "probes", "seeds", "data_dir", "size", "class_weight", "n_boot", "batch_size",
-             "projection", "curve", "baselines", "out"}
+             "projection", "runtime", "curve", "baselines", "out"}
 _DATASET_KEYS = {"dataset", "name", "data_dir", "size", "reference", "comparable", "note"}
 _CURVE_KEYS = {"shots", "seeds", "probe", "encoders"}
 
@@ -116,6 +116,7 @@ def resolve_config(raw, base=".", name="bench"):
         "n_boot": int(raw.get("n_boot", 1000)),
         "batch_size": int(raw.get("batch_size", 64)),
         "projection": raw.get("projection", "pca"),
+        "runtime": raw.get("runtime"),  # None: the encoder's default (see `medprobe run --runtime`)
         "curve": curve,
         "baselines": [_resolve_path(p, base) for p in raw.get("baselines", [])],
         "out": _resolve_path(raw.get("out"), base),
@@ -205,6 +206,8 @@ def cells(config):
                         "n_boot": config["n_boot"],
                         "projection": config["projection"],
                     }
+                    if config.get("runtime"):
+                        spec["runtime"] = config["runtime"]
                     folder = Path("cells") / _slug(dataset["name"]) / _slug(encoder) / _slug(probe) / f"seed-{seed}"
                     yield dataset["name"], folder, spec
 
@@ -243,6 +246,7 @@ def run_bench(config, out, force=False, cache_dir=None, progress=True, extra_bas
                 spec["dataset"], spec["encoder"], spec["probe"], out=target, data_dir=spec["data_dir"], size=spec["size"],
                 class_weight=spec["class_weight"], cache_dir=cache_dir, batch_size=config["batch_size"], seed=spec["seed"],
                 n_boot=spec["n_boot"], progress=progress, projection=spec["projection"],
+                **({"runtime": spec["runtime"]} if "runtime" in spec else {}),
             )
         except (MedprobeError, ValueError, RuntimeError) as e:  # one broken cell must not lose the rest of the sweep
             log.error("bench cell %s failed: %s", folder, e)
@@ -269,9 +273,12 @@ def run_bench(config, out, force=False, cache_dir=None, progress=True, extra_bas
     atomic_write_bytes(out / TABLE_CSV, table_csv(rows).encode())
     atomic_write_bytes(out / TABLE_MD, table_markdown(rows, manifest).encode())
     if report:
-        from medprobe.report import write_report
+        from medprobe.report import REPORT, write_report
 
-        manifest["report"] = str(write_report(out))
+        if _report_is_current(out / REPORT, out, baselines):
+            manifest["report"] = str(out / REPORT)
+        else:
+            manifest["report"] = str(write_report(out))
     manifest["seconds"] = round(time.perf_counter() - started, 2)
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
     return manifest
@@ -295,6 +302,14 @@ def _run_curves(config, out, force, cache_dir, progress):
                 continue
             done.append({"dataset": dataset["name"], "encoder": encoder, "path": str(folder)})
     return done
+
+
+def _report_is_current(report, out, baselines):
+    """True when report.html is newer than every saved result it is drawn from (so a no-op rerun stays fast)."""
+    if not report.is_file():
+        return False
+    inputs = [*out.glob("cells/**/results.json"), *out.glob("curves/**/curve.json"), *(Path(b) / RESULTS for b in baselines)]
+    return all(p.stat().st_mtime_ns < report.stat().st_mtime_ns for p in inputs)
 
 
 def find_baselines(out, extra=()):
@@ -385,6 +400,7 @@ def _baseline_row(base):
         "auc": test["auc"], "auc_lo": test["auc_ci"][0], "auc_hi": test["auc_ci"][1],
         "acc": test["acc"], "acc_lo": test["acc_ci"][0], "acc_hi": test["acc_ci"][1],
         "cpu_s": timings["train_cpu_s"], "wall_s": timings["train_s"], "n_test": test["n"], "path": base["_path"],
+        "epochs_done": training["epochs_done"], "protocol_epochs": training.get("protocol_epochs", 100),
     }
 
 
@@ -402,8 +418,9 @@ def _ref_key(method):
 
 
 _CSV_COLUMNS = ["dataset", "kind", "method", "encoder", "probe", "seed", "status", "auc", "auc_lo", "auc_hi", "acc", "acc_lo",
-                "acc_hi", "embed_cpu_s", "fit_cpu_s", "cpu_s", "wall_s", "embed_cost_source", "baseline", "delta_auc_baseline",
-                "delta_acc_baseline", "compute_ratio", "reference", "reference_comparable", "n_test", "path", "error"]
+                "acc_hi", "embed_cpu_s", "fit_cpu_s", "cpu_s", "wall_s", "epochs_done", "protocol_epochs", "embed_cost_source",
+                "baseline", "delta_auc_baseline", "delta_acc_baseline", "compute_ratio", "reference", "reference_comparable",
+                "n_test", "path", "error"]
 
 
 def table_csv(rows):
@@ -481,6 +498,18 @@ def table_markdown(rows, manifest):
             cells_ = [f"**{r['method']}**", str(r["seed"]), _ci(r, "auc"), _ci(r, "acc"), _cpu(r.get("cpu_s"))]
             cells_ += [""] * (len(header) - len(cells_))
             lines.append("| " + " | ".join(cells_) + " |")
+        notes = []
+        for r in bases:
+            if r["status"] == "capped" and r.get("epochs_done"):
+                # A projection, labelled as one: the measured ratio above uses the capped (smaller) cost.
+                projected = r["cpu_s"] / r["epochs_done"] * r["protocol_epochs"]
+                best = [p for p in probes if p.get("cpu_s")]
+                ratios = ", ".join(f"{p['method']} {_ratio(projected / p['cpu_s'])}" for p in best)
+                notes.append(f"The trained baseline is CAPPED at {r['epochs_done']} of {r['protocol_epochs']} epochs, so its CPU s "
+                             f"and the compute ratios above understate the conventional cost. At its measured rate of "
+                             f"{r['cpu_s'] / r['epochs_done']:.0f} CPU s per epoch, {r['protocol_epochs']} epochs would take "
+                             f"≈ {projected:,.0f} CPU s (projection, not a measurement): compute ratio ≈ {ratios}.")
+        lines += ["", *notes] if notes else []
         for r in refs:
             cells_ = [f"_{r['method']}_" + ("" if dataset["comparable"] else " (not comparable)"), "", _num(r["auc"]), _num(r["acc"]), ""]
             cells_ += [""] * (len(header) - len(cells_))
