@@ -64,7 +64,7 @@ def embed_on_ray(
 
     `address` is "local" (a Ray started for this job), "auto" or "ray://head:10001"; when Ray is
     already initialised in this process that session is used. `concurrency` is the number of
-    encoder actors (default: the cluster's CPUs minus one, left for decoding).
+    encoder actors (default: one per CPU of the cluster; each also decodes its own batches).
 
     >>> embed_on_ray(load_dataset("ham.csv"), "efficientnet_lite0", address="auto").vectors.shape
     (2000, 1280)
