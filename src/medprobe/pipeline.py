@@ -114,7 +114,8 @@ def run(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": data.describe(),
         "images": scanned.describe(),
-        "encoder": encoded.record,
+        # what actually ran (ONNX Runtime or eager, the exactness guard's cosine), beside the keyed `runtime`
+        "encoder": {**encoded.record, "backends": [e.runtime_info() for e in encoded.encoders if hasattr(e, "runtime_info")]},
         "preprocessing": encoded.preprocessing,
         "probe": {
             "name": probe,
