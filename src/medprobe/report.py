@@ -125,7 +125,8 @@ def roc_figure(labels, scores, task, label_names, per_class_auc, title):
             auc = per_class_auc.get(name)
             ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
@@ -153,7 +154,8 @@ def confusion_figure(labels, scores, task, label_names, title):
         ax.text(j, i, str(value), ha="center", va="center", fontsize=9, color="white" if share[i, j] > 0.6 else "black")
     ax.set_xticks(range(len(cols)), cols, rotation=45 if len(cols) > 4 else 0, ha="right" if len(cols) > 4 else "center")
     ax.set_yticks(range(len(rows)), rows)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -190,7 +192,8 @@ def reliability_figure(labels, scores, task, title):
     top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     top.plot(mean_conf, observed, "o-", color="#dd8452", ms=4, label="mean predicted")
     what = "top-class probability" if task == "multi-class" or task == "ordinal" else "predicted probability (positive)"
-    top.set(ylabel="accuracy" if task in ("multi-class", "ordinal") else "fraction positive", ylim=(0, 1), title=f"{title}\nECE {ece:.3f}")
+    top.set(ylabel="accuracy" if task in ("multi-class", "ordinal") else "fraction positive", ylim=(0, 1))
+    top.set_title(f"{title} · ECE {ece:.3f}", fontsize=9)
     top.legend(fontsize=8, loc="upper left")
     bottom.bar(centres, count, width=1 / N_BINS, color="grey", edgecolor="black")
     bottom.set(xlabel=what, ylabel="images", xlim=(0, 1))
@@ -205,7 +208,8 @@ def embedding_figure(points, title):
         xy = np.array([(float(p["x"]), float(p["y"])) for p in points if p["label"] == name])
         ax.scatter(xy[:, 0], xy[:, 1], s=8, color=color, alpha=0.7, label=name, linewidths=0)
     method = points[0]["method"].upper() if points else "PCA"
-    ax.set(title=f"{title}\ntest embeddings, {method}", xlabel=f"{method} 1", ylabel=f"{method} 2")
+    ax.set(xlabel=f"{method} 1", ylabel=f"{method} 2")
+    ax.set_title(f"Test embeddings, {method}\n{title}", fontsize=9)
     ax.legend(fontsize=8, markerscale=2, loc="best")
     return fig
 
@@ -254,7 +258,8 @@ def compute_figure(entries, title):
     ax.invert_yaxis()
     ax.set_xscale("log")
     top = max([embed[i] + fit[i] for i in range(len(entries))] + train + [1])
-    ax.set_xlim(right=top * 8)
+    smallest = min([v for v in embed + fit + train if v > 0] or [1])
+    ax.set_xlim(10 ** np.floor(np.log10(smallest)), top * 8)  # a log axis must start below every bar, or bars vanish
     ax.set(xlabel="CPU seconds (log scale)", title=title)
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -384,10 +389,10 @@ def _run_figures(page, run, slug):
         return f"<p class='muted'>{_esc(run['path'])}: no {PREDICTIONS}; rerun to save predictions.</p>"
     _, labels, scores = read_predictions(run["path"] / PREDICTIONS, names, task)
     figs = [
-        page.figure(roc_figure(labels, scores, task, names, test["per_class_auc"], f"ROC · {title}"), f"ROC curves, {title}"),
-        page.figure(confusion_figure(labels, scores, task, names, f"Confusion · {title}"), f"Confusion matrix, {title}",
+        page.figure(roc_figure(labels, scores, task, names, test["per_class_auc"], f"ROC\n{title}"), f"ROC curves, {title}"),
+        page.figure(confusion_figure(labels, scores, task, names, f"Confusion matrix\n{title}"), f"Confusion matrix, {title}",
                     save_as=f"{slug}_confusion.png"),
-        page.figure(reliability_figure(labels, scores, task, f"Reliability · {title}"), f"Reliability diagram, {title}",
+        page.figure(reliability_figure(labels, scores, task, f"Reliability\n{title}"), f"Reliability diagram, {title}",
                     save_as=f"{slug}_reliability.png"),
     ]
     if r.get("kind") == "baseline":
