@@ -487,6 +487,10 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
         page.add(_baseline_table(found["baselines"]))
 
     shown = found["runs"] if all_runs or len(found["runs"]) <= 1 else _featured(found["runs"])
+    if bench:  # in the config's dataset order
+        order = {_slug(d["name"]): i for i, d in enumerate(bench["config"]["datasets"])}
+        shown = sorted(shown, key=lambda run: order.get(_slug(run["path"].relative_to(root).parts[1]), len(order))
+                       if run["path"].is_relative_to(root / "cells") else len(order))
     if shown:
         page.add("<h2>Per-class ROC, confusion, calibration and embedding map</h2>")
         if len(shown) < len(found["runs"]):
