@@ -544,7 +544,7 @@ def cmd_bench(args):
                          extra_baselines=args.baseline, report=not args.no_report)
     print((Path(out) / TABLE_MD).read_text())
     counts = manifest["counts"]
-    print(f"{counts['ran']} cells ran, {counts['skipped']} skipped, {counts['failed']} failed in {manifest['seconds']:.1f} s; "
+    print(f"{counts['ran']} cells ran, {counts['skipped']} skipped, {counts['failed']} failed in {manifest['seconds']:.2f} s; "
           f"table: {Path(out) / TABLE_MD}, {Path(out) / TABLE_CSV}" + (f"; report: {manifest['report']}" if "report" in manifest else ""))
     if counts["failed"]:
         raise MedprobeError(f"{counts['failed']} cell(s) failed; see {Path(out) / MANIFEST} for the errors, fix them and rerun")
