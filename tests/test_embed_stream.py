@@ -1,0 +1,132 @@
+"""Streaming embedding: decode one thread ahead in O(batch) memory, shards written as they complete,
+errors and early stops handled; the fused normalisation; device checks."""
+
+import importlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medprobe.datasets import load_dataset
+from medprobe.embed import embed, prefetch
+from medprobe.encoders import EncoderConfig, create_encoder
+from medprobe.encoders.torch_encoder import TorchEncoder
+from medprobe.errors import EncoderError
+from medprobe.images import ArrayImages
+from medprobe.transforms import make_transform
+
+embed_module = importlib.import_module("medprobe.embed")  # the module; `medprobe.embed` the attribute is the function
+
+
+# --- streaming -------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A tiny deterministic encoder that records which shards were on disk at each call."""
+
+    config = EncoderConfig(name="test/recorder", family="test", arch="r", embed_dim=4, input_size=8, resize_mode="squash")
+
+    def __init__(self):
+        self.seen = []
+        self.cache = None
+
+    def embed_batch(self, pixels):
+        self.seen.append(len(list(Path(self.cache).rglob("part-*.parquet"))) if self.cache else 0)
+        return pixels.reshape(len(pixels), 3, -1).mean(axis=2).repeat(2, axis=1)[:, :4].astype(np.float32)
+
+
+def _npz(tmp_path, n):
+    from conftest import write_npz
+
+    return write_npz(tmp_path / "tiny.npz", n_train=n, n_val=n, n_test=n, size=8)
+
+
+def test_shards_are_written_as_they_complete(tmp_path, monkeypatch):
+    monkeypatch.setattr(embed_module, "SHARD_SIZE", 4)
+    data = load_dataset(_npz(tmp_path, 8))  # 24 images: 6 shards of 4, batches of 2
+    encoder = Recorder()
+    encoder.cache = tmp_path / "cache"
+    result = embed(data, encoder, make_transform(encoder.config), cache_dir=encoder.cache, batch_size=2, progress=False)
+    assert encoder.seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert result.vectors.shape == (24, 4)
+    expected = np.stack([encoder.embed_batch(make_transform(encoder.config)(data.images.load(i))[None])[0] for i in range(24)])
+    np.testing.assert_allclose(result.vectors, expected, rtol=1e-6)
+
+
+def test_decoding_runs_at_most_a_couple_of_batches_ahead():
+    """Memory stays O(batch): the decode thread waits for the encoder instead of filling memory."""
+    images = ArrayImages([np.zeros((400, 8, 8), np.uint8)])
+    transform = make_transform(Recorder.config)
+    decoded = []
+    original = embed_module.load_pixels
+
+    def counting(images, transform, index):
+        decoded.append(index)
+        return original(images, transform, index)
+
+    embed_module.load_pixels = counting
+    try:
+        ahead = []
+        batches = [(0, b, b + 10) for b in range(0, 400, 10)]
+        for (_, start, stop), pixels in prefetch(images, transform, batches):
+            time.sleep(0.005)  # a slow encoder
+            ahead.append(len(decoded) - stop)
+            assert pixels.shape == (10, 3, 8, 8)
+    finally:
+        embed_module.load_pixels = original
+    assert max(ahead) <= (embed_module.PREFETCH + 1) * 10
+
+
+def test_a_decoding_error_reaches_the_caller_and_stops_the_thread(tmp_path):
+    from medprobe.errors import ImageError
+
+    class Broken(ArrayImages):
+        def load(self, index):
+            if index == 13:
+                raise ImageError(f"image #{index}", "corrupt")
+            return super().load(index)
+
+    images = Broken([np.zeros((40, 8, 8), np.uint8)])
+    with pytest.raises(ImageError, match="#13"):
+        for _ in prefetch(images, make_transform(Recorder.config), [(0, b, b + 4) for b in range(0, 40, 4)]):
+            pass
+    assert not [t for t in threading.enumerate() if t.name == "medprobe-decode"]
+
+
+def test_stopping_early_stops_the_decode_thread():
+    images = ArrayImages([np.zeros((400, 8, 8), np.uint8)])
+    for _ in prefetch(images, make_transform(Recorder.config), [(0, b, b + 4) for b in range(0, 400, 4)]):
+        break
+    assert not [t for t in threading.enumerate() if t.name == "medprobe-decode"]
+
+
+def test_normalisation_matches_the_textbook_formula():
+    config = EncoderConfig(name="t", family="t", arch="t", embed_dim=1, input_size=32, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    out = make_transform(config)(image)
+    textbook = (np.asarray(image, np.float32).transpose(2, 0, 1) / 255.0 - np.array(config.mean, np.float32)[:, None, None]) / np.array(config.std, np.float32)[:, None, None]
+    assert out.flags.c_contiguous and out.dtype == np.float32
+    np.testing.assert_allclose(out, textbook, atol=1e-6)
+
+
+# --- devices -------------------------------------------------------------------------------------
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(EncoderError, match=r"--device cuda was asked for, but .*use --device cpu"):
+        create_encoder("efficientnet_lite0", device="cuda")
+
+
+def test_cpu_only_runtimes_refuse_cuda_and_unknown_devices_are_named():
+    config = EncoderConfig(name="t", family="t", arch="t", embed_dim=1, input_size=8)
+    with pytest.raises(EncoderError, match="runs on the CPU only"):
+        TorchEncoder(config, None, device="cuda", runtime="onnx")
+    with pytest.raises(EncoderError, match="unknown device 'tpu'"):
+        TorchEncoder(config, None, device="tpu")
