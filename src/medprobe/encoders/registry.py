@@ -4,7 +4,9 @@ An encoder is anything with a `config` and `embed_batch(pixels) -> (B, D) float3
 `pixels` is the float32 `(B, C, H, W)` batch that `make_transform(config)` produces.
 """
 
+import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from medprobe._names import unknown_name_message
 from medprobe.errors import EncoderError
@@ -98,7 +100,21 @@ def create_encoder(name, weights=None, device="cpu"):
 
     config = get_config(name)
     encoder = _LOADERS[config.family](config, weights, device)
+    # Embeddings from user-supplied weights must never share a cache entry with the default weights' ones.
+    encoder.weights_id = weights_fingerprint(weights) if weights else "default"
     return encoder, make_transform(encoder.config)
+
+
+def weights_fingerprint(path):
+    """SHA-256 over a --weights file, or over every file (and its relative name) in a model folder."""
+    from medprobe.cache import file_sha256
+
+    path = Path(path).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if file != path else file.name}:{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def _import_families():
