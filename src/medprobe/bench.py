@@ -509,11 +509,11 @@ def table_markdown(rows, manifest):
                              f"and the compute ratios above understate the conventional cost. At its measured rate of "
                              f"{r['cpu_s'] / r['epochs_done']:.0f} CPU s per epoch, {r['protocol_epochs']} epochs would take "
                              f"≈ {projected:,.0f} CPU s (projection, not a measurement): compute ratio ≈ {ratios}.")
-        lines += ["", *notes] if notes else []
         for r in refs:
             cells_ = [f"_{r['method']}_" + ("" if dataset["comparable"] else " (not comparable)"), "", _num(r["auc"]), _num(r["acc"]), ""]
             cells_ += [""] * (len(header) - len(cells_))
             lines.append("| " + " | ".join(cells_) + " |")
+        lines += ["", *notes] if notes else []
         lines.append("")
     counts = manifest["counts"]
     lines += [f"Cells: {counts['ran']} ran, {counts['skipped']} skipped (already done), {counts['failed']} failed.", ""]
