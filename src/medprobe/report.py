@@ -241,7 +241,7 @@ def curve_figure(curves, title):
 
 def compute_figure(entries, title):
     """Horizontal bars of CPU seconds (log scale): each probe (embedding + fit) and each trained baseline."""
-    fig = _figure(6.4, 0.5 + 0.38 * max(3, len(entries)))
+    fig = _figure(6.4, 1.1 + 0.38 * max(3, len(entries)))
     ax = fig.add_subplot()
     labels = [e["label"] for e in entries]
     embed = [e.get("embed", 0) or 0 for e in entries]
@@ -261,7 +261,7 @@ def compute_figure(entries, title):
     smallest = min([v for v in embed + fit + train if v > 0] or [1])
     ax.set_xlim(10 ** np.floor(np.log10(smallest)), top * 8)  # a log axis must start below every bar, or bars vanish
     ax.set(xlabel="CPU seconds (log scale)", title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)  # below, clear of the bars
     return fig
 
 
