@@ -6,6 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -69,50 +70,83 @@ def embed(dataset, encoder, transform, cache_dir=None, use_cache=True, batch_siz
         if not hasattr(encoder, "use_runtime"):
             raise EncoderError(f"{encoder.config.name} has one way to run; --runtime {runtime} applies to PyTorch encoders")
         encoder.use_runtime(runtime)
-    images = dataset.images
-    digests = image_digests(images)
+    job = plan_job(dataset, encoder, transform, cache_dir, use_cache)
+    out = _Rows(len(dataset))
+    for shard, vectors in job.cached.items():
+        out.put(job.shards[shard][0], vectors)
+    bar = tqdm(total=len(dataset), desc=f"embedding with {encoder.config.name}", unit="img", disable=not progress or None)
+    bar.update(len(dataset) - job.computed)
+    if job.computed and hasattr(encoder, "prepare"):
+        encoder.prepare(n_images=job.computed, artifacts=job.root)
+
+    # Decoding runs one batch ahead in a thread while the encoder works; each shard is written the moment it completes.
+    shards = job.shards
+    batches = [(shard, b, min(shards[shard][1], b + batch_size)) for shard in job.todo for b in range(shards[shard][0], shards[shard][1], batch_size)]
+    for (shard, b, e), pixels in prefetch(dataset.images, transform, batches):
+        out.put(b, encoder.embed_batch(pixels))
+        bar.update(e - b)
+        if e == shards[shard][1] and use_cache:
+            job.write_shard(dataset, shard, out.rows[slice(*shards[shard])])
+    bar.close()
+    vectors = out.rows if out.rows is not None else np.empty((0, encoder.config.embed_dim), np.float32)
+    return job.result(vectors, use_cache, started)
+
+
+@dataclass
+class Job:
+    """One embedding job: its cache entry, its shards, those already cached and those still to compute.
+
+    Planned the same way for the local and the Ray path, so both resume from, and write, the same shards.
+    """
+
+    digests: list
+    description: dict
+    key: str
+    root: Path
+    entry: CacheEntry
+    shards: list  # (start, stop) of every shard, in order
+    cached: dict  # shard -> vectors read back from the cache
+    todo: list  # shards to compute
+
+    @property
+    def computed(self):
+        return sum(self.shards[s][1] - self.shards[s][0] for s in self.todo)
+
+    def write_shard(self, dataset, shard, vectors):
+        start, stop = self.shards[shard]
+        self.entry.write_shard(shard, start, dataset.ids[start:stop], self.digests[start:stop], vectors)
+
+    def result(self, vectors, use_cache, started):
+        if use_cache and self.todo:
+            self.entry.finish(len(self.shards), len(vectors), vectors.shape[1])
+        return Embeddings(
+            vectors=vectors,
+            key=self.key,
+            path=str(self.entry.path) if use_cache else "",
+            from_cache=use_cache and not self.todo,
+            seconds=time.perf_counter() - started,
+            description=self.description,
+        )
+
+
+def plan_job(dataset, encoder, transform, cache_dir=None, use_cache=True):
+    """Hash the images, derive the cache key, and read back every shard that is already cached and intact."""
+    digests = image_digests(dataset.images)
     description = describe_job(encoder, transform)
     key = cache_key(digests, description)
     root = cache_root(cache_dir)
     entry = CacheEntry(root, encoder.config.name, key, description)
-    n = len(images)
+    n = len(dataset.images)
     shards = [(shard * SHARD_SIZE, min(n, (shard + 1) * SHARD_SIZE)) for shard in range(max(1, -(-n // SHARD_SIZE)))]
     trusted = entry.verified_shards() if use_cache and entry.is_complete() else set(range(len(shards)))
-
-    out = _Rows(n)
-    bar = tqdm(total=n, desc=f"embedding with {encoder.config.name}", unit="img", disable=not progress or None)
-    todo = []
+    cached, todo = {}, []
     for shard, (start, stop) in enumerate(shards):
-        cached = entry.read_shard(shard, stop - start) if use_cache and shard in trusted else None
-        if cached is None:
+        vectors = entry.read_shard(shard, stop - start) if use_cache and shard in trusted else None
+        if vectors is None:
             todo.append(shard)
         else:
-            out.put(start, cached)
-            bar.update(stop - start)
-    computed = sum(shards[s][1] - shards[s][0] for s in todo)
-    if computed and hasattr(encoder, "prepare"):
-        encoder.prepare(n_images=computed, artifacts=root)
-
-    # Decoding runs one batch ahead in a thread while the encoder works; each shard is written the moment it completes.
-    batches = [(shard, b, min(shards[shard][1], b + batch_size)) for shard in todo for b in range(shards[shard][0], shards[shard][1], batch_size)]
-    for (shard, b, e), pixels in prefetch(images, transform, batches):
-        out.put(b, encoder.embed_batch(pixels))
-        bar.update(e - b)
-        start, stop = shards[shard]
-        if e == stop and use_cache:
-            entry.write_shard(shard, start, dataset.ids[start:stop], digests[start:stop], out.rows[start:stop])
-    bar.close()
-    vectors = out.rows if out.rows is not None else np.empty((0, encoder.config.embed_dim), np.float32)
-    if use_cache and computed:
-        entry.finish(len(shards), n, vectors.shape[1])
-    return Embeddings(
-        vectors=vectors,
-        key=key,
-        path=str(entry.path) if use_cache else "",
-        from_cache=use_cache and computed == 0,
-        seconds=time.perf_counter() - started,
-        description=description,
-    )
+            cached[shard] = vectors
+    return Job(digests, description, key, root, entry, shards, cached, todo)
 
 
 class _Rows:

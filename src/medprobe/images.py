@@ -4,7 +4,6 @@ Files are decoded by their content, not their extension: PNG, JPEG, TIFF, BMP, G
 DICOM (see `medprobe.dicom`). Anything that cannot be decoded raises `ImageError(path, reason)`.
 """
 
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

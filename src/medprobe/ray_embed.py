@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from medprobe.cache import SHARD_SIZE, CacheEntry, cache_key, cache_root
-from medprobe.embed import Embeddings, describe_job, image_digests, load_pixels
+from medprobe.cache import SHARD_SIZE
+from medprobe.embed import load_pixels, plan_job
 from medprobe.encoders import create_encoder
 from medprobe.errors import ClusterError, MedprobeError
 
@@ -74,32 +74,17 @@ def embed_on_ray(
     started = time.perf_counter()
     ray = _import_ray()  # before hashing a million files, say that Ray is missing
     model, transform = create_encoder(encoder, weights=weights, device=device)  # lazy: the driver does not run it
-    images = dataset.images
-    digests = image_digests(images)
-    description = describe_job(model, transform)
-    key = cache_key(digests, description)
-    root = cache_root(cache_dir)
-    entry = CacheEntry(root, model.config.name, key, description)
-    n = len(images)
-    shards = [(shard * SHARD_SIZE, min(n, (shard + 1) * SHARD_SIZE)) for shard in range(max(1, -(-n // SHARD_SIZE)))]
-    trusted = entry.verified_shards() if use_cache and entry.is_complete() else set(range(len(shards)))
-
-    parts, todo = {}, []
-    for shard, (start, stop) in enumerate(shards):
-        cached = entry.read_shard(shard, stop - start) if use_cache and shard in trusted else None
-        if cached is None:
-            todo.append(shard)
-        else:
-            parts[shard] = cached
-    computed = sum(shards[s][1] - shards[s][0] for s in todo)
+    job = plan_job(dataset, model, transform, cache_dir, use_cache)
+    shards, parts = job.shards, dict(job.cached)
+    n = len(dataset)
 
     bar = tqdm(total=n, desc=f"embedding with {model.config.name} on Ray", unit="img", disable=not progress or None)
-    bar.update(n - computed)
-    if todo:
-        embedder = {"encoder": encoder, "weights": weights, "device": device, "n_images": computed, "artifacts": root}
+    bar.update(n - job.computed)
+    if job.todo:
+        embedder = {"encoder": encoder, "weights": weights, "device": device, "n_images": job.computed, "artifacts": job.root}
         done = np.zeros(n, dtype=bool)
         with _session(ray, address):
-            batches = _pipeline(ray, dataset, digests, [shards[s] for s in todo], embedder, transform, concurrency, batch_size)
+            batches = _pipeline(ray, dataset, job.digests, [shards[s] for s in job.todo], embedder, transform, concurrency, batch_size)
             for batch in _raising_user_errors(batches):
                 index, vectors = batch["index"], batch["embedding"]
                 for shard in np.unique(index // SHARD_SIZE):
@@ -109,23 +94,13 @@ def embed_on_ray(
                     part[index[mine] - start] = vectors[mine]
                     done[index[mine]] = True
                     if use_cache and done[start:stop].all():
-                        entry.write_shard(shard, start, dataset.ids[start:stop], digests[start:stop], part)
+                        job.write_shard(dataset, shard, part)
                 bar.update(len(index))
-        missing = [s for s in todo if not done[slice(*shards[s])].all()]
+        missing = [s for s in job.todo if not done[slice(*shards[s])].all()]
         if missing:
             raise ClusterError(f"the Ray job ended without returning every row of shards {missing}; run it again to finish them")
     bar.close()
-    vectors = np.concatenate([parts[shard] for shard in range(len(shards))])
-    if use_cache and todo:
-        entry.finish(len(shards), n, vectors.shape[1])
-    return Embeddings(
-        vectors=vectors,
-        key=key,
-        path=str(entry.path) if use_cache else "",
-        from_cache=use_cache and not todo,
-        seconds=time.perf_counter() - started,
-        description=description,
-    )
+    return job.result(np.concatenate([parts[shard] for shard in range(len(shards))]), use_cache, started)
 
 
 def _pipeline(ray, dataset, digests, ranges, embedder, transform, concurrency, batch_size):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medprobe.encoders.registry import EncoderConfig, register_encoder, register_family
 from medprobe.encoders.torch_encoder import TorchEncoder
-from medprobe.encoders.weights import complete, hf_cached_folder, hf_download, is_offline, missing_weights, model_folder, user_path
+from medprobe.encoders.weights import hf_cached_folder, hf_download, is_offline, missing_weights, model_folder, user_path
 from medprobe.errors import EncoderError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
