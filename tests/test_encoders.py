@@ -13,7 +13,7 @@ from PIL import Image
 
 from medprobe.encoders import create_encoder, encoder_status, get_config, list_encoders
 from medprobe.errors import EncoderError
-from tiny_models import put_in_hf_cache, vit_clip_cfg, write_open_clip, write_tiny
+from tiny_models import go_offline, put_in_hf_cache, vit_clip_cfg, write_open_clip, write_tiny
 
 NAMES = sorted(list_encoders())
 DOWNLOADABLE = [name for name in NAMES if get_config(name).family != "efficientnet_lite"]
@@ -23,14 +23,7 @@ CLIP_NAMES = [name for name in NAMES if get_config(name).family == "open_clip"]
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
     """Offline mode, and every weights cache inside tmp_path, so the real caches and the network stay untouched."""
-    import huggingface_hub.constants
-
-    for variable in ("MEDPROBE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(variable, "1")
-    monkeypatch.setenv("MEDPROBE_MODELS", str(tmp_path / "models"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    go_offline(tmp_path, monkeypatch)
     return tmp_path
 
 

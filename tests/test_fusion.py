@@ -10,7 +10,7 @@ from conftest import write_npz
 from medprobe.encoders import get_config
 from medprobe.errors import EncoderError
 from medprobe.fusion import embed_spec, split_spec
-from tiny_models import write_tiny
+from tiny_models import go_offline, write_tiny
 
 FUSED = "clip_vit_b32+dinov2_vits14"
 
@@ -18,14 +18,7 @@ FUSED = "clip_vit_b32+dinov2_vits14"
 @pytest.fixture(autouse=True)
 def offline_models(tmp_path, monkeypatch):
     """Tiny CLIP and DINOv2 in the medprobe models folder; offline, with every cache in tmp_path."""
-    import huggingface_hub.constants
-
-    for variable in ("MEDPROBE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(variable, "1")
-    monkeypatch.setenv("MEDPROBE_MODELS", str(tmp_path / "models"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    go_offline(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,12 @@ from conftest import write_npz
 from medprobe.encoders import get_config
 from medprobe.errors import ProbeError
 from medprobe.zeroshot import ZeroShotClassifier, class_embeddings, match_classes, read_prompts
-from tiny_models import write_tiny
+from tiny_models import go_offline, write_tiny
 
 
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    for variable in ("MEDPROBE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(variable, "1")
-    monkeypatch.setenv("MEDPROBE_MODELS", str(tmp_path / "models"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    go_offline(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")

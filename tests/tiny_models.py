@@ -11,6 +11,18 @@ import json
 import shutil
 from pathlib import Path
 
+def go_offline(tmp_path, monkeypatch):
+    """Offline mode, and every weights cache inside tmp_path, so the real caches and the network stay untouched."""
+    import huggingface_hub.constants
+
+    for variable in ("MEDPROBE_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("MEDPROBE_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 CLIP_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
