@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import write_image_folder, write_npz
 
-from medprobe.baseline import CHECKPOINT, build_resnet18, load_pixels, train_baseline
+from medprobe.workflows.baseline import CHECKPOINT, build_resnet18, load_pixels, train_baseline
 from medprobe.cli import main
-from medprobe.datasets import load_dataset
+from medprobe.data.datasets import load_dataset
 
 
 def test_28px_model_is_medmnists_cifar_style_resnet18():

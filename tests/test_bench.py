@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import write_image_folder, write_npz
 
-from medprobe.bench import (
+from medprobe.workflows.bench import (
     BenchConfigError,
     build_table,
     load_config,
@@ -43,7 +43,7 @@ curve:
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """One real grid (2 datasets x 1 encoder x 2 probes) run once for the module, with a 1-epoch baseline."""
-    from medprobe.baseline import train_baseline
+    from medprobe.workflows.baseline import train_baseline
 
     root = tmp_path_factory.mktemp("bench")
     write_npz(root / "tiny.npz", n_train=12, n_val=6, n_test=9, classes=3)

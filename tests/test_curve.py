@@ -8,8 +8,8 @@ import pytest
 from conftest import write_npz
 
 from medprobe.cli import main
-from medprobe.curve import parse_shots, run_curve, sample_per_class
-from medprobe.errors import MedprobeError
+from medprobe.workflows.curve import parse_shots, run_curve, sample_per_class
+from medprobe.core.errors import MedprobeError
 
 
 def test_parse_shots():

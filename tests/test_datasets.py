@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import write_image_folder, write_npz
 
-from medprobe import datasets
-from medprobe.datasets import load_dataset, medmnist_file
-from medprobe.errors import DatasetError
+from medprobe.data import medmnist as datasets
+from medprobe.data.datasets import load_dataset, medmnist_file
+from medprobe.core.errors import DatasetError
 
 
 def test_npz_with_2d_and_1d_labels_load_the_same(tmp_path):

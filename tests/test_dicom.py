@@ -6,8 +6,8 @@ import pytest
 from conftest import write_dicom
 from pydicom.data import get_testdata_file
 
-from medprobe.errors import ImageError
-from medprobe.images import read_image
+from medprobe.core.errors import ImageError
+from medprobe.data.images import read_image
 
 
 def pydicom_file(name):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medprobe.datasets import load_dataset
-from medprobe.embed import embed, prefetch
+from medprobe.data.datasets import load_dataset
+from medprobe.embedding.embed import embed, prefetch
 from medprobe.encoders import EncoderConfig, create_encoder
 from medprobe.encoders.torch_encoder import TorchEncoder
-from medprobe.errors import EncoderError
-from medprobe.images import ArrayImages
-from medprobe.transforms import make_transform
+from medprobe.core.errors import EncoderError
+from medprobe.data.sources import ArrayImages
+from medprobe.encoders.transforms import make_transform
 
 embed_module = importlib.import_module("medprobe.embed")  # the module; `medprobe.embed` the attribute is the function
 
@@ -81,7 +81,7 @@ def test_decoding_runs_at_most_a_couple_of_batches_ahead():
 
 
 def test_a_decoding_error_reaches_the_caller_and_stops_the_thread(tmp_path):
-    from medprobe.errors import ImageError
+    from medprobe.core.errors import ImageError
 
     class Broken(ArrayImages):
         def load(self, index):

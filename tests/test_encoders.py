@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from medprobe.encoders import create_encoder, encoder_status, get_config, list_encoders
-from medprobe.errors import EncoderError
+from medprobe.core.errors import EncoderError
 from tiny_models import go_offline, put_in_hf_cache, vit_clip_cfg, write_open_clip, write_tiny
 
 NAMES = sorted(list_encoders())
@@ -215,7 +215,7 @@ def test_open_clip_folder_preprocessing_is_used(tmp_path):
 def test_pre_projection_features(name, tiny):
     import torch
 
-    from medprobe.embed import describe_job
+    from medprobe.embedding.embed import describe_job
 
     proj, transform = create_encoder(name, weights=tiny(name))
     pre, pre_transform = create_encoder(f"{name}@pre", weights=tiny(name))

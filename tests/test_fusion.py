@@ -8,8 +8,8 @@ import pytest
 
 from conftest import write_npz
 from medprobe.encoders import get_config
-from medprobe.errors import EncoderError
-from medprobe.fusion import embed_spec, split_spec
+from medprobe.core.errors import EncoderError
+from medprobe.embedding.fusion import embed_spec, split_spec
 from tiny_models import go_offline, write_tiny
 
 FUSED = "clip_vit_b32+dinov2_vits14"
@@ -44,7 +44,7 @@ def test_split_spec():
 
 
 def test_fusion_concatenates_parts_each_from_its_own_cache_entry(npz, tmp_path):
-    from medprobe.datasets import load_dataset
+    from medprobe.data.datasets import load_dataset
 
     data = load_dataset(npz)
     fused = embed_spec(data, FUSED, progress=False)
@@ -62,7 +62,7 @@ def test_fusion_concatenates_parts_each_from_its_own_cache_entry(npz, tmp_path):
 
 
 def test_fusion_refuses_one_weights_path(npz):
-    from medprobe.datasets import load_dataset
+    from medprobe.data.datasets import load_dataset
 
     with pytest.raises(EncoderError, match="fusion"):
         embed_spec(load_dataset(npz), FUSED, weights="somewhere")
@@ -83,7 +83,7 @@ def test_run_and_embed_commands_with_a_fusion(npz, tmp_path, capsys):
 
 
 def test_unknown_part_is_reported_before_any_work(npz):
-    from medprobe.pipeline import run
+    from medprobe.workflows.run import run
 
     with pytest.raises(EncoderError, match="dinov2_vits14"):
         run(str(npz), "clip_vit_b32+dinov2_vits41", progress=False)

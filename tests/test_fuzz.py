@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medprobe.datasets import load_dataset
-from medprobe.errors import MedprobeError
-from medprobe.images import read_image
-from medprobe.scan import scan_images
+from medprobe.data.datasets import load_dataset
+from medprobe.core.errors import MedprobeError
+from medprobe.data.images import read_image
+from medprobe.data.scan import scan_images
 
 WORK = Path(tempfile.mkdtemp(prefix="medprobe-fuzz-"))
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

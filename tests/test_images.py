@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medprobe.errors import ImageError
-from medprobe.images import read_image, stretch_to_8bit
+from medprobe.core.errors import ImageError
+from medprobe.data.images import read_image
+from medprobe.data.pixels import stretch_to_8bit
 
 RAMP16 = (np.arange(32 * 32).reshape(32, 32) * 4).astype(np.uint16)  # 0..4092: 12-bit data in a 16-bit file
 

@@ -12,9 +12,9 @@ from conftest import write_dicom, write_image_folder
 from PIL import Image
 
 from medprobe.cli import main
-from medprobe.datasets import load_dataset
-from medprobe.errors import DatasetError
-from medprobe.scan import scan_images
+from medprobe.data.datasets import load_dataset
+from medprobe.core.errors import DatasetError
+from medprobe.data.scan import scan_images
 
 
 def _png_bomb():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from medprobe.metrics import bootstrap_ci, evaluate, medmnist_acc, medmnist_auc, weighted_auc
+from medprobe.evaluation.metrics import bootstrap_ci, evaluate, medmnist_acc, medmnist_auc, weighted_auc
 
 
 def test_binary_matches_sklearn_on_positive_column():

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from medprobe.cli import main
-from medprobe.datasets import Dataset, load_dataset
-from medprobe.embed import embed
+from medprobe.data.datasets import Dataset, load_dataset
+from medprobe.embedding.embed import embed
 from medprobe.encoders import create_encoder
-from medprobe.images import FileImages
-from medprobe.pipeline import run
-from medprobe.probes import fit_probe
+from medprobe.data.sources import FileImages
+from medprobe.workflows.run import run
+from medprobe.probes.fit import fit_probe
 
 HAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_melnv"
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from sklearn.model_selection import cross_val_score
 
-from medprobe.errors import ProbeError
-from medprobe.metrics import medmnist_auc
-from medprobe.probes import fit_probe, make_probe
+from medprobe.core.errors import ProbeError
+from medprobe.evaluation.metrics import medmnist_auc
+from medprobe.probes.fit import fit_probe, make_probe
 
 
 def _blobs(n=120, classes=3, dim=16, seed=0, shift=2.0):

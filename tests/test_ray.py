@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medprobe import ray_embed
-from medprobe.cache import MANIFEST
+from medprobe.embedding import ray as ray_embed
+from medprobe.embedding.cache import MANIFEST
 from medprobe.cli import main
-from medprobe.datasets import SPLITS, load_dataset
-from medprobe.embed import embed, load_pixels
+from medprobe.data.datasets import SPLITS, load_dataset
+from medprobe.embedding.embed import embed, load_pixels
 from medprobe.encoders import create_encoder
-from medprobe.ray_embed import Embedder, decode_batch, embed_on_ray
+from medprobe.embedding.ray import Embedder, decode_batch, embed_on_ray
 
 ENCODER = "efficientnet_lite0"
 
@@ -184,7 +184,7 @@ def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, capsy
 
 @pytest.mark.ray
 def test_an_unreadable_image_on_a_worker_is_reported_as_itself(local_ray, shared_data, tmp_path):
-    from medprobe.errors import ImageError
+    from medprobe.core.errors import ImageError
 
     good = sorted((shared_data / "ham10000_melnv" / "train").rglob("*.jpg"))
     (tmp_path / "broken.jpg").write_bytes(good[0].read_bytes()[:300])  # a JPEG cut off in its header

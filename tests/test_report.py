@@ -10,8 +10,8 @@ from conftest import write_npz
 from PIL import Image
 
 from medprobe.cli import main
-from medprobe.errors import MedprobeError
-from medprobe.report import (
+from medprobe.core.errors import MedprobeError
+from medprobe.reporting.html import (
     confusion_figure,
     read_predictions,
     reliability,
@@ -27,9 +27,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     """A real `medprobe run` folder (EfficientNet-Lite0 on a tiny npz) with a curve, plus a 1-epoch baseline folder."""
-    from medprobe.baseline import train_baseline
-    from medprobe.curve import run_curve
-    from medprobe.pipeline import run
+    from medprobe.workflows.baseline import train_baseline
+    from medprobe.workflows.curve import run_curve
+    from medprobe.workflows.run import run
 
     root = tmp_path_factory.mktemp("report")
     write_npz(root / "tiny.npz", n_train=24, n_val=9, n_test=15, classes=3)

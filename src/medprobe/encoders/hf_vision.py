@@ -10,10 +10,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from medprobe.encoders.registry import EncoderConfig, register_encoder, register_family
+from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.weights import complete, hf_cached_folder, hf_download, is_offline, missing_weights, model_folder, user_path
-from medprobe.errors import EncoderError
+from medprobe.core.errors import EncoderError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,25 +30,25 @@ _MODELS = {
     "rad_dino": ("microsoft/rad-dino", 768, 518, 518, (0.5307,) * 3, (0.2583,) * 3, "MIT, research"),
 }
 
-for _name, (_repo, _dim, _crop, _short, _mean, _std, _licence) in _MODELS.items():
-    register_encoder(
-        EncoderConfig(
-            name=_name,
-            family="transformers",
-            arch="Dinov2Model",
-            embed_dim=_dim,
-            input_size=_crop,
-            mean=_mean,
-            std=_std,
-            interpolation="bicubic",
-            resize_mode="resize_crop",
-            crop_pct=_crop / _short,
-            resize_convention="hf",
-            source="huggingface",
-            weights=_repo,
-            license=_licence,
-        )
+CONFIGS = tuple(
+    EncoderConfig(
+        name=_name,
+        family="transformers",
+        arch="Dinov2Model",
+        embed_dim=_dim,
+        input_size=_crop,
+        mean=_mean,
+        std=_std,
+        interpolation="bicubic",
+        resize_mode="resize_crop",
+        crop_pct=_crop / _short,
+        resize_convention="hf",
+        source="huggingface",
+        weights=_repo,
+        license=_licence,
     )
+    for _name, (_repo, _dim, _crop, _short, _mean, _std, _licence) in _MODELS.items()
+)
 
 
 def find_folder(config, weights=None):
@@ -71,10 +71,10 @@ def availability(config):
     return "available offline" if find_folder(config) else "needs download"
 
 
-def load(config, weights=None, device="cpu"):
+def load(config, weights=None, device="cpu", runtime="auto"):
     folder = find_folder(config, weights) or _download(config)
     config = config_from_folder(config, folder)
-    return TorchEncoder(config, lambda: _build(folder), device)
+    return TorchEncoder(config, lambda: _build(folder), device, runtime, weights)
 
 
 def _download(config):
@@ -136,5 +136,3 @@ def _build(folder):
 
     return PooledOutput(model)
 
-
-register_family("transformers", load, availability)

@@ -17,10 +17,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from medprobe.encoders.registry import EncoderConfig, register_encoder, register_family
+from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.weights import hf_cached_folder, hf_download, is_offline, missing_weights, model_folder, user_path
-from medprobe.errors import EncoderError
+from medprobe.core.errors import EncoderError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -51,26 +51,26 @@ _MODELS = {
 }
 _PRE_DIMS = {name: entry[3] for name, entry in _MODELS.items()}
 
-for _name, (_arch, _repo, _dim, _pre, _licence) in _MODELS.items():
-    register_encoder(
-        EncoderConfig(
-            name=_name,
-            family="open_clip",
-            arch=_arch,
-            embed_dim=_dim,
-            input_size=224,
-            mean=OPENAI_MEAN,
-            std=OPENAI_STD,
-            interpolation="bicubic",
-            resize_mode="resize_crop",
-            crop_pct=1.0,
-            resize_convention="torchvision",
-            source="huggingface",
-            weights=_repo,
-            license=_licence,
-            extra={"features": "proj"},
-        )
+CONFIGS = tuple(
+    EncoderConfig(
+        name=_name,
+        family="open_clip",
+        arch=_arch,
+        embed_dim=_dim,
+        input_size=224,
+        mean=OPENAI_MEAN,
+        std=OPENAI_STD,
+        interpolation="bicubic",
+        resize_mode="resize_crop",
+        crop_pct=1.0,
+        resize_convention="torchvision",
+        source="huggingface",
+        weights=_repo,
+        license=_licence,
+        extra={"features": "proj"},
     )
+    for _name, (_arch, _repo, _dim, _pre, _licence) in _MODELS.items()
+)
 
 
 def variant(config, suffix):
@@ -120,14 +120,14 @@ def availability(config):
     return "available offline" if find_source(config) else "needs download"
 
 
-def load(config, weights=None, device="cpu"):
+def load(config, weights=None, device="cpu", runtime="auto"):
     source = find_source(config, weights) or _download(config)
     text_folder = None
     if source[0] == "dir":
         model_cfg = _read_config(source[1])
         config = config_from_folder(config, model_cfg)
         text_folder = _text_config_folder(config, model_cfg.get("model_cfg", {}).get("text_cfg", {}))
-    return ClipEncoder(config, source, text_folder, device)
+    return ClipEncoder(config, source, text_folder, device, runtime, weights)
 
 
 def _download(config):
@@ -221,8 +221,8 @@ def _text_config_folder(config, text_cfg):
 class ClipEncoder(TorchEncoder):
     """A TorchEncoder over a CLIP image tower, plus `embed_text` and `logit_scale` for zero-shot."""
 
-    def __init__(self, config, source, text_folder=None, device="cpu"):
-        super().__init__(config, self._build_image_module, device)
+    def __init__(self, config, source, text_folder=None, device="cpu", runtime="auto", weights=None):
+        super().__init__(config, self._build_image_module, device, runtime, weights)
         self.source = source
         self.text_folder = text_folder
         self._clip = None
@@ -316,5 +316,3 @@ def before_projection(visual, pixels):
     pooled, _ = visual._pool(visual.transformer(visual._embeds(pixels)))
     return pooled
 
-
-register_family("open_clip", load, availability, variant)

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe.core.files import atomic_target
+
 log = logging.getLogger(__name__)
 
+RUNTIMES = ("auto", "torch", "onnx", "bf16", "int8")  # see medprobe.encoders.torch_encoder for what each runs
+APPROXIMATE = ("bf16", "int8")
 # Every fast mode must give each image an embedding with cosine >= MIN_COSINE to fp32 PyTorch eager.
 MIN_COSINE = 0.999
 GUARD_IMAGES = 8
@@ -72,11 +76,8 @@ def export_onnx(module, config, path):
 
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     example = torch.zeros(1, config.channels, config.input_size, config.input_size)
-    with warnings.catch_warnings():
+    with atomic_target(path) as partial, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about deprecations and constant folding
         torch.onnx.export(
             module,
@@ -88,7 +89,6 @@ def export_onnx(module, config, path):
             opset_version=OPSET,
             dynamo=False,  # the TorchScript exporter is several times quicker to export than dynamo here
         )
-    os.replace(partial, path)
     return path
 
 
@@ -125,20 +125,18 @@ def quantize_int8(fp32_path, calibration, path):
 
     path = Path(path)
     prepared = path.with_name(f".{path.stem}.{os.getpid()}.pre.onnx")
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(
-            str(prepared),
-            str(partial),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-        os.replace(partial, path)
+        with atomic_target(path) as partial:
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(partial),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     finally:
         prepared.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
     return path

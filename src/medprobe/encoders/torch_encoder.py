@@ -17,12 +17,13 @@ import logging
 
 import numpy as np
 
-from medprobe.errors import EncoderError
+from medprobe.core.errors import EncoderError
+from medprobe.core.locations import cache_root
+from medprobe.encoders import runtimes
+from medprobe.encoders.weights import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnx", "bf16", "int8")
-APPROXIMATE = ("bf16", "int8")
 # Below this many images, exporting to ONNX (a few seconds) costs more than it saves, unless already exported.
 AUTO_ONNX_MIN_IMAGES = 256
 ORT_CHUNK = 16  # images per ONNX Runtime call; measured as fast as 64 on a 2-core CPU
@@ -39,13 +40,14 @@ class TorchEncoder:
     (64, 1280)
     """
 
-    def __init__(self, config, build, device="cpu", runtime="auto"):
+    def __init__(self, config, build, device="cpu", runtime="auto", weights=None):
         self.config = config
         self.device = str(device)
         self._build = build
         self._module = None
-        self.mode = check_runtime(runtime, self.device)
-        self.artifacts = None  # folder for exported graphs; embed() points it at the cache folder
+        self.mode = check_runtime(runtime or "auto", self.device)
+        self.weights_id = weights_fingerprint(weights) if weights else "default"
+        self.artifacts = None  # folder for exported graphs; prepare() points it at the cache folder
         self.planned_images = None  # how many images the coming job embeds; decides `auto`
         self.backend = None  # what actually runs, once the first batch has been embedded
         self.guard = None  # {"images": n, "min_cosine": c} of the fast backend against fp32 eager
@@ -68,12 +70,6 @@ class TorchEncoder:
     def runtime_info(self):
         """The runtime, the backend that actually ran and the guard's verdict, for results files."""
         return {**self.runtime, "mode": self.mode, "backend": self.backend, "guard": self.guard}
-
-    def use_runtime(self, runtime):
-        """Switch the runtime (before the first batch); the cache key follows through `runtime`."""
-        self.mode = check_runtime(runtime, self.device)
-        self._run = self.backend = self.guard = None
-        return self
 
     def prepare(self, n_images=None, artifacts=None):
         """Tell the encoder how big the coming job is and where exported graphs may be cached."""
@@ -115,9 +111,7 @@ class TorchEncoder:
             self._run, self.backend = self.reference_batch, f"torch eager fp32 ({self.device})"
             return
         self._run, self.backend = run, backend
-        from medprobe.encoders.runtimes import GUARD_IMAGES
-
-        self._check(pixels[:GUARD_IMAGES])
+        self._check(pixels[: runtimes.GUARD_IMAGES])
 
     def _fast_backend(self, pixels):
         """(run, description) for the chosen fast mode, or (None, None) for plain eager."""
@@ -144,15 +138,11 @@ class TorchEncoder:
         return self._onnx_path().is_file()  # exported by an earlier, larger job: free to reuse
 
     def _onnx_path(self):
-        from medprobe.encoders import runtimes
-
         if self._fingerprint is None:
             self._fingerprint = runtimes.weights_fingerprint(self.module)
         return runtimes.onnx_file(self._artifact_folder(), self.config, self._fingerprint)
 
     def _onnx_backend(self, pixels):
-        from medprobe.encoders import runtimes
-
         folder = self._artifact_folder()
         path = self._onnx_path()
         if not path.is_file():
@@ -198,29 +188,25 @@ class TorchEncoder:
         return run, f"torch {torch.__version__} bf16 autocast, channels-last ({self.device})"
 
     def _artifact_folder(self):
-        from medprobe.cache import cache_root
-
         return (self.artifacts if self.artifacts is not None else cache_root()) / "_onnx"
 
     def _check(self, pixels):
         """The exactness guard: the fast backend against fp32 eager on the first images of the job."""
-        from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
-
-        cosine = min_cosine(self._run(pixels), self.reference_batch(pixels))
+        cosine = runtimes.min_cosine(self._run(pixels), self.reference_batch(pixels))
         self.guard = {"images": len(pixels), "min_cosine": round(cosine, 6)}
-        if cosine >= MIN_COSINE:
+        if cosine >= runtimes.MIN_COSINE:
             return
-        if self.mode in APPROXIMATE:
-            log.warning("%s embeddings differ from fp32 (min cosine %.4f < %.3f on the first %d images); AUCs may shift slightly", self.mode, cosine, MIN_COSINE, len(pixels))
+        if self.mode in runtimes.APPROXIMATE:
+            log.warning("%s embeddings differ from fp32 (min cosine %.4f < %.3f on the first %d images); AUCs may shift slightly", self.mode, cosine, runtimes.MIN_COSINE, len(pixels))
             return
-        log.warning("%s disagrees with PyTorch fp32 (min cosine %.4f < %.3f); embedding with PyTorch eager fp32 instead", self.backend, cosine, MIN_COSINE)
+        log.warning("%s disagrees with PyTorch fp32 (min cosine %.4f < %.3f); embedding with PyTorch eager fp32 instead", self.backend, cosine, runtimes.MIN_COSINE)
         self._run, self.backend = self.reference_batch, f"torch eager fp32 ({self.device}; fast path failed the guard)"
 
 
 def check_runtime(runtime, device):
     """Validate a runtime name against the device; a CUDA request without a usable GPU is an error, not a slow run."""
-    if runtime not in RUNTIMES:
-        raise EncoderError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime not in runtimes.RUNTIMES:
+        raise EncoderError(f"unknown runtime {runtime!r}; choose one of {', '.join(runtimes.RUNTIMES)}")
     if device == "cpu":
         return runtime
     if not device.startswith("cuda"):

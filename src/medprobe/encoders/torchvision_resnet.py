@@ -8,10 +8,10 @@ found offline first (see weights.py); online they download into the torch hub ca
 
 from pathlib import Path
 
-from medprobe.encoders.registry import EncoderConfig, register_encoder, register_family
+from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.weights import is_offline, missing_weights, model_folder, user_path
-from medprobe.errors import EncoderError
+from medprobe.core.errors import EncoderError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,25 +23,25 @@ _MODELS = {
     "resnet50": ("https://download.pytorch.org/models/resnet50-0676ba61.pth", 2048),
 }
 
-for _name, (_url, _dim) in _MODELS.items():
-    register_encoder(
-        EncoderConfig(
-            name=_name,
-            family="torchvision",
-            arch=_name,
-            embed_dim=_dim,
-            input_size=224,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            interpolation="bilinear",
-            resize_mode="resize_crop",
-            crop_pct=0.875,
-            resize_convention="torchvision",
-            source="torchvision IMAGENET1K_V1",
-            weights=_url,
-            license="BSD-3-Clause",
-        )
+CONFIGS = tuple(
+    EncoderConfig(
+        name=_name,
+        family="torchvision",
+        arch=_name,
+        embed_dim=_dim,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        interpolation="bilinear",
+        resize_mode="resize_crop",
+        crop_pct=0.875,
+        resize_convention="torchvision",
+        source="torchvision IMAGENET1K_V1",
+        weights=_url,
+        license="BSD-3-Clause",
     )
+    for _name, (_url, _dim) in _MODELS.items()
+)
 
 
 def _file_name(config):
@@ -75,9 +75,9 @@ def availability(config):
     return "available offline" if find_weights(config) else "needs download"
 
 
-def load(config, weights=None, device="cpu"):
+def load(config, weights=None, device="cpu", runtime="auto"):
     path = find_weights(config, weights) or _download(config)
-    return TorchEncoder(config, lambda: _build(config, path), device)
+    return TorchEncoder(config, lambda: _build(config, path), device, runtime, weights)
 
 
 def _download(config):
@@ -114,5 +114,3 @@ def _build(config, path):
     network.fc = torch.nn.Identity()  # pooled features, not ImageNet logits
     return network
 
-
-register_family("torchvision", load, availability)

@@ -11,10 +11,13 @@ Resolution order for every downloadable encoder:
 When all three fail, `missing_weights` builds the error that names the files to place and the folder.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
-from medprobe.errors import EncoderError
+from medprobe.core.errors import EncoderError
+from medprobe.core.files import file_digest
+from medprobe.core.locations import user_cache
 
 OFFLINE_VARIABLES = ("MEDPROBE_OFFLINE", "HF_HUB_OFFLINE")
 
@@ -23,9 +26,7 @@ def models_root():
     """$MEDPROBE_MODELS, else `<user cache>/medprobe/models`: one sub-folder per encoder name."""
     if os.environ.get("MEDPROBE_MODELS"):
         return Path(os.environ["MEDPROBE_MODELS"])
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("medprobe")) / "models"
+    return user_cache() / "models"
 
 
 def model_folder(config):
@@ -89,3 +90,16 @@ def missing_weights(config, needed, url, problem):
 
 def _describe(needed):
     return " and ".join(" or ".join(group) for group in needed)
+
+
+def weights_fingerprint(path):
+    """SHA-256 over a --weights file, or over every file (and its relative name) in a model folder.
+
+    Embeddings from user-supplied weights must never share a cache entry with the default weights' ones.
+    """
+    path = Path(path).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if file != path else file.name}:{file_digest(file)}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,5 @@
+import sys
+
+from medprobe.cli import main
+
+sys.exit(main())

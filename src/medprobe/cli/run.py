@@ -1,0 +1,44 @@
+"""`medprobe run` and `medprobe fit --save`: embed, fit a probe, report test AUC/ACC with 95 % CIs."""
+
+from medprobe.cli.args import add_data_args, add_encoder_args, add_probe_args, data_spec, embed_options, probe_spec
+
+
+def add_commands(commands):
+    run = commands.add_parser("run", help="embed, fit a probe, and report test AUC/ACC with 95%% CIs")
+    run.set_defaults(func=cmd_run)
+    add_data_args(run)
+    add_encoder_args(run)
+    add_probe_args(run)
+    run.add_argument("--prompts", help="for --probe zeroshot: YAML or JSON file mapping each class name to a list of prompts")
+    run.add_argument("--out", default="medprobe-run", help="results folder (default ./medprobe-run)")
+    run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+
+    fit = commands.add_parser("fit", help="embed, fit a probe and save it without pickle (--save MODEL_DIR)")
+    fit.set_defaults(func=cmd_fit)
+    add_data_args(fit)
+    add_encoder_args(fit)
+    add_probe_args(fit, probes="logreg, svm or knn")
+    fit.add_argument("--save", required=True, metavar="MODEL_DIR", help="folder for the saved probe")
+    fit.add_argument("--out", help="also write a results folder (results.json, predictions.csv, summary.md)")
+    fit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+
+
+def _run(args, save=None):
+    from medprobe.reporting.results import format_table
+    from medprobe.workflows.run import EvalOptions, run
+
+    result = run(data_spec(args), embed_options(args), probe_spec(args), EvalOptions(args.n_boot), out=args.out, save=save)
+    print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {args.encoder} · "
+          f"{args.probe} {result.probe['params']}")
+    print(format_table(result.metrics["test"]))
+    return result
+
+
+def cmd_run(args):
+    result = _run(args)
+    print(f"embedding {result.timings['embed_s']:.1f} s ({'cache hit' if result.cache['hit'] else 'computed'}); results in {args.out}/")
+
+
+def cmd_fit(args):
+    _run(args, save=args.save)
+    print(f"saved probe to {args.save}/ (use: medprobe predict {args.save} IMAGES)")

@@ -1,0 +1,61 @@
+"""Typed errors. Every user mistake becomes a MedprobeError whose message says what, where and how to fix it."""
+
+from medprobe.core.names import did_you_mean
+
+
+class MedprobeError(Exception):
+    """Base class for errors caused by user input or the environment; the CLI prints these without a traceback."""
+
+
+class UnknownNameError(MedprobeError):
+    """A name (dataset, encoder, probe, config key) that is not known; carries close matches, not the whole list.
+
+    The CLI adds where to list the known names; the library does not know about commands.
+    """
+
+    def __init__(self, kind, name, known=()):
+        self.kind, self.name, self.known = kind, name, list(known)
+        super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, self.known)}")
+
+    def __reduce__(self):
+        return type(self), (self.kind, self.name, self.known)
+
+
+class DatasetError(MedprobeError):
+    """A dataset could not be found, read or validated."""
+
+
+class ImageError(DatasetError):
+    """One image could not be decoded. `path` names the file."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):  # picklable with its two arguments, so it crosses from a Ray worker intact
+        return type(self), (self.path, self.reason)
+
+
+class EncoderError(MedprobeError):
+    """An encoder is unknown, or its weights cannot be loaded."""
+
+
+class ProbeError(MedprobeError):
+    """A probe is unknown, or cannot be fitted on the given labels."""
+
+
+class CacheError(MedprobeError):
+    """A cache entry is corrupt or does not match what was asked for."""
+
+
+class ModelError(MedprobeError):
+    """A saved probe is missing, damaged, tampered with, or fitted on an encoder this installation lacks."""
+
+
+class ClusterError(MedprobeError):
+    """Ray is not installed, a cluster cannot be reached, or a distributed job lost work it could not redo."""
+
+
+class BenchConfigError(MedprobeError):
+    """The bench config file is missing, unreadable, or names something unknown."""

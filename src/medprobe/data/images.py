@@ -1,0 +1,146 @@
+"""How one file becomes an 8-bit L or RGB image.
+
+Files are decoded by their content, not their extension: PNG, JPEG, TIFF, BMP, GIF, WebP and
+DICOM (see `medprobe.data.dicom`). Anything that cannot be decoded raises `ImageError(path, reason)`.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from medprobe.core.errors import ImageError, MedprobeError
+from medprobe.data.dicom import read_dicom
+from medprobe.data.pixels import check_pixels, stretch_to_8bit
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+# The format each suffix promises; when the content disagrees, the content wins and the mismatch is noted.
+_SUFFIX_FORMAT = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
+    ".gif": "GIF", ".webp": "WEBP", ".dcm": "DICOM", ".dicom": "DICOM",
+}
+# How pixels become the 8-bit image the transform sees. Part of the cache key and of saved models:
+# change it and every cached embedding is recomputed.
+DECODING = {
+    "version": 1,
+    "16-bit, 32-bit and float grayscale": "stretched linearly from the image's min..max to 0..255 (not clipped)",
+    "alpha (RGBA, LA, palette with transparency)": "composited over black",
+    "palette, CMYK, YCbCr, LAB": "converted to RGB",
+    "exif_orientation": "applied",
+    "multi_frame": "first frame",
+    "dicom": "modality LUT (rescale), then VOI LUT or window (else the image's min..max) to 0..255; MONOCHROME1 inverted",
+}
+
+
+def is_image_file(path):
+    """True for files a folder dataset should include: known suffixes, or no suffix but DICOM content."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+        return True
+    return not suffix and _head(path)[128:132] == b"DICM"
+
+
+def _head(path, n=132):
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # mode "L" or "RGB"
+    notes: list = field(default_factory=list)  # things worth recording, e.g. "12 frames; used the first"
+
+
+def read_image(path, fast=False):
+    """Decode one file by its content into an 8-bit L or RGB image, with notes; or raise ImageError.
+
+    `fast` decodes JPEGs at reduced scale (every byte is still read, so truncation is still caught);
+    the pre-scan uses it, embedding does not.
+
+    >>> read_image("xray.dcm").image.mode
+    'L'
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as e:
+        raise ImageError(path, "file not found") from e
+    except OSError as e:
+        raise ImageError(path, f"cannot read file ({e.strerror})") from e
+    if path.is_dir():
+        raise ImageError(path, "is a folder, not an image file")
+    if size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    head = _head(path)
+    expected = _SUFFIX_FORMAT.get(path.suffix.lower())
+    try:
+        if head[128:132] == b"DICM":
+            decoded, actual = _read_dicom(path), "DICOM"
+        else:
+            decoded, actual = _read_pillow(path, fast, dicom_fallback=expected == "DICOM")
+    except MedprobeError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- hostile bytes make decoders raise nearly any type; each becomes ImageError
+        raise ImageError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+    if expected and actual != expected and not (expected == "JPEG" and actual == "MPO"):
+        decoded.notes.append(f"extension {path.suffix} but the content is {actual}; decoded as {actual}")
+    return decoded
+
+
+def decode_image(path):
+    """The decoded image alone (see `read_image`)."""
+    return read_image(path).image
+
+
+def _read_dicom(path):
+    pixels, notes = read_dicom(path)
+    return Decoded(Image.fromarray(pixels), notes)
+
+
+def _read_pillow(path, fast, dicom_fallback):
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"refused as a decompression bomb ({e})") from e
+    except Image.UnidentifiedImageError as e:
+        if dicom_fallback:  # a DICOM file written without the 128-byte preamble
+            return _read_dicom(path), "DICOM"
+        raise ImageError(
+            path, "not a recognised image format (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM expected)"
+        ) from e
+    with image:
+        actual = image.format
+        check_pixels(path, *image.size)
+        notes = []
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"{frames} frames; used the first")
+        if fast and image.format == "JPEG":
+            image.draft(image.mode, (1, 1))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return Decoded(to_8bit(image), notes), actual
+
+
+def to_8bit(image):
+    """Any Pillow mode -> "L" or "RGB", following DECODING."""
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(stretch_to_8bit(np.asarray(image)))
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA")  # a palette may carry transparency
+        mode = "RGBA"
+    if mode in ("RGBA", "RGBa", "LA", "La"):
+        flat = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA"))
+        return flat.convert("L" if mode.startswith("L") else "RGB")
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX

@@ -1,0 +1,88 @@
+"""Image sources: where a dataset's images come from. Both kinds implement `ImageSource`."""
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from medprobe.core.errors import ImageError
+from medprobe.data.images import decode_image
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """N images addressed by row: what datasets, the pre-scan, embedding and the Ray path rely on."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> Image.Image:
+        """The decoded image of one row (mode L or RGB for files; as stored for arrays)."""
+
+    def content(self, index: int) -> bytes:
+        """The bytes that identify the image; their SHA-256 keys the embedding cache."""
+
+    def describe(self, index: int) -> str:
+        """How to name the row to a person: a path, or 'image #i'."""
+
+    def subset(self, rows) -> "ImageSource":
+        """The same source restricted to `rows`, in that order."""
+
+
+class ArrayImages:
+    """Images held in uint8 arrays (N, H, W) or (N, H, W, C), as MedMNIST ships them.
+
+    Takes several arrays (one per split) and indexes them as one, without concatenating,
+    so a memory-mapped 224 px file is never copied whole. A subset keeps the arrays and a row map.
+    """
+
+    def __init__(self, arrays, rows=None):
+        self.arrays = list(arrays)
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.rows = np.arange(self.offsets[-1]) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _get(self, index):
+        row = int(self.rows[index])
+        part = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return np.asarray(self.arrays[part][row - self.offsets[part]])
+
+    def load(self, index):
+        return Image.fromarray(self._get(index))
+
+    def content(self, index):
+        image = np.ascontiguousarray(self._get(index))
+        return f"{image.shape}{image.dtype}".encode() + image.tobytes()
+
+    def describe(self, index):
+        return f"image #{int(self.rows[index])}"
+
+    def subset(self, rows):
+        return ArrayImages(self.arrays, self.rows[np.asarray(rows, dtype=np.int64)])
+
+
+class FileImages:
+    """Images stored as files; `content` is the raw file bytes, so a changed file changes the cache key."""
+
+    def __init__(self, paths):
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self):
+        return len(self.paths)
+
+    def load(self, index):
+        return decode_image(self.paths[index])
+
+    def content(self, index):
+        try:
+            return self.paths[index].read_bytes()
+        except OSError as e:
+            raise ImageError(self.paths[index], f"cannot read file ({e.strerror})") from e
+
+    def describe(self, index):
+        return str(self.paths[index])
+
+    def subset(self, rows):
+        return FileImages([self.paths[i] for i in rows])

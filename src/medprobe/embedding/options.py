@@ -1,0 +1,31 @@
+"""How to embed: one frozen object built once at the edge (the CLI, a bench cell) and passed whole."""
+
+import os
+from dataclasses import dataclass, field
+
+# Rows per committed cache shard: the most work a kill can lose.
+DEFAULT_SHARD_SIZE = 512
+
+
+def _shard_size_from_environment():
+    # $MEDPROBE_SHARD_SIZE lowers it for the tests that kill a run mid-way; read when options are built, never at import.
+    return int(os.environ.get("MEDPROBE_SHARD_SIZE", DEFAULT_SHARD_SIZE))
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Encoder spec ('a' or a fusion 'a+b'), its weights, where and how it runs, and the cache.
+
+    >>> options = EmbedOptions("efficientnet_lite0", runtime="onnx", batch_size=32)
+    >>> encoded = embed_spec(dataset, options)
+    """
+
+    encoder: str = "efficientnet_lite0"
+    weights: str | None = None
+    device: str = "cpu"
+    runtime: str = "auto"
+    batch_size: int = 64
+    cache_dir: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+    shard_size: int = field(default_factory=_shard_size_from_environment)

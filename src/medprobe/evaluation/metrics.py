@@ -1,0 +1,119 @@
+"""Metrics exactly as MedMNIST's evaluator defines them, plus seeded bootstrap CIs.
+
+| task | AUC | ACC |
+| binary | ROC AUC of the positive-class score | threshold 0.5 on the positive-class score |
+| multi-class, ordinal | unweighted mean of one-vs-rest AUCs | argmax |
+| multi-label | mean of per-label AUCs | mean per-label accuracy at threshold 0.5 |
+
+The bootstrap resamples test rows with replacement; each resample is a vector of counts, and
+AUC under counts is the weighted Mann-Whitney statistic, computed for all resamples at once.
+"""
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+N_BOOTSTRAP = 1000
+BOOTSTRAP_SEED = 0
+# MedMNIST's evaluator (medmnist/evaluator.py, getACC) calls a score positive when it is strictly above 0.5.
+# Every decision in medprobe (ACC, confusion matrices, `predict`) goes through `predictions` below.
+THRESHOLD = 0.5
+
+
+def binary_columns(y_true, scores, task):
+    """The (truth, score) pairs whose AUCs MedMNIST averages, one per class or label."""
+    if task == "binary":
+        return [(y_true, scores[:, -1] if scores.ndim == 2 else scores)]
+    if task == "multi-label":
+        return [(y_true[:, j], scores[:, j]) for j in range(scores.shape[1])]
+    return [((y_true == k).astype(int), scores[:, k]) for k in range(scores.shape[1])]
+
+
+def predictions(scores, task):
+    """Predicted class index per row (argmax; binary: positive score > THRESHOLD), or a 0/1 matrix for multi-label."""
+    if task == "binary":
+        return ((scores[:, -1] if scores.ndim == 2 else scores) > THRESHOLD).astype(int)
+    if task == "multi-label":
+        return (scores > THRESHOLD).astype(int)
+    return np.argmax(scores, axis=-1)
+
+
+def medmnist_auc(y_true, scores, task):
+    return float(np.mean([roc_auc_score(t, s) for t, s in binary_columns(y_true, scores, task)]))
+
+
+def medmnist_acc(y_true, scores, task):
+    return float(np.mean(_correct(y_true, scores, task)))
+
+
+def _correct(y_true, scores, task):
+    """Per-row correctness whose mean is the MedMNIST ACC (per-label accuracy averaged for multi-label)."""
+    predicted = predictions(scores, task)
+    if task == "multi-label":
+        return (predicted == y_true).mean(axis=1)
+    return (predicted == y_true).astype(float)
+
+
+def weighted_auc(truth, score, weights):
+    """ROC AUC of one binary problem under each row of `weights` (B, N); ties count one half.
+
+    With integer weights this equals roc_auc_score on the rows repeated that many times.
+    """
+    order = np.argsort(score, kind="mergesort")
+    score, truth, weights = score[order], truth[order].astype(bool), weights[:, order]
+    starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])  # first row of each group of tied scores
+    positives = np.add.reduceat(weights * truth, starts, axis=1)
+    negatives = np.add.reduceat(weights * ~truth, starts, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (positives * (below + 0.5 * negatives)).sum(axis=1) / pairs
+
+
+def bootstrap_ci(y_true, scores, task, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED, level=0.95):
+    """Percentile CIs for AUC and ACC over `n_boot` seeded resamples of the rows.
+
+    Resamples in which a class is absent give no AUC for it and are left out of that interval.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    columns = binary_columns(y_true, scores, task)
+    correct = _correct(y_true, scores, task)
+    aucs, accs = [], []
+    for block in np.array_split(np.arange(n_boot), max(1, n_boot * n // 5_000_000)):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=len(block)).astype(np.float64)
+        aucs.append(np.mean([weighted_auc(t, s, counts) for t, s in columns], axis=0))
+        accs.append(counts @ correct / n)
+    tail = 100 * (1 - level) / 2
+    aucs, accs = np.concatenate(aucs), np.concatenate(accs)
+    return {
+        "auc_ci": [float(v) for v in np.nanpercentile(aucs, [tail, 100 - tail])],
+        "acc_ci": [float(v) for v in np.percentile(accs, [tail, 100 - tail])],
+        "bootstrap": {"n": n_boot, "seed": seed, "level": level, "valid_auc_resamples": int(np.isfinite(aucs).sum())},
+    }
+
+
+def evaluate(y_true, scores, task, label_names=None, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
+    """All metrics for one split, MedMNIST-defined AUC and ACC first, with 95 % bootstrap CIs.
+
+    >>> evaluate(np.array([0, 1, 1, 0]), np.array([[.9, .1], [.2, .8], [.4, .6], [.6, .4]]), "binary")["auc"]
+    1.0
+    """
+    y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
+    predicted = predictions(scores, task)
+    columns = binary_columns(y_true, scores, task)
+    names = list(label_names) if label_names is not None else [str(i) for i in range(len(columns))]
+    if task == "binary":
+        names = names[-1:]
+    if task == "multi-label":
+        balanced = np.mean([balanced_accuracy_score(y_true[:, j], predicted[:, j]) for j in range(y_true.shape[1])])
+    else:
+        balanced = balanced_accuracy_score(y_true, predicted)
+    return {
+        "auc": medmnist_auc(y_true, scores, task),
+        "acc": medmnist_acc(y_true, scores, task),
+        **bootstrap_ci(y_true, scores, task, n_boot, seed),
+        "balanced_accuracy": float(balanced),
+        "macro_f1": float(f1_score(y_true, predicted, average="macro", zero_division=0)),
+        "per_class_auc": {name: float(roc_auc_score(t, s)) for name, (t, s) in zip(names, columns)},
+        "n": int(len(y_true)),
+    }

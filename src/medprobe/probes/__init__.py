@@ -1,0 +1,1 @@
+"""Layer 2, probes: scikit-learn classifiers on embeddings, zero-shot CLIP, and saved probes."""

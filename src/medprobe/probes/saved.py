@@ -1,0 +1,288 @@
+"""Saved probes without pickle: JSON for what the model is, safetensors for its learned numbers.
+
+    MODEL_DIR/model.json          format, medprobe version, encoder name + full config, preprocessing,
+                                  decoding, task, label names, probe, the estimator tree, SHA-256 of the arrays
+    MODEL_DIR/arrays.safetensors  every learned array (scaler mean/scale, coefficients, calibrators, kNN vectors)
+    MODEL_DIR/model.json.sha256   SHA-256 of model.json
+
+Loading rebuilds each scikit-learn estimator from a fixed list of trusted classes and sets its
+fitted attributes; nothing from the files is executed or imported by name. The checksums catch
+corruption and casual edits; they are not a signature against someone who rewrites all three files.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medprobe import __version__
+from medprobe.core.errors import MedprobeError, ModelError
+from medprobe.core.files import atomic_write_bytes
+from medprobe.data.images import DECODING
+from medprobe.encoders import get_config
+from medprobe.encoders.transforms import make_transform
+from medprobe.probes.fit import FittedProbe
+
+log = logging.getLogger(__name__)
+
+FORMAT = "medprobe-probe"
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+ARRAYS = "arrays.safetensors"
+CHECKSUM = "model.json.sha256"
+
+
+def _trusted_types():
+    """The only classes a saved model may name; loading looks names up here and nowhere else."""
+    from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier, _ConstantPredictor
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import LabelBinarizer, Normalizer, StandardScaler
+    from sklearn.svm import LinearSVC
+
+    types = (
+        Pipeline, StandardScaler, Normalizer, LogisticRegression, LinearSVC, CalibratedClassifierCV,
+        _CalibratedClassifier, _SigmoidCalibration, KNeighborsClassifier, OneVsRestClassifier,
+        LabelBinarizer, _ConstantPredictor,
+    )
+    return {cls.__name__: cls for cls in types}
+
+
+@dataclass
+class SavedModel:
+    """A loaded probe and the metadata that says which embeddings it expects."""
+
+    probe: object  # medprobe.probes.FittedProbe
+    meta: dict
+    path: Path
+
+    @property
+    def encoder_name(self):
+        return self.meta["encoder"]["name"]
+
+    @property
+    def task(self):
+        return self.meta["task"]
+
+    @property
+    def label_names(self):
+        return list(self.meta["label_names"])
+
+    def check_encoder(self, encoder, transform):
+        """Refuse to embed with an encoder or preprocessing other than the one the probe was fitted on."""
+        _refuse_differences(self.path, "encoder config", self.meta["encoder"]["config"], encoder.config.to_dict())
+        _refuse_differences(self.path, "preprocessing", self.meta["preprocessing"], transform.policy)
+
+
+def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weights=None, metrics=None, seed=0):
+    """Write a fitted probe and everything needed to use it on new images; return the folder.
+
+    >>> save_model("models/derma", fitted, data, encoder, transform, "efficientnet_lite0")
+    """
+    from safetensors.numpy import save
+
+    folder = Path(folder)
+    arrays = {}
+    tree = _encode(fitted.estimator, arrays)
+    blob = save(arrays) if arrays else save({"_empty": np.zeros(0, np.float32)})
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "medprobe": __version__,
+        "sklearn": _sklearn_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": dataset.task,
+        "label_names": list(dataset.label_names),
+        "encoder": {"name": encoder_name, "config": _plain(encoder.config.to_dict()), "weights": str(weights) if weights else None},
+        "preprocessing": _plain(transform.policy),
+        "decoding": DECODING,
+        "probe": {"name": fitted.name, "params": _plain(fitted.params), "selection": _plain(fitted.selection)},
+        "trained_on": {"dataset": _plain(dataset.describe()), "seed": seed, "test_metrics": _plain((metrics or {}).get("test"))},
+        "estimator": tree,
+        "arrays": {"file": ARRAYS, "sha256": hashlib.sha256(blob).hexdigest()},
+    }
+    text = (json.dumps(meta, indent=1, allow_nan=True) + "\n").encode()
+    atomic_write_bytes(folder / ARRAYS, blob)
+    atomic_write_bytes(folder / MODEL_JSON, text)
+    atomic_write_bytes(folder / CHECKSUM, f"{hashlib.sha256(text).hexdigest()}  {MODEL_JSON}\n".encode())
+    return folder
+
+
+def load_model(folder, check_encoder=True):
+    """Verify the checksums, check the encoder against the registry, and rebuild the probe.
+
+    >>> model = load_model("models/derma")
+    >>> model.probe.predict_scores(vectors)
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    folder = Path(folder)
+    text = _read(folder / MODEL_JSON)
+    recorded = _read(folder / CHECKSUM).decode(errors="replace").split()
+    if not recorded or recorded[0] != hashlib.sha256(text).hexdigest():
+        raise ModelError(f"{folder / MODEL_JSON} does not match its checksum in {CHECKSUM}: the model was modified or damaged after saving; refit it")
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise ModelError(f"{folder / MODEL_JSON}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{folder}: not a medprobe saved probe of format version {FORMAT_VERSION}")
+    blob = _read(folder / ARRAYS)
+    if hashlib.sha256(blob).hexdigest() != meta["arrays"]["sha256"]:
+        raise ModelError(f"{folder / ARRAYS} does not match the checksum in {MODEL_JSON}: the model was modified or damaged after saving; refit it")
+    try:
+        arrays = load(blob)
+    except SafetensorError as e:
+        raise ModelError(f"{folder / ARRAYS}: not a readable safetensors file ({e})") from e
+    if meta.get("sklearn") != _sklearn_version():
+        log.warning("%s was saved with scikit-learn %s and is loaded with %s", folder, meta.get("sklearn"), _sklearn_version())
+    if check_encoder:
+        _check_registered(folder, meta)
+    try:
+        estimator = _Decoder(arrays).value(meta["estimator"])
+        probe = FittedProbe(estimator, meta["probe"]["name"], meta["probe"]["params"], meta["probe"]["selection"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ModelError(f"{folder / MODEL_JSON}: the estimator description is malformed ({type(e).__name__}: {e})") from e
+    return SavedModel(probe, meta, folder)
+
+
+def _read(path):
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise ModelError(f"{path} not found; a saved probe folder holds {MODEL_JSON}, {ARRAYS} and {CHECKSUM} (from `medprobe fit --save`)") from e
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _check_registered(folder, meta):
+    """The probe only means something on embeddings from the very encoder and preprocessing it was fitted on."""
+    name = meta["encoder"]["name"]
+    try:
+        config = get_config(name)
+    except MedprobeError as e:
+        raise ModelError(f"{folder} was fitted on encoder {name!r}, which this installation does not provide ({e})") from e
+    _refuse_differences(folder, f"encoder {name!r} config", meta["encoder"]["config"], config.to_dict())
+    _refuse_differences(folder, "preprocessing", meta["preprocessing"], make_transform(config).policy)
+    _refuse_differences(folder, "image decoding", meta.get("decoding"), DECODING)
+
+
+def _refuse_differences(folder, what, saved, current):
+    saved, current = _plain(saved), _plain(current)
+    if isinstance(saved, dict) and isinstance(current, dict):
+        saved, current = ({k: v for k, v in d.items() if k != "extra"} for d in (saved, current))  # extra: free-form notes
+        differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    else:
+        differing = [] if saved == current else ["(all)"]
+    if differing:
+        details = "; ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in differing[:5]) if isinstance(saved, dict) else ""
+        raise ModelError(
+            f"{folder}: the {what} differs from the one the probe was fitted with ({details or 'changed'}); "
+            "embeddings would not mean the same thing, so refit the probe with this installation"
+        )
+
+
+def _plain(value):
+    """JSON's view of a value (tuples become lists), so saved and current configs compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _sklearn_version():
+    import sklearn
+
+    return sklearn.__version__
+
+
+# --- the estimator tree: JSON nodes, arrays by reference ---------------------------------------------
+
+
+def _encode(value, arrays):
+    """JSON for one value; arrays go into `arrays` and are referenced by key."""
+    from sklearn.base import BaseEstimator
+    from sklearn.neighbors import KNeighborsClassifier
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return {"$scalar": value.dtype.str, "value": value.item()}
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise ModelError(f"cannot save an array of dtype {value.dtype} (only numbers are saved)")
+        key = f"a{len(arrays)}"
+        arrays[key] = np.ascontiguousarray(value)
+        return {"$array": key}
+    if isinstance(value, (list, tuple)):
+        return {"$list" if isinstance(value, list) else "$tuple": [_encode(v, arrays) for v in value]}
+    if isinstance(value, dict):
+        return {"$dict": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+    name = type(value).__name__
+    if _trusted_types().get(name) is not type(value):
+        raise ModelError(f"cannot save a {type(value).__module__}.{name}: only medprobe's own probe types are saved")
+    if isinstance(value, KNeighborsClassifier):
+        # kNN keeps its neighbours in private structures; store the vectors and labels and refit on load.
+        fit = {"X": value._fit_X, "y": value.classes_[value._y]} if hasattr(value, "_fit_X") else None  # None: a template
+        return {"$object": name, "params": _encode(value.get_params(deep=False), arrays), "fit": _encode(fit, arrays)}
+    if isinstance(value, BaseEstimator):
+        params = value.get_params(deep=False)
+        state = {k: v for k, v in vars(value).items() if _is_fitted_name(k)}
+    else:  # _CalibratedClassifier: a plain object whose attributes are its constructor arguments
+        params, state = dict(vars(value)), {}
+    return {"$object": name, "params": _encode(params, arrays), "state": _encode(state, arrays)}
+
+
+def _is_fitted_name(name):
+    return isinstance(name, str) and name.isidentifier() and name.endswith("_") and not name.startswith("_")
+
+
+class _Decoder:
+    def __init__(self, arrays):
+        self.arrays = arrays
+        self.types = _trusted_types()
+
+    def value(self, node):
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if not isinstance(node, dict) or len(node) == 0:
+            raise ValueError(f"unexpected entry {str(node)[:80]!r}")
+        if "$array" in node:
+            return self.arrays[node["$array"]]
+        if "$scalar" in node:
+            dtype = np.dtype(node["$scalar"])
+            if dtype.kind not in "biuf":
+                raise ValueError(f"scalar of dtype {dtype} is not allowed")
+            return dtype.type(node["value"])
+        if "$list" in node:
+            return [self.value(v) for v in node["$list"]]
+        if "$tuple" in node:
+            return tuple(self.value(v) for v in node["$tuple"])
+        if "$dict" in node:
+            return {self.value(k): self.value(v) for k, v in node["$dict"]}
+        if "$object" in node:
+            return self.estimator(node)
+        raise ValueError(f"unexpected entry {str(node)[:80]!r}")
+
+    def estimator(self, node):
+        from sklearn.base import BaseEstimator
+        from sklearn.neighbors import KNeighborsClassifier
+
+        cls = self.types.get(node["$object"])
+        if cls is None:
+            raise ModelError(f"refusing to load type {node['$object']!r}: not one of the trusted probe types {sorted(self.types)}")
+        params = self.value(node["params"])
+        if cls is KNeighborsClassifier:
+            fit = self.value(node["fit"])
+            return cls(**params).fit(fit["X"], fit["y"]) if fit is not None else cls(**params)
+        estimator = cls(**params)
+        if issubclass(cls, BaseEstimator):
+            for name, value in self.value(node["state"]).items():
+                if not _is_fitted_name(name):
+                    raise ValueError(f"refusing attribute {name!r}: fitted attributes end in '_' and are public")
+                setattr(estimator, name, value)
+        return estimator

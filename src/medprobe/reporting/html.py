@@ -1,0 +1,508 @@
+"""`medprobe report RESULTS_DIR`: one self-contained HTML page drawn from saved results only.
+
+It reads results.json, predictions.csv, embedding_2d.csv, curve.json and baseline folders;
+it never embeds an image or fits a probe. The figures are PNGs inlined as base64, so the page
+opens offline in any browser. The confusion matrix and reliability diagram are also written
+as 200 dpi PNG files under `figures/` for papers.
+
+RESULTS_DIR may be one `medprobe run` folder, a `medprobe bench` folder, a `medprobe baseline`
+folder, or any folder holding some of those.
+"""
+
+import base64
+import html
+import io
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medprobe import __version__
+from medprobe.core.errors import MedprobeError
+from medprobe.core.files import atomic_write_bytes, atomic_write_text
+from medprobe.core.names import slug
+from medprobe.evaluation.metrics import binary_columns, predictions
+from medprobe.reporting.results import (
+    CURVE_JSON,
+    PREDICTIONS,
+    PROJECTION,
+    RESULTS,
+    BaselineResult,
+    read_curve,
+    read_predictions,
+    read_projection,
+    read_result,
+)
+from medprobe.reporting.tables import MANIFEST, build_table
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+FIGURES = "figures"
+N_BINS = 10
+
+
+# --- reading saved results ----------------------------------------------------------------------
+
+
+def discover(root):
+    """What a folder holds: runs and baselines as (folder, result) pairs, curves, and a bench manifest."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MedprobeError(f"{root}: not a folder; give a `medprobe run`, `bench` or `baseline` output folder")
+    runs, baselines = [], []
+    for path in sorted(root.rglob(RESULTS)):
+        result = read_result(path.parent)
+        (baselines if isinstance(result, BaselineResult) else runs).append((path.parent, result))
+    curves = [read_curve(p.parent) for p in sorted(root.rglob(CURVE_JSON))]
+    bench = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).is_file() else None
+    if bench is not None:
+        known = {folder.resolve() for folder, _ in baselines}
+        for extra in bench.get("baselines", []):
+            if Path(extra).resolve() not in known and (Path(extra) / RESULTS).is_file():
+                baselines.append((Path(extra), read_result(extra)))
+    if not (runs or baselines or curves):
+        raise MedprobeError(f"{root}: no results.json or curve.json found; run `medprobe run --out {root}` (or bench) first")
+    return {"root": root, "runs": runs, "baselines": baselines, "curves": curves, "bench": bench}
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def _figure(width=5.0, height=4.0):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _png(fig, dpi=100):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _colors(n):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def roc_figure(labels, scores, task, label_names, per_class_auc, title):
+    """One ROC curve per class (the positive class for binary); the legend's AUC is the saved one."""
+    from sklearn.metrics import roc_curve
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    names = label_names[-1:] if task == "binary" else label_names
+    for (truth, score), name, color in zip(binary_columns(labels, scores, task), names, _colors(len(names))):
+        if 0 < truth.sum() < len(truth):
+            fpr, tpr, _ = roc_curve(truth, score)
+            auc = per_class_auc.get(name)
+            ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def confusion_figure(labels, scores, task, label_names, title):
+    """Counts, coloured by the share of each true class (per-label TN/FP/FN/TP for multi-label)."""
+    from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix
+
+    predicted = predictions(scores, task)
+    fig = _figure(5.2, 4.4)
+    ax = fig.add_subplot()
+    if task == "multi-label":
+        counts = multilabel_confusion_matrix(labels, predicted).reshape(-1, 4)  # per label [[TN, FP], [FN, TP]]
+        rows, cols, xlabel, ylabel = label_names, ["TN", "FP", "FN", "TP"], "outcome at threshold 0.5", "label"
+    else:
+        counts = confusion_matrix(labels, predicted, labels=range(len(label_names)))
+        rows = cols = label_names
+        xlabel, ylabel = "predicted" + (" (threshold 0.5)" if task == "binary" else " (argmax)"), "true"
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=9, color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=45 if len(cols) > 4 else 0, ha="right" if len(cols) > 4 else "center")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def reliability(labels, scores, task, n_bins=N_BINS):
+    """Per-bin (mean confidence, observed frequency, count) and the expected calibration error.
+
+    Binary and multi-label: the positive-class probability against the positive rate.
+    Multi-class: the top-class probability against accuracy. Empty bins are nan.
+    """
+    from sklearn.calibration import calibration_curve
+
+    if task == "binary":
+        confidence, hit = scores[:, -1], labels.astype(int)
+    elif task == "multi-label":
+        confidence, hit = scores.ravel(), labels.ravel().astype(int)
+    else:
+        confidence, hit = scores.max(axis=1), (predictions(scores, task) == labels).astype(int)
+    confidence = np.clip(confidence, 0.0, 1.0)
+    observed_nonempty, mean_nonempty = calibration_curve(hit, confidence, n_bins=n_bins, strategy="uniform")
+    # calibration_curve returns the non-empty bins only; count with its own binning rule to place them.
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    count = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=n_bins)
+    mean_conf, observed = np.full(n_bins, np.nan), np.full(n_bins, np.nan)
+    mean_conf[count > 0], observed[count > 0] = mean_nonempty, observed_nonempty
+    ece = float(np.nansum(count / count.sum() * np.abs(observed - mean_conf)))
+    return mean_conf, observed, count, ece
+
+
+def reliability_figure(labels, scores, task, title):
+    mean_conf, observed, count, ece = reliability(labels, scores, task)
+    fig = _figure(5.0, 4.6)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    edges = np.linspace(0, 1, N_BINS + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    top.bar(centres, np.nan_to_num(observed), width=1 / N_BINS, edgecolor="black", color="#4c72b0", alpha=0.8, label="observed")
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    top.plot(mean_conf, observed, "o-", color="#dd8452", ms=4, label="mean predicted")
+    what = "top-class probability" if task == "multi-class" or task == "ordinal" else "predicted probability (positive)"
+    top.set(ylabel="accuracy" if task in ("multi-class", "ordinal") else "fraction positive", ylim=(0, 1))
+    top.set_title(f"{title} · ECE {ece:.3f}", fontsize=9)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar(centres, count, width=1 / N_BINS, color="grey", edgecolor="black")
+    bottom.set(xlabel=what, ylabel="images", xlim=(0, 1))
+    return fig
+
+
+def embedding_figure(points, title):
+    fig = _figure()
+    ax = fig.add_subplot()
+    names = sorted({p["label"] for p in points})
+    for name, color in zip(names, _colors(len(names))):
+        xy = np.array([(float(p["x"]), float(p["y"])) for p in points if p["label"] == name])
+        ax.scatter(xy[:, 0], xy[:, 1], s=8, color=color, alpha=0.7, label=name, linewidths=0)
+    method = points[0]["method"].upper() if points else "PCA"
+    ax.set(xlabel=f"{method} 1", ylabel=f"{method} 2")
+    ax.set_title(f"Test embeddings, {method}\n{title}", fontsize=9)
+    ax.legend(fontsize=8, markerscale=2, loc="best")
+    return fig
+
+
+def curve_figure(curves, title):
+    """Mean test AUC per shot count, the min-max band over seeds shaded and ± sd as error bars."""
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    all_shots = []
+    for c in curves:
+        for p in c.points:
+            if p["shots"] not in all_shots:
+                all_shots.append(p["shots"])
+    all_shots.sort(key=lambda s: float("inf") if s == "all" else int(s))
+    position = {s: i for i, s in enumerate(all_shots)}
+    for c, color in zip(curves, _colors(len(curves))):
+        pts = c.points
+        x = [position[p["shots"]] for p in pts]
+        mean = np.array([p["auc_mean"] for p in pts])
+        ax.fill_between(x, [p["auc_min"] for p in pts], [p["auc_max"] for p in pts], color=color, alpha=0.2, linewidth=0)
+        ax.errorbar(x, mean, yerr=[p["auc_std"] for p in pts], color=color, marker="o", ms=4, capsize=3,
+                    label=f"{c.encoder} + {c.probe} ({max(p['n_seeds'] for p in pts)} seeds)")
+    ax.set_xticks(range(len(all_shots)), all_shots)
+    ax.set(xlabel="labelled training images per class", ylabel="test AUC", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def compute_figure(entries, title):
+    """Horizontal bars of CPU seconds (log scale): each probe (embedding + fit) and each trained baseline."""
+    fig = _figure(6.4, 1.1 + 0.38 * max(3, len(entries)))
+    ax = fig.add_subplot()
+    labels = [e["label"] for e in entries]
+    embed = [e.get("embed", 0) or 0 for e in entries]
+    fit = [e.get("fit", 0) or 0 for e in entries]
+    train = [e.get("train", 0) or 0 for e in entries]
+    y = np.arange(len(entries))
+    ax.barh(y, embed, color="#4c72b0", label="embedding (all images)")
+    ax.barh(y, fit, left=embed, color="#55a868", label="probe fit")
+    ax.barh(y, train, color="#c44e52", label="training from scratch")
+    for i, e in enumerate(entries):
+        total = (embed[i] + fit[i]) or train[i]
+        ax.text(total * 1.1, i, f"{total:,.0f} s" + (f"  (AUC {e['auc']:.3f})" if e.get("auc") is not None else ""), va="center", fontsize=8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    top = max([embed[i] + fit[i] for i in range(len(entries))] + train + [1])
+    smallest = min([v for v in embed + fit + train if v > 0] or [1])
+    ax.set_xlim(10 ** np.floor(np.log10(smallest)), top * 8)  # a log axis must start below every bar, or bars vanish
+    ax.set(xlabel="CPU seconds (log scale)", title=title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)  # below, clear of the bars
+    return fig
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+class _Page:
+    def __init__(self, figures_dir):
+        self.parts, self.figures_dir, self.n_images, self.files = [], figures_dir, 0, []
+
+    def add(self, text):
+        self.parts.append(text)
+
+    def figure(self, fig, alt, save_as=None):
+        if save_as is not None:
+            path = self.figures_dir / save_as
+            atomic_write_bytes(path, _png(fig, dpi=200))
+            self.files.append(path)
+        data = base64.b64encode(_png(fig)).decode()
+        self.n_images += 1
+        return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;color:#222;padding:0 12px}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:2em}h3{margin-bottom:.3em}
+table{border-collapse:collapse;font-size:.85em;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.reference td{color:#666;font-style:italic}
+tr.baseline td{background:#fff4e5}.grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0}
+figure img{max-width:540px;width:100%;border:1px solid #eee}figcaption{font-size:.75em;color:#666}
+.note{background:#fff8d6;border-left:4px solid #e0b400;padding:6px 10px;font-size:.9em}.muted{color:#777;font-size:.85em}
+"""
+
+
+def _esc(value):
+    return html.escape(str(value))
+
+
+def _fmt(value, digits=3, signed=False):
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, str):
+        return _esc(value)
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _ratio(value):
+    return "–" if not value else f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
+
+
+def _run_metrics_table(runs):
+    rows = ["<table><tr><th>run</th><th>AUC</th><th>95 % CI</th><th>ACC</th><th>95 % CI</th><th>balanced ACC</th>"
+            "<th>macro F1</th><th>n test</th><th>probe params</th><th>CPU s (embed + fit)</th></tr>"]
+    for _, r in runs:
+        t = r.metrics["test"]
+        embed_cpu, fit_cpu = r.cpu_seconds
+        cpu = f"{embed_cpu:.1f} + {fit_cpu:.1f}" if embed_cpu is not None and fit_cpu is not None else "–"
+        params = r.probe.get("params", {})
+        rows.append(
+            f"<tr><td>{_esc(r.title)}</td><td>{t['auc']:.3f}</td><td>{t['auc_ci'][0]:.3f}–{t['auc_ci'][1]:.3f}</td>"
+            f"<td>{t['acc']:.3f}</td><td>{t['acc_ci'][0]:.3f}–{t['acc_ci'][1]:.3f}</td><td>{t['balanced_accuracy']:.3f}</td>"
+            f"<td>{t['macro_f1']:.3f}</td><td>{t['n']}</td><td>{_esc(params)}</td><td>{cpu}</td></tr>"
+        )
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _bench_table(bench_root, manifest):
+    rows = build_table(bench_root)
+    parts = []
+    for dataset in manifest["config"]["datasets"]:
+        mine = [r for r in rows if r["dataset"] == dataset["name"]]
+        has_base = any(r["kind"] == "baseline" for r in mine)
+        parts.append(f"<h3>{_esc(dataset['name'])}</h3>")
+        if dataset.get("note"):
+            parts.append(f"<p class='muted'>{_esc(dataset['note'])}</p>")
+        if dataset["reference"] and not dataset["comparable"]:
+            parts.append(f"<p class='note'><b>Reference comparison NOT COMPARABLE</b>: the MedMNIST v2 {_esc(dataset['reference'])} "
+                         "rows were measured on a different test set; shown for orientation only.</p>")
+        elif not dataset["reference"]:
+            parts.append("<p class='muted'>No MedMNIST v2 reference exists for this dataset.</p>")
+        header = "<tr><th>method</th><th>seed</th><th>AUC [95 % CI]</th><th>ACC [95 % CI]</th><th>CPU s</th>"
+        header += "<th>ΔAUC vs trained here</th><th>compute ratio</th>" if has_base else ""
+        nc = "" if dataset["comparable"] else " (not comparable)"
+        header += f"<th>ΔAUC vs ResNet-18 (28){nc}</th><th>ΔAUC vs best reference{nc}</th></tr>" if dataset["reference"] else "</tr>"
+        refs = [r for r in mine if r["kind"] == "reference"]
+        best_ref = max(refs, key=lambda r: r["auc"]) if refs else None
+        r18 = next((r for r in refs if r["method"].endswith("ResNet-18 (28)")), None)
+        body = []
+        for r in mine:
+            if r["kind"] == "probe" and r.get("auc") is None:
+                body.append(f"<tr><td>{_esc(r['method'])}</td><td colspan='9'>failed: {_esc(r.get('error', ''))}</td></tr>")
+                continue
+            ci = lambda m: _fmt(r.get(m)) + (f" [{r[m + '_lo']:.3f}, {r[m + '_hi']:.3f}]" if r.get(m + "_lo") is not None else "")
+            cells = [_esc(r["method"]) + (" (not comparable)" if r["kind"] == "reference" and not dataset["comparable"] else ""),
+                     _esc(r.get("seed", "")), ci("auc"), ci("acc"), _fmt(r.get("cpu_s"), 1)]
+            if has_base:
+                ratio = r.get("compute_ratio")
+                cells += [_fmt(r.get("delta_auc_baseline"), signed=True), _ratio(ratio)]
+            if dataset["reference"]:
+                if r["kind"] == "probe":
+                    cells += [_fmt(r["auc"] - r18["auc"], signed=True) if r18 else "–", _fmt(r["auc"] - best_ref["auc"], signed=True)]
+                else:
+                    cells += ["", ""]
+            body.append(f"<tr class='{r['kind']}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append("<table>" + header + "\n".join(body) + "</table>")
+    parts.append("<p class='muted'>Full table with the delta to every reference row: table.md and table.csv in this folder.</p>")
+    return "\n".join(parts)
+
+
+def _run_figures(page, folder, result, projection=True):
+    """ROC, confusion matrix, reliability diagram (and the embedding map, for a run) from a folder's saved files."""
+    data, test = result.dataset, result.metrics["test"]
+    names, task, title = data["label_names"], data["task"], result.title
+    if not (folder / PREDICTIONS).is_file():
+        return f"<p class='muted'>{_esc(folder)}: no {PREDICTIONS}; rerun to save predictions.</p>"
+    _, labels, scores = read_predictions(folder / PREDICTIONS, names, task)
+    stem = slug(title)
+    figs = [
+        page.figure(roc_figure(labels, scores, task, names, test["per_class_auc"], f"ROC\n{title}"), f"ROC curves, {title}"),
+        page.figure(confusion_figure(labels, scores, task, names, f"Confusion matrix\n{title}"), f"Confusion matrix, {title}",
+                    save_as=f"{stem}_confusion.png"),
+        page.figure(reliability_figure(labels, scores, task, f"Reliability\n{title}"), f"Reliability diagram, {title}",
+                    save_as=f"{stem}_reliability.png"),
+    ]
+    if not projection:
+        pass  # trained end to end: there is no frozen embedding to map
+    elif (folder / PROJECTION).is_file():
+        figs.append(page.figure(embedding_figure(read_projection(folder / PROJECTION), title), f"Embedding map, {title}"))
+    else:
+        figs.append(f"<p class='muted'>No {PROJECTION} in {_esc(folder)}; the embedding map needs a run made with this version.</p>")
+    return "<div class='grid'>" + "\n".join(figs) + "</div>"
+
+
+def _featured(runs):
+    """Per dataset, the run with the best *validation* AUC (choosing by test AUC would flatter the page)."""
+    best = {}
+    for folder, result in runs:
+        name = result.dataset["name"]
+        val = result.metrics.get("val", {}).get("auc", float("-inf"))
+        if name not in best or val > best[name][0]:
+            best[name] = (val, (folder, result))
+    return [run for _, run in best.values()]
+
+
+def _compute_section(page, found):
+    """Per dataset: every probe's embedding + fit CPU seconds against each trained baseline."""
+    parts = []
+    by_dataset = {}
+    for _, run in found["runs"]:
+        by_dataset.setdefault(run.dataset["name"], {"runs": [], "baselines": []})["runs"].append(run)
+    for _, base in found["baselines"]:
+        by_dataset.setdefault(base.dataset["name"], {"runs": [], "baselines": []})["baselines"].append(base)
+    for name, group in by_dataset.items():
+        entries, lines = [], []
+        for run in group["runs"]:
+            embed_cpu, fit_cpu = run.cpu_seconds
+            entries.append({"label": f"{run.encoder['name']} + {run.probe['name']}", "embed": embed_cpu, "fit": fit_cpu,
+                            "auc": run.metrics["test"]["auc"]})
+        for b in group["baselines"]:
+            training = b.training
+            label = f"ResNet-18 {training['size']} px, {training['epochs_done']} ep" + (" (CAPPED)" if training["capped"] else "")
+            entries.append({"label": label, "train": b.timings["train_cpu_s"], "auc": b.metrics["test"]["auc"]})
+            for e in entries:
+                if e.get("train") is None and e.get("embed") is not None and e.get("fit") is not None:
+                    ratio = b.timings["train_cpu_s"] / (e["embed"] + e["fit"])
+                    lines.append(f"<li>{_esc(e['label'])}: {_ratio(ratio)} fewer CPU seconds than {_esc(label)}, "
+                                 f"ΔAUC {e['auc'] - b.metrics['test']['auc']:+.3f}</li>")
+            if training["capped"]:
+                lines.append(f"<li><b>{_esc(label)} is capped</b>: {_esc(training['capped_reason'])}.</li>")
+        if not any(e.get("embed") is not None or e.get("train") is not None for e in entries):
+            continue
+        parts.append(f"<h3>{_esc(name)}</h3>")
+        parts.append(page.figure(compute_figure(entries, f"Compute · {name}"), f"CPU seconds, {name}"))
+        if lines:
+            parts.append("<ul>" + "\n".join(lines) + "</ul>")
+        elif not group["baselines"]:
+            parts.append("<p class='muted'>No conventionally trained baseline found for this dataset; run "
+                         "<code>medprobe baseline --dataset … --out RESULTS_DIR/baselines/NAME</code> to compare.</p>")
+    return "\n".join(parts) or "<p class='muted'>No CPU timings saved in these results.</p>"
+
+
+def write_report(results_dir, out=None, all_runs=False, baselines=()):
+    """Render RESULTS_DIR's saved results to one self-contained HTML file; returns its path.
+
+    >>> write_report("runs/retina")
+    PosixPath('runs/retina/report.html')
+    """
+    found = discover(results_dir)
+    for extra in baselines:
+        if not (Path(extra) / RESULTS).is_file():
+            raise MedprobeError(f"{extra}: no {RESULTS}; give a `medprobe baseline --out` folder")
+        found["baselines"].append((Path(extra), read_result(extra)))
+    root = found["root"]
+    out = Path(out) if out else root / REPORT
+    page = _Page(out.parent / FIGURES)
+    bench = found["bench"]
+    title = f"medprobe bench: {bench['config']['name']}" if bench else f"medprobe report: {root.name}"
+    page.add(f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>")
+    page.add(f"<h1>{_esc(title)}</h1><p class='muted'>Rendered {datetime.now(timezone.utc).isoformat(timespec='seconds')} by medprobe "
+             f"{__version__} from the saved results in <code>{_esc(root)}</code>; nothing was recomputed. AUC and ACC are MedMNIST's "
+             "definitions; intervals are 95 % bootstrap CIs over test images.</p>")
+
+    page.add("<h2>Summary</h2>")
+    if bench:
+        page.add(_bench_table(root, bench))
+    if found["runs"] and not bench:
+        page.add(_run_metrics_table(found["runs"]))
+    if found["baselines"] and not bench:
+        page.add(_baseline_table(found["baselines"]))
+
+    shown = found["runs"] if all_runs or len(found["runs"]) <= 1 else _featured(found["runs"])
+    if bench:  # in the config's dataset order
+        # cells/<slug(dataset name)>/...: the bench named the folder with the same `slug`
+        order = {slug(d["name"]): i for i, d in enumerate(bench["config"]["datasets"])}
+        shown = sorted(shown, key=lambda run: order.get(run[0].relative_to(root).parts[1], len(order))
+                       if run[0].is_relative_to(root / "cells") else len(order))
+    if shown:
+        page.add("<h2>Per-class ROC, confusion, calibration and embedding map</h2>")
+        if len(shown) < len(found["runs"]):
+            page.add("<p class='muted'>For each dataset, the run with the best <i>validation</i> AUC; "
+                     "<code>medprobe report --all</code> shows every run.</p>")
+        for folder, result in shown:
+            page.add(f"<h3>{_esc(result.title)}</h3>")
+            page.add(_run_figures(page, folder, result))
+    for folder, base in found["baselines"]:
+        page.add(f"<h3>{_esc(base.title)}</h3>")
+        page.add(_run_figures(page, folder, base, projection=False))
+
+    page.add("<h2>Data efficiency</h2>")
+    if found["curves"]:
+        groups = {}
+        for curve in found["curves"]:
+            groups.setdefault(curve.dataset["name"], []).append(curve)
+        figs = [page.figure(curve_figure(cs, f"Data efficiency · {name}"), f"Test AUC vs labelled images per class, {name}")
+                for name, cs in groups.items()]
+        page.add("<div class='grid'>" + "\n".join(figs) + "</div>")
+        page.add("<p class='muted'>Line: mean over seeds; bars: ± 1 sd; band: min–max. Hyper-parameters chosen on the full val split.</p>")
+    else:
+        page.add("<p class='muted'>No curve.json found; <code>medprobe curve --dataset … --out RESULTS_DIR</code> adds one in seconds "
+                 "from the cached embeddings.</p>")
+
+    page.add("<h2>Compute</h2>")
+    page.add("<p class='muted'>CPU seconds: embedding of every image (as measured when it was computed, even if this run read the cache) "
+             "plus probe fitting with its hyper-parameter search, against training a ResNet-18 from scratch on the same machine.</p>")
+    page.add(_compute_section(page, found))
+    page.add("</body></html>")
+    text = "\n".join(page.parts)
+    atomic_write_text(out, text)
+    log.info("report %s: %d figures, %d bytes", out, page.n_images, len(text))
+    return out
+
+
+def _baseline_table(baselines):
+    rows = ["<table><tr><th>baseline</th><th>AUC [95 % CI]</th><th>ACC [95 % CI]</th><th>epochs</th><th>wall s</th><th>CPU s</th></tr>"]
+    for _, b in baselines:
+        t, training, timings = b.metrics["test"], b.training, b.timings
+        capped = " (CAPPED)" if training["capped"] else ""
+        rows.append(f"<tr class='baseline'><td>{_esc(b.title)}{capped}</td>"
+                    f"<td>{t['auc']:.3f} [{t['auc_ci'][0]:.3f}, {t['auc_ci'][1]:.3f}]</td><td>{t['acc']:.3f} [{t['acc_ci'][0]:.3f}, "
+                    f"{t['acc_ci'][1]:.3f}]</td><td>{training['epochs_done']}/{training['epochs']}</td><td>{timings['train_s']:.0f}</td>"
+                    f"<td>{timings['train_cpu_s']:.0f}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows)

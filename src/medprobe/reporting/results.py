@@ -1,0 +1,325 @@
+"""Results are data: typed run, baseline and curve results, and the files of a results folder.
+
+`RunResult`, `BaselineResult` and `CurveResult` are the one place each JSON layout lives;
+`write_run_folder` is the one function that writes a run (or baseline) folder, and the report
+and the bench read folders back through `read_result` and `read_curve`.
+"""
+
+import csv
+import io
+import json
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from medprobe import __version__
+from medprobe.core.errors import MedprobeError
+from medprobe.core.files import atomic_write_bytes, atomic_write_text
+
+RESULTS = "results.json"
+PREDICTIONS = "predictions.csv"
+SUMMARY = "summary.md"
+PROJECTION = "embedding_2d.csv"  # the test embeddings in 2-D, so a report can draw the map without the vectors
+PROJECTIONS = ("pca", "tsne", "umap")
+CURVE_JSON, CURVE_CSV = "curve.json", "curve.csv"
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions():
+    versions = {"python": platform.python_version()}
+    for package in ("medprobe", "numpy", "scikit-learn", "torch", "pyarrow", "pillow", "efficientnet-lite-pytorch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_json(path, data, indent=2):
+    atomic_write_text(path, json.dumps(data, indent=indent, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return str(value)
+
+
+class _Result:
+    """to_json / from_json for the result dataclasses: the JSON is the fields plus `kind`."""
+
+    kind: ClassVar[str]
+
+    def to_json(self):
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class RunResult(_Result):
+    """What `medprobe run` produced: results.json of a run folder."""
+
+    dataset: dict
+    images: dict
+    encoder: dict
+    preprocessing: dict
+    probe: dict
+    metrics: dict  # {"val": {...}, "test": {...}} as `evaluate` returns them
+    cache: dict
+    timings: dict
+    seed: int = 0
+    versions: dict = field(default_factory=lambda: package_versions())
+    medprobe: str = __version__
+    created: str = field(default_factory=_now)
+    kind: ClassVar[str] = "run"
+
+    @property
+    def title(self):
+        return f"{self.dataset['name']} · {self.encoder['name']} · {self.probe['name']} · seed {self.seed}"
+
+    @property
+    def cpu_seconds(self):
+        """(embedding CPU s as measured when computed, probe-fit CPU s); None where unknown."""
+        return self.timings.get("embed_cost_cpu_s"), self.timings.get("fit_cpu_s")
+
+    def summary_markdown(self):
+        return summary_markdown(self)
+
+
+@dataclass
+class BaselineResult(_Result):
+    """What `medprobe baseline` produced: a ResNet-18 trained from scratch, with its cost."""
+
+    dataset: dict
+    method: dict
+    training: dict
+    metrics: dict
+    timings: dict
+    seed: int = 0
+    versions: dict = field(default_factory=lambda: package_versions())
+    medprobe: str = __version__
+    created: str = field(default_factory=_now)
+    kind: ClassVar[str] = "baseline"
+
+    @property
+    def title(self):
+        return f"{self.dataset['name']} · {self.method['description']}"
+
+    @property
+    def label(self):
+        """'ResNet-18 (28 px) trained here, 100 epochs', with 'CAPPED' when it stopped before the protocol's epochs."""
+        training = self.training
+        label = f"ResNet-18 ({training['size']} px) trained here, {training['epochs_done']} epochs"
+        if training["capped"]:
+            label += f" (CAPPED: {training['capped_reason']})"
+        return label
+
+    def summary_markdown(self):
+        return baseline_summary_markdown(self)
+
+
+@dataclass
+class CurveResult(_Result):
+    """What `medprobe curve` produced: test AUC against labelled training images per class."""
+
+    spec: dict
+    dataset: dict
+    encoder: str
+    probe: str
+    cache: dict
+    points: list
+    runs: list
+    timings: dict
+    medprobe: str = __version__
+    kind: ClassVar[str] = "curve"
+
+
+def read_result(folder):
+    """The RunResult or BaselineResult saved in `folder`/results.json."""
+    path = Path(folder) / RESULTS
+    data = _read_json(path)
+    return (BaselineResult if data.get("kind") == "baseline" else RunResult).from_json(data)
+
+
+def read_curve(folder):
+    return CurveResult.from_json(_read_json(Path(folder) / CURVE_JSON))
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise MedprobeError(f"{path}: cannot read saved results ({e})") from e
+
+
+def write_run_folder(out, result, ids, labels, scores, projection=None):
+    """Write a run or baseline folder: predictions.csv, embedding_2d.csv (when `projection` is given), results.json, summary.md.
+
+    `projection` is (xy, method) for the test embeddings. results.json is written last, so a folder
+    that has it has everything it describes.
+    """
+    out = Path(out)
+    names, task = result.dataset["label_names"], result.dataset["task"]
+    write_predictions(out / PREDICTIONS, ids, labels, scores, names, task)
+    if projection is not None:
+        xy, method = projection
+        write_projection(out / PROJECTION, ids, labels, xy, names, task, method)
+    write_json(out / RESULTS, result.to_json())
+    atomic_write_text(out / SUMMARY, result.summary_markdown())
+    return out
+
+
+def write_curve(out, curve):
+    out = Path(out)
+    write_json(out / CURVE_JSON, curve.to_json(), indent=1)
+    atomic_write_text(out / CURVE_CSV, curve_csv(curve))
+    return out
+
+
+def curve_csv(curve):
+    out = io.StringIO()
+    columns = ["shots", "n_seeds", "n_train_mean", "auc_mean", "auc_std", "auc_min", "auc_max", "acc_mean", "acc_std"]
+    writer = csv.DictWriter(out, columns)
+    writer.writeheader()
+    for point in curve.points:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in point.items()})
+    return out.getvalue()
+
+
+def read_predictions(path, label_names, task):
+    """(ids, labels, scores) from predictions.csv; labels are class indices, or a 0/1 matrix for multi-label."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    score_cols = [header.index(f"score_{n}") for n in label_names]
+    ids = [r[0] for r in body]
+    scores = np.array([[float(r[c]) for c in score_cols] for r in body]).reshape(len(body), len(score_cols))
+    if task == "multi-label":
+        label_cols = [header.index(f"label_{n}") for n in label_names]
+        labels = np.array([[int(float(r[c])) for c in label_cols] for r in body])
+    else:
+        labels = np.array([int(float(r[header.index("label")])) for r in body])
+    return ids, labels, scores
+
+
+def read_projection(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_predictions(path, ids, labels, scores, label_names, task):
+    """One row per test image: id, true label(s), and a score column per class or label."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    score_columns = [f"score_{name}" for name in label_names]
+    label_columns = [f"label_{name}" for name in label_names] if task == "multi-label" else ["label"]
+    writer.writerow(["id", *label_columns, *score_columns])
+    for row_id, label, score in zip(ids, labels, scores):
+        truth = list(label) if task == "multi-label" else [label]
+        writer.writerow([row_id, *truth, *(f"{s:.6g}" for s in score)])
+    atomic_write_bytes(path, out.getvalue().encode())
+
+
+def project_2d(vectors, method="pca", seed=0):
+    """(N, 2) coordinates of `vectors`: PCA, t-SNE (scikit-learn) or UMAP (needs umap-learn)."""
+    if len(vectors) <= 2:
+        return np.zeros((len(vectors), 2))
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(2, random_state=seed).fit_transform(vectors)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, init="pca", perplexity=min(30.0, max(2.0, (len(vectors) - 1) / 3)), random_state=seed).fit_transform(vectors)
+    if method == "umap":
+        try:
+            import umap
+        except ImportError as e:
+            raise MedprobeError("projection 'umap' needs umap-learn (pip install umap-learn); or use pca or tsne") from e
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(vectors)
+    raise MedprobeError(f"projection must be one of {', '.join(PROJECTIONS)}, got {method!r}")
+
+
+def write_projection(path, ids, labels, xy, label_names, task, method="pca"):
+    """id, label, x, y for each test image, and the method in a column, so the report never needs the vectors."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["id", "label", "x", "y", "method"])
+    for row_id, label, (x, y) in zip(ids, labels, xy):
+        if task == "multi-label":
+            name = "+".join(n for n, on in zip(label_names, label) if on) or "none"
+        else:
+            name = label_names[label]
+        writer.writerow([row_id, name, f"{x:.5g}", f"{y:.5g}", method])
+    atomic_write_bytes(path, out.getvalue().encode())
+
+
+def format_table(metrics):
+    """The small terminal table: metric, value, 95 % CI."""
+    rows = [
+        ("AUC", metrics["auc"], metrics.get("auc_ci")),
+        ("ACC", metrics["acc"], metrics.get("acc_ci")),
+        ("balanced ACC", metrics["balanced_accuracy"], None),
+        ("macro F1", metrics["macro_f1"], None),
+    ]
+    lines = [f"{'metric':<14}{'value':>8}   95% CI"]
+    for name, value, ci in rows:
+        interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        lines.append(f"{name:<14}{value:>8.3f}   {interval}")
+    return "\n".join(lines)
+
+
+def summary_markdown(result):
+    test = result.metrics["test"]
+    dataset, encoder, probe, timings = result.dataset, result.encoder, result.probe, result.timings
+    lines = [
+        f"# {dataset['name']} · {encoder['name']} · {probe['name']}",
+        "",
+        f"Task: {dataset['task']}, {dataset['n']['train']}/{dataset['n']['val']}/{dataset['n']['test']} train/val/test images.",
+        f"Probe parameters: {probe['params']} (chosen by {probe['selection']['criterion']}).",
+        "",
+        "| metric | value | 95 % CI |",
+        "|---|---|---|",
+        f"| AUC (MedMNIST) | {test['auc']:.3f} | {test['auc_ci'][0]:.3f}–{test['auc_ci'][1]:.3f} |",
+        f"| ACC (MedMNIST) | {test['acc']:.3f} | {test['acc_ci'][0]:.3f}–{test['acc_ci'][1]:.3f} |",
+        f"| balanced ACC | {test['balanced_accuracy']:.3f} | |",
+        f"| macro F1 | {test['macro_f1']:.3f} | |",
+        "",
+        f"Embedding: {timings['embed_s']:.1f} s ({'cache hit' if result.cache['hit'] else 'computed'}), "
+        f"probe fit {timings['fit_s']:.1f} s. Cache key `{result.cache['key'][:16]}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def baseline_summary_markdown(result):
+    test, training, timings = result.metrics["test"], result.training, result.timings
+    capped = f" **CAPPED**: {training['capped_reason']}." if training["capped"] else ""
+    return "\n".join([
+        f"# {result.title}",
+        "",
+        f"{training['epochs_done']} of {training['epochs']} epochs, best val AUC {training['best_val_auc']:.3f} at epoch "
+        f"{training['best_epoch']}.{capped}",
+        "",
+        "| metric | value | 95 % CI |",
+        "|---|---|---|",
+        f"| AUC (MedMNIST) | {test['auc']:.3f} | {test['auc_ci'][0]:.3f}–{test['auc_ci'][1]:.3f} |",
+        f"| ACC (MedMNIST) | {test['acc']:.3f} | {test['acc_ci'][0]:.3f}–{test['acc_ci'][1]:.3f} |",
+        "",
+        f"Training: {timings['train_s']:.0f} s wall, {timings['train_cpu_s']:.0f} CPU s "
+        f"({timings['train_images_per_s']:.0f} img/s, {training['threads']} threads).",
+        "",
+    ])

@@ -1,0 +1,104 @@
+"""One experiment end to end: dataset -> embeddings -> probe -> metrics -> results folder (and, with `save`, a saved probe)."""
+
+import time
+from dataclasses import dataclass
+
+from medprobe.core.costs import cpu_seconds
+from medprobe.core.errors import ModelError
+from medprobe.embedding.costs import embedding_cost
+from medprobe.embedding.fusion import check_spec, embed_spec, split_spec
+from medprobe.embedding.options import EmbedOptions
+from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
+from medprobe.probes.fit import fit_probe
+from medprobe.probes.saved import save_model
+from medprobe.probes.spec import ZEROSHOT, ProbeSpec
+from medprobe.probes.zeroshot import fit_zeroshot
+from medprobe.reporting.results import RunResult, project_2d, write_run_folder
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a run is scored and drawn: bootstrap resamples for the CIs and the 2-D map's projection."""
+
+    n_boot: int = N_BOOTSTRAP
+    projection: str = "pca"
+
+
+def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None):
+    """Run one (dataset, encoder, probe) experiment; write its results folder when `out` is given.
+
+    >>> result = run(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), EmbedOptions("efficientnet_lite0"),
+    ...              ProbeSpec("logreg"), out="runs/retina")
+    >>> result.metrics["test"]["auc"]
+
+    `options.encoder` may fuse several ('efficientnet_lite0+efficientnet_lite2'); a ProbeSpec named
+    "zeroshot" classifies with the CLIP text prompts of its prompt file instead of fitting anything.
+    With `save`, the fitted probe is also written there (see `medprobe.probes.saved`).
+    """
+    options, probe_spec, evaluation = options or EmbedOptions(), probe_spec or ProbeSpec(), evaluation or EvalOptions()
+    timings = {}
+    started, started_cpu = time.perf_counter(), cpu_seconds()
+    # Everything that can be checked without images is checked first, so a typo never costs an embedding pass.
+    check_spec(options.encoder)
+    probe_spec.check()
+    if save is not None and (probe_spec.name == ZEROSHOT or len(split_spec(options.encoder)) != 1):
+        raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
+    data, scanned = data_spec.load()
+    timings["scan_s"] = scanned.seconds
+    timings["load_s"] = time.perf_counter() - started
+    timings["load_cpu_s"] = cpu_seconds() - started_cpu
+
+    tick_cpu = cpu_seconds()
+    encoded = embed_spec(data, options)
+    embedded = encoded.embeddings
+    timings["embed_s"] = embedded.seconds
+    timings["embed_cpu_s"] = cpu_seconds() - tick_cpu
+    # What computing the embeddings cost, also when this run hit the cache: the bench's compute ratio uses it.
+    cost = embedding_cost(embedded, embedded.seconds, timings["embed_cpu_s"])
+    timings.update(embed_cost_s=cost["wall_s"], embed_cost_cpu_s=cost["cpu_s"], embed_cost_source=cost["measured_in"])
+
+    X, y = embedded.vectors, data.labels
+    train, val, test = (data.indices(s) for s in ("train", "val", "test"))
+    tick, tick_cpu = time.perf_counter(), cpu_seconds()
+    if probe_spec.name == ZEROSHOT:
+        fitted = fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, X[train], y[train])
+    else:
+        fitted = fit_probe(probe_spec.name, X[train], y[train], X[val], y[val], data.task, probe_spec.class_weight, probe_spec.seed)
+    timings["fit_s"] = time.perf_counter() - tick
+    timings["fit_cpu_s"] = cpu_seconds() - tick_cpu
+
+    tick, tick_cpu = time.perf_counter(), cpu_seconds()
+    scores = {split: fitted.predict_scores(X[rows]) for split, rows in (("val", val), ("test", test))}
+    metrics = {
+        split: evaluate(y[rows], scores[split], data.task, data.label_names, evaluation.n_boot, probe_spec.seed)
+        for split, rows in (("val", val), ("test", test))
+    }
+    timings["evaluate_s"] = time.perf_counter() - tick
+    timings["evaluate_cpu_s"] = cpu_seconds() - tick_cpu
+    timings["total_s"] = time.perf_counter() - started
+    timings["total_cpu_s"] = cpu_seconds() - started_cpu
+
+    result = RunResult(
+        dataset=data.describe(),
+        images=scanned.describe(),
+        # what actually ran (ONNX Runtime or eager, the exactness guard's cosine), beside the keyed `runtime`
+        encoder={**encoded.record, "backends": encoded.backends()},
+        preprocessing=encoded.preprocessing,
+        probe={
+            "name": probe_spec.name,
+            "params": fitted.params,
+            "selection": fitted.selection,
+            "config": {k: repr(v) for k, v in fitted.estimator.get_params(deep=True).items() if "__" in k},
+            **({"prompts": fitted.prompts} if probe_spec.name == ZEROSHOT else {}),
+        },
+        metrics=metrics,
+        cache={"key": embedded.key, "path": embedded.path, "hit": embedded.from_cache},
+        timings=timings,
+        seed=probe_spec.seed,
+    )
+    if out is not None:
+        xy = project_2d(X[test], evaluation.projection, probe_spec.seed)
+        write_run_folder(out, result, data.ids[test], y[test], scores["test"], projection=(xy, evaluation.projection))
+    if save is not None:
+        save_model(save, fitted, data, encoded.encoders[0], encoded.transforms[0], options.encoder, options.weights, metrics, probe_spec.seed)
+    return result
