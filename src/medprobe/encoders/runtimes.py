@@ -30,9 +30,10 @@ OPSET = 17
 
 def usable_cores():
     """CPU cores this process may run on (affinity-aware, so containers and `taskset` are respected)."""
-    if hasattr(os, "sched_getaffinity"):
+    try:
         return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    except AttributeError:  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
 
 
 def min_cosine(a, b):
