@@ -11,7 +11,7 @@ keeps each one's best.
 
 (a) `plain`: the method as usually coded: torchvision Resize/CenterCrop/ToTensor/Normalize, PIL
     decoding in the loop, batches of 64, `torch.no_grad()`, fp32 eager, torch's default threads.
-(b) `default`: `medprobe.embed()` as `medprobe run` calls it (runtime "auto"), hashing included.
+(b) `default`: `medprobe.embedding.embed.embed()` as `medprobe run` calls it (runtime "auto"), hashing included.
 (c) each runtime forced through the same `embed()`: torch (fp32 eager), onnx (fp32), bf16, int8.
 
 One-time costs (loading weights, exporting to ONNX, quantising) are reported as `setup s` and left out
@@ -60,8 +60,8 @@ def image_source(data, n):
 
 def dataset(data, n):
     """A medprobe Dataset over those images (files stay on disk, so memory is what embedding itself uses)."""
-    from medprobe.datasets import Dataset
-    from medprobe.images import ArrayImages, FileImages
+    from medprobe.data.datasets import Dataset
+    from medprobe.data.sources import ArrayImages, FileImages
 
     source, kind = image_source(data, n)
     images = FileImages(source) if kind == "files" else ArrayImages([source])
@@ -118,21 +118,20 @@ def run_plain(data, n, batch_size):
 
 
 def run_medprobe(data, n, batch_size, runtime):
-    """(b) and (c): medprobe.embed() exactly as the CLI calls it, with the runtime chosen (None: the default)."""
-    from medprobe.embed import embed
+    """(b) and (c): embed() exactly as the CLI calls it, with the runtime chosen (None: the default)."""
+    from medprobe.embedding.embed import embed
+    from medprobe.embedding.options import EmbedOptions
     from medprobe.encoders import create_encoder
 
     tick = time.perf_counter()
-    encoder, transform = create_encoder(ENCODER)
-    if runtime:
-        encoder.use_runtime(runtime)
+    encoder, transform = create_encoder(ENCODER, runtime=runtime or "auto")
     # Pay the one-time costs (weights, ONNX export, quantisation, guard) before the clock starts.
     encoder.prepare(n_images=n, artifacts=Path(os.environ["MEDPROBE_CACHE"]))
     warm = dataset(data, batch_size)
     encoder.embed_batch(np.stack([transform(warm.images.load(i)) for i in range(batch_size)]))
     setup = time.perf_counter() - tick
     tick = time.perf_counter()
-    result = embed(dataset(data, n), encoder, transform, use_cache=False, batch_size=batch_size, progress=False)
+    result = embed(dataset(data, n), encoder, transform, EmbedOptions(ENCODER, use_cache=False, batch_size=batch_size, progress=False))
     return result.vectors, setup, time.perf_counter() - tick, encoder.runtime_info()
 
 
@@ -195,12 +194,13 @@ def flops_per_image():
 
 def rss_worker(args):
     """Embed args.images images with the default path, cache on, and report this process's peak RSS."""
-    from medprobe.embed import embed
+    from medprobe.embedding.embed import embed
+    from medprobe.embedding.options import EmbedOptions
     from medprobe.encoders import create_encoder
 
     encoder, transform = create_encoder(ENCODER)
     tick = time.perf_counter()
-    result = embed(dataset(args.data, args.images), encoder, transform, batch_size=args.batch_size, progress=False)
+    result = embed(dataset(args.data, args.images), encoder, transform, EmbedOptions(ENCODER, batch_size=args.batch_size, progress=False))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"rss": peak, "seconds": time.perf_counter() - tick, "shape": list(result.vectors.shape), "backend": encoder.backend}))
 

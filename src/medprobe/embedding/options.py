@@ -3,6 +3,9 @@
 import os
 from dataclasses import dataclass, field
 
+from medprobe.core.errors import MedprobeError
+from medprobe.encoders.runtimes import RUNTIMES
+
 # Rows per committed cache shard: the most work a kill can lose.
 DEFAULT_SHARD_SIZE = 512
 
@@ -29,3 +32,10 @@ class EmbedOptions:
     use_cache: bool = True
     progress: bool = True
     shard_size: int = field(default_factory=_shard_size_from_environment)
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise MedprobeError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        for name in ("batch_size", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise MedprobeError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
