@@ -139,3 +139,64 @@ def test_untrusted_types_and_private_attributes_are_refused(tmp_path):
 def test_a_missing_folder_says_how_models_are_made(tmp_path):
     with pytest.raises(ModelError, match="medprobe fit --save"):
         load_model(tmp_path / "nothing")
+
+
+def replace_array(folder, find, new):
+    """Swap one array in arrays.safetensors and re-sign both checksums, as someone crafting a file would."""
+    from safetensors.numpy import load, save
+
+    meta = json.loads((folder / MODEL_JSON).read_text())
+    arrays = load((folder / ARRAYS).read_bytes())
+    arrays[find(meta["estimator"])] = new
+    blob = save(arrays)
+    (folder / ARRAYS).write_bytes(blob)
+    rewrite(folder, lambda m: m["arrays"].update(sha256=hashlib.sha256(blob).hexdigest()))
+
+
+def knn_vectors_key(tree):
+    steps = dict((k, v) for k, v in tree["params"]["$dict"])["steps"]
+    knn = steps["$list"][-1]["$tuple"][1]
+    return dict((k, v) for k, v in knn["fit"]["$dict"])["X"]["$array"]
+
+
+def test_a_crafted_knn_goes_through_sklearns_own_validation(tmp_path):
+    # skops.io restores KNeighborsClassifier._fit_X as it finds it: an empty one crashed predict (SIGFPE) and a
+    # narrow one read past its end (segfault). Here the vectors are refitted, so sklearn checks them first.
+    folder, _, X_new = saved(tmp_path, "knn")
+    replace_array(folder, knn_vectors_key, np.zeros((0, X_new.shape[1])))
+    with pytest.raises(ModelError, match=r"model.json: the estimator description is malformed \(ValueError: Found array with 0 sample"):
+        load_model(folder)
+    folder, _, X_new = saved(tmp_path / "again", "knn")
+    replace_array(folder, knn_vectors_key, np.ones((60, 1)))
+    model = load_model(folder)
+    with pytest.raises(ValueError, match="X has 12 features, but KNeighborsClassifier is expecting 1 features"):
+        model.probe.predict_scores(X_new)
+
+
+def test_malformed_descriptions_are_one_line_model_errors(tmp_path):
+    folder, _, _ = saved(tmp_path)
+    text = b"[" * 100_000 + b"]" * 100_000  # deeper than the JSON parser recurses
+    (folder / MODEL_JSON).write_bytes(text)
+    (folder / CHECKSUM).write_text(hashlib.sha256(text).hexdigest())
+    with pytest.raises(ModelError, match="model.json: not valid JSON"):
+        load_model(folder)
+    folder, _, _ = saved(tmp_path / "other")
+    rewrite(folder, lambda meta: meta.update(format_version=99))
+    with pytest.raises(ModelError, match="not a medprobe saved probe of format version 1"):
+        load_model(folder)
+
+
+def test_another_sklearn_version_warns_and_a_changed_estimator_says_to_refit(tmp_path, caplog):
+    folder, fitted, X_new = saved(tmp_path)
+    rewrite(folder, lambda meta: meta.update(sklearn="0.0"))
+    with caplog.at_level("WARNING", logger="medprobe.probes.saved"):
+        model = load_model(folder)
+    assert "saved with scikit-learn 0.0" in caplog.text
+    np.testing.assert_array_equal(model.probe.predict_scores(X_new), fitted.predict_scores(X_new))
+
+    def renamed_parameter(meta):  # what a newer scikit-learn that renamed a parameter would look like
+        meta["estimator"]["params"]["$dict"].append(["steps_renamed", None])
+
+    rewrite(folder, renamed_parameter)
+    with pytest.raises(ModelError, match=r"unexpected keyword argument 'steps_renamed'.*saved with scikit-learn 0.0 and this is .*, so refit it"):
+        load_model(folder)

@@ -6,8 +6,12 @@
     MODEL_DIR/model.json.sha256   SHA-256 of model.json
 
 Loading rebuilds each scikit-learn estimator from a fixed list of trusted classes and sets its
-fitted attributes; nothing from the files is executed or imported by name. The checksums catch
-corruption and casual edits; they are not a signature against someone who rewrites all three files.
+public fitted attributes; a kNN is refitted on its stored vectors. Nothing from the files is executed
+or imported by name. The checksums catch corruption and casual edits; they are not a signature
+against someone who rewrites all three files.
+
+Why not skops.io: it restores each object's whole __dict__, private attributes included, and checks
+types, not contents; a crafted kNN (a default-trusted type) crashed predict. See docs/saved_probes.md.
 """
 
 import hashlib
@@ -130,7 +134,7 @@ def load_model(folder, check_encoder=True):
         raise ModelError(f"{folder / MODEL_JSON} does not match its checksum in {CHECKSUM}: the model was modified or damaged after saving; refit it")
     try:
         meta = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ModelError(f"{folder / MODEL_JSON}: not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{folder}: not a medprobe saved probe of format version {FORMAT_VERSION}")
@@ -148,8 +152,9 @@ def load_model(folder, check_encoder=True):
     try:
         estimator = _Decoder(arrays).value(meta["estimator"])
         probe = FittedProbe(estimator, meta["probe"]["name"], meta["probe"]["params"], meta["probe"]["selection"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ModelError(f"{folder / MODEL_JSON}: the estimator description is malformed ({type(e).__name__}: {e})") from e
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
+        versions = f"; it was saved with scikit-learn {meta.get('sklearn')} and this is {_sklearn_version()}, so refit it" if meta.get("sklearn") != _sklearn_version() else ""
+        raise ModelError(f"{folder / MODEL_JSON}: the estimator description is malformed ({type(e).__name__}: {e}){versions}") from e
     return SavedModel(probe, meta, folder)
 
 
@@ -227,7 +232,10 @@ def _encode(value, arrays):
         raise ModelError(f"cannot save a {type(value).__module__}.{name}: only medprobe's own probe types are saved")
     if isinstance(value, KNeighborsClassifier):
         # kNN keeps its neighbours in private structures; store the vectors and labels and refit on load.
-        fit = {"X": value._fit_X, "y": value.classes_[value._y]} if hasattr(value, "_fit_X") else None  # None: a template
+        # (Only these private attributes are read, and only here; loading refits, so sklearn validates the vectors
+        # and builds its own search structures: a crafted file cannot hand its Cython code bad indices or shapes.)
+        fitted = "_fit_X" in vars(value)  # False: an unfitted template, e.g. OneVsRestClassifier's `estimator` parameter
+        fit = {"X": value._fit_X, "y": value.classes_[value._y]} if fitted else None
         return {"$object": name, "params": _encode(value.get_params(deep=False), arrays), "fit": _encode(fit, arrays)}
     if isinstance(value, BaseEstimator):
         params = value.get_params(deep=False)
