@@ -5,21 +5,16 @@ Uses the real EfficientNet-Lite0 weights on tiny synthetic data: this tests the 
 
 import csv
 import json
-import time
 
 import pytest
 from conftest import write_image_folder, write_npz
 
-from medprobe.workflows.bench import (
-    BenchConfigError,
-    build_table,
-    load_config,
-    reference_citation,
-    reference_rows,
-    resolve_config,
-    run_bench,
-)
 from medprobe.cli import main
+from medprobe.core.errors import BenchConfigError
+from medprobe.data.datasets import DataSpec
+from medprobe.embedding.options import EmbedOptions
+from medprobe.reporting.tables import build_table, reference_citation, reference_rows
+from medprobe.workflows.bench import load_config, resolve_config, run_bench
 
 CONFIG = """
 name: tiny_grid
@@ -51,10 +46,10 @@ def bench(tmp_path_factory):
     (root / "grid.yaml").write_text(CONFIG)
     cache = root / "cache"
     out = root / "out"
-    train_baseline(root / "tiny.npz", out=out / "baselines" / "tiny", epochs=1, n_boot=50, progress=False)
-    started = time.perf_counter()
-    manifest = run_bench(load_config(root / "grid.yaml"), out, cache_dir=cache, progress=False)
-    return {"root": root, "out": out, "cache": cache, "manifest": manifest, "seconds": time.perf_counter() - started}
+    train_baseline(DataSpec(str(root / "tiny.npz")), out=out / "baselines" / "tiny", epochs=1, n_boot=50, progress=False)
+    options = EmbedOptions(cache_dir=str(cache), progress=False)
+    manifest = run_bench(load_config(root / "grid.yaml"), out, options=options)
+    return {"root": root, "out": out, "cache": cache, "options": options, "manifest": manifest}
 
 
 def test_every_cell_is_a_run_folder_with_the_run_schema(bench):
@@ -74,20 +69,34 @@ def test_every_cell_is_a_run_folder_with_the_run_schema(bench):
     assert knn["timings"]["embed_cost_cpu_s"] > knn["timings"]["embed_cpu_s"]
 
 
-def test_second_invocation_skips_done_cells_and_force_reruns(bench):
+def _stamps(folder):
+    """mtime of every file under `folder` (cells, curves, cache entries): what a rerun would have rewritten."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_second_invocation_skips_done_cells_and_force_reruns(bench, monkeypatch):
     config = load_config(bench["root"] / "grid.yaml")
-    before = (bench["out"] / "cells/folder/efficientnet_lite0/logreg/seed-0/results.json").stat().st_mtime_ns
-    report_before = (bench["out"] / "report.html").stat().st_mtime_ns
-    started = time.perf_counter()
-    manifest = run_bench(config, bench["out"], cache_dir=bench["cache"], progress=False)
+    out, options = bench["out"], bench["options"]
+    cells, curves, cache = _stamps(out / "cells"), _stamps(out / "curves"), _stamps(bench["cache"])
+    assert any(p.name == "results.json" for p in cells) and any(p.name == "curve.json" for p in curves)
+    report_before = (out / "report.html").stat().st_mtime_ns
+    import medprobe.workflows.bench as bench_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a done cell was run again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bench_module, "run", refuse)  # a rerun of any cell would now fail (and be counted as failed)
+        manifest = run_bench(config, out, options=options)
     assert manifest["counts"] == {"ran": 0, "skipped": 4, "failed": 0}
-    assert time.perf_counter() - started < 10
-    assert (bench["out"] / "cells/folder/efficientnet_lite0/logreg/seed-0/results.json").stat().st_mtime_ns == before
-    assert (bench["out"] / "report.html").stat().st_mtime_ns == report_before  # nothing new: the report is kept
+    assert {c["status"] for c in manifest["cells"]} == {"done"}
+    # Nothing was recomputed or rewritten: no cell file, no curve file, no cache entry, not the report.
+    assert _stamps(out / "cells") == cells and _stamps(out / "curves") == curves and _stamps(bench["cache"]) == cache
+    assert (out / "report.html").stat().st_mtime_ns == report_before  # nothing new: the report is kept
 
     config["n_boot"] = 40  # a changed spec makes the cells stale
-    assert run_bench(config, bench["out"], cache_dir=bench["cache"], progress=False, report=False)["counts"]["ran"] == 4
-    forced = run_bench(config, bench["out"], cache_dir=bench["cache"], progress=False, report=False, force=True)
+    assert run_bench(config, out, options=options, report=False)["counts"]["ran"] == 4
+    forced = run_bench(config, out, options=options, report=False, force=True)
     assert forced["counts"]["ran"] == 4
 
 

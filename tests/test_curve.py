@@ -1,7 +1,6 @@
 """Data-efficiency curves: k labelled images per class, several seeds, from cached embeddings."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -10,6 +9,8 @@ from conftest import write_npz
 from medprobe.cli import main
 from medprobe.workflows.curve import parse_shots, run_curve, sample_per_class
 from medprobe.core.errors import MedprobeError
+from medprobe.data.datasets import DataSpec
+from medprobe.embedding.options import EmbedOptions
 
 
 def test_parse_shots():
@@ -44,26 +45,36 @@ def tiny(tmp_path_factory):
     return {"npz": root / "tiny.npz", "cache": str(root / "cache")}
 
 
-def test_curve_from_cached_embeddings_costs_only_probe_fits(tmp_path, tiny):
-    first = run_curve(tiny["npz"], shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c", cache_dir=tiny["cache"], progress=False)
-    assert [p["shots"] for p in first["points"]] == ["1", "2", "5", "all"]
-    one, every = first["points"][0], first["points"][-1]
+def test_curve_from_cached_embeddings_costs_only_probe_fits(tmp_path, tiny, monkeypatch):
+    data, options = DataSpec(tiny["npz"]), EmbedOptions(cache_dir=tiny["cache"], progress=False)
+    first = run_curve(data, options, shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c")
+    assert [p["shots"] for p in first.points] == ["1", "2", "5", "all"]
+    one, every = first.points[0], first.points[-1]
     assert one["n_seeds"] == 3 and one["n_train_mean"] == 3 and every["n_seeds"] == 1 and every["n_train_mean"] == 30
     assert one["auc_min"] <= one["auc_mean"] <= one["auc_max"] and one["auc_std"] >= 0
     assert (tmp_path / "c" / "curve.csv").read_text().startswith("shots,n_seeds,n_train_mean,auc_mean")
 
-    # Same spec again: read back, nothing fitted. A new spec: embeddings come from the cache.
-    started = time.perf_counter()
-    assert run_curve(tiny["npz"], shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c", cache_dir=tiny["cache"], progress=False) == first
-    assert time.perf_counter() - started < 1
-    second = run_curve(tiny["npz"], shots="1,all", seeds=[4], out=tmp_path / "c", cache_dir=tiny["cache"], progress=False)
-    assert second["cache"]["hit"] and json.loads((tmp_path / "c" / "curve.json").read_text())["spec"]["seeds"] == [4]
+    # Same spec again: read back, nothing embedded or fitted, nothing rewritten.
+    import medprobe.workflows.curve as curve_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a curve already in the folder must be read back, not recomputed")
+
+    written = (tmp_path / "c" / "curve.json").stat().st_mtime_ns
+    with monkeypatch.context() as patched:
+        for name in ("embed", "fit_probe", "create_encoder"):
+            patched.setattr(curve_module, name, refuse)
+        assert run_curve(data, options, shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c") == first
+    assert (tmp_path / "c" / "curve.json").stat().st_mtime_ns == written
+    # A new spec: embeddings come from the cache.
+    second = run_curve(data, options, shots="1,all", seeds=[4], out=tmp_path / "c")
+    assert second.cache["hit"] and json.loads((tmp_path / "c" / "curve.json").read_text())["spec"]["seeds"] == [4]
 
 
 def test_points_a_probe_cannot_fit_are_skipped_not_fatal(tiny):
-    curve = run_curve(tiny["npz"], probe="svm", shots="1,all", seeds=[0], cache_dir=tiny["cache"], progress=False)
-    assert any("error" in r for r in curve["runs"] if r["shots"] == "1")  # 3-fold calibration needs 3 per class
-    assert [p["shots"] for p in curve["points"]] == ["all"]
+    curve = run_curve(DataSpec(tiny["npz"]), EmbedOptions(cache_dir=tiny["cache"], progress=False), probe="svm", shots="1,all", seeds=[0])
+    assert any("error" in r for r in curve.runs if r["shots"] == "1")  # 3-fold calibration needs 3 per class
+    assert [p["shots"] for p in curve.points] == ["all"]
 
 
 def test_cli_curve(tmp_path, tiny, capsys):

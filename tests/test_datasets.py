@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import write_image_folder, write_npz
 
-from medprobe.data import medmnist as datasets
-from medprobe.data.datasets import load_dataset, medmnist_file
-from medprobe.core.errors import DatasetError
+from medprobe.core.errors import DatasetError, UnknownNameError
+from medprobe.data import medmnist
+from medprobe.data.datasets import TASKS, load_dataset
+from medprobe.data.medmnist import medmnist_file
 
 
 def test_npz_with_2d_and_1d_labels_load_the_same(tmp_path):
@@ -103,8 +104,9 @@ def test_single_class_train_split_is_refused(tmp_path):
 
 
 def test_unknown_name_suggests_close_matches():
-    with pytest.raises(DatasetError, match="did you mean 'retinamnist'"):
+    with pytest.raises(UnknownNameError, match="^unknown dataset 'retinamnst'; did you mean 'retinamnist'") as error:
         load_dataset("retinamnst")
+    assert not isinstance(error.value, DatasetError) and error.value.kind == "dataset"
 
 
 def test_real_retinamnist_by_name(shared_data):
@@ -147,9 +149,9 @@ def file_server(tmp_path):
 
 
 def _pretend_table(monkeypatch, md5):
-    table = datasets.medmnist_table()
+    table = medmnist.medmnist_table()
     table["breastmnist"]["files"]["28"]["md5"] = md5
-    monkeypatch.setattr(datasets, "medmnist_table", lambda: table)
+    monkeypatch.setattr(medmnist, "medmnist_table", lambda: table)
 
 
 def test_download_good_file_is_verified_and_placed(tmp_path, monkeypatch, file_server):
@@ -186,9 +188,9 @@ def test_download_from_a_server_that_is_down(tmp_path, monkeypatch):
 
 
 def test_metadata_table_is_complete():
-    table = json.loads(Path(datasets.__file__).with_name("data").joinpath("medmnist.json").read_text())["datasets"]
+    table = json.loads(Path(medmnist.__file__).with_name("medmnist.json").read_text())["datasets"]
     assert {"retinamnist", "breastmnist", "pneumoniamnist", "dermamnist", "chestmnist", "bloodmnist", "organamnist"} <= set(table)
     for name, meta in table.items():
-        assert meta["task"] in datasets.TASKS
+        assert meta["task"] in TASKS
         assert set(meta["files"]) == {"28", "64", "128", "224"}
         assert all(len(f["md5"]) == 32 and f["url"].startswith("https://") for f in meta["files"].values())

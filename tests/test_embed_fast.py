@@ -10,6 +10,7 @@ from PIL import Image
 
 from medprobe.data.datasets import load_dataset
 from medprobe.embedding.embed import describe_job, embed
+from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from medprobe.encoders.torch_encoder import TorchEncoder
@@ -127,17 +128,21 @@ def test_fp32_runtimes_share_a_cache_key_and_approximate_ones_never_do(real):
     assert len({keys["auto"], keys["bf16"], keys["int8"]}) == 3
 
 
-def test_embed_runtime_argument_sets_the_runtime_and_the_cache_entry(real, tmp_path):
+def test_the_runtime_chosen_at_creation_sets_the_backend_and_the_cache_entry(real, tmp_path):
     from conftest import write_npz
 
     data = load_dataset(write_npz(tmp_path / "tiny.npz", n_train=2, n_val=2, n_test=2, size=8))
-    encoder = TorchEncoder(real[0].config, lambda: real[0].module)
+    options = EmbedOptions(batch_size=4, progress=False)
+    encoder = TorchEncoder(real[0].config, lambda: real[0].module, runtime="torch")
     transform = make_transform(encoder.config)
-    first = embed(data, encoder, transform, batch_size=4, progress=False, runtime="torch")
-    assert encoder.runtime_info()["backend"].startswith("torch eager fp32")
+    first = embed(data, encoder, transform, options)
+    assert encoder.runtime_info()["mode"] == "torch" and encoder.runtime_info()["backend"].startswith("torch eager fp32")
     with pytest.raises(EncoderError, match="unknown runtime 'fast'"):
-        embed(data, encoder, transform, progress=False, runtime="fast")
-    again = embed(data, encoder, transform, batch_size=4, progress=False, runtime="onnx")
+        TorchEncoder(real[0].config, lambda: real[0].module, runtime="fast")
+    with pytest.raises(EncoderError, match="unknown runtime 'fast'"):
+        create_encoder("efficientnet_lite0", runtime="fast")
+    onnx = TorchEncoder(real[0].config, lambda: real[0].module, runtime="onnx")
+    again = embed(data, onnx, transform, options)
     assert again.from_cache and again.key == first.key  # fp32 either way: one entry
 
 

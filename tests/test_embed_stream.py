@@ -12,13 +12,14 @@ from PIL import Image
 
 from medprobe.data.datasets import load_dataset
 from medprobe.embedding.embed import embed, prefetch
-from medprobe.encoders import EncoderConfig, create_encoder
+from medprobe.embedding.options import EmbedOptions
+from medprobe.encoders import Encoder, EncoderConfig, create_encoder
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.core.errors import EncoderError
 from medprobe.data.sources import ArrayImages
 from medprobe.encoders.transforms import make_transform
 
-embed_module = importlib.import_module("medprobe.embed")  # the module; `medprobe.embed` the attribute is the function
+embed_module = importlib.import_module("medprobe.embedding.embed")  # the module; `medprobe.embed` the attribute is the function
 
 
 # --- streaming -------------------------------------------------------------------------------------
@@ -28,10 +29,18 @@ class Recorder:
     """A tiny deterministic encoder that records which shards were on disk at each call."""
 
     config = EncoderConfig(name="test/recorder", family="test", arch="r", embed_dim=4, input_size=8, resize_mode="squash")
+    weights_id = "default"
+    runtime = {"precision": "fp32"}
 
     def __init__(self):
         self.seen = []
         self.cache = None
+
+    def prepare(self, n_images=None, artifacts=None):
+        pass
+
+    def runtime_info(self):
+        return self.runtime
 
     def embed_batch(self, pixels):
         self.seen.append(len(list(Path(self.cache).rglob("part-*.parquet"))) if self.cache else 0)
@@ -44,12 +53,13 @@ def _npz(tmp_path, n):
     return write_npz(tmp_path / "tiny.npz", n_train=n, n_val=n, n_test=n, size=8)
 
 
-def test_shards_are_written_as_they_complete(tmp_path, monkeypatch):
-    monkeypatch.setattr(embed_module, "SHARD_SIZE", 4)
+def test_shards_are_written_as_they_complete(tmp_path):
     data = load_dataset(_npz(tmp_path, 8))  # 24 images: 6 shards of 4, batches of 2
     encoder = Recorder()
     encoder.cache = tmp_path / "cache"
-    result = embed(data, encoder, make_transform(encoder.config), cache_dir=encoder.cache, batch_size=2, progress=False)
+    assert isinstance(encoder, Encoder)  # the stand-in implements the whole protocol embed() relies on
+    options = EmbedOptions(encoder.config.name, cache_dir=str(encoder.cache), batch_size=2, shard_size=4, progress=False)
+    result = embed(data, encoder, make_transform(encoder.config), options)
     assert encoder.seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert result.vectors.shape == (24, 4)
     expected = np.stack([encoder.embed_batch(make_transform(encoder.config)(data.images.load(i))[None])[0] for i in range(24)])

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import write_npz
 from medprobe.encoders import get_config
-from medprobe.core.errors import EncoderError
+from medprobe.core.errors import EncoderError, UnknownNameError
+from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.fusion import embed_spec, split_spec
 from tiny_models import go_offline, write_tiny
 
@@ -47,8 +48,8 @@ def test_fusion_concatenates_parts_each_from_its_own_cache_entry(npz, tmp_path):
     from medprobe.data.datasets import load_dataset
 
     data = load_dataset(npz)
-    fused = embed_spec(data, FUSED, progress=False)
-    alone = [embed_spec(data, name, progress=False) for name in split_spec(FUSED)]
+    fused = embed_spec(data, EmbedOptions(FUSED, progress=False))
+    alone = [embed_spec(data, EmbedOptions(name, progress=False)) for name in split_spec(FUSED)]
     assert all(part.embeddings.from_cache for part in alone)  # the fusion already filled both part entries
     np.testing.assert_array_equal(fused.embeddings.vectors, np.concatenate([a.embeddings.vectors for a in alone], axis=1))
     entries = sorted(p.parent.parent.name for p in (tmp_path / "cache").glob("*/*/_manifest.json"))
@@ -57,7 +58,7 @@ def test_fusion_concatenates_parts_each_from_its_own_cache_entry(npz, tmp_path):
     assert record["fusion"]["order"] == split_spec(FUSED) and record["fusion"]["embed_dim"] == fused.embeddings.vectors.shape[1]
     assert [p["cache"]["key"] for p in record["parts"]] == [a.embeddings.key for a in alone]
     assert set(fused.preprocessing) == set(split_spec(FUSED))
-    again = embed_spec(data, FUSED, progress=False)
+    again = embed_spec(data, EmbedOptions(FUSED, progress=False))
     assert again.embeddings.from_cache and again.embeddings.key == fused.embeddings.key
 
 
@@ -65,7 +66,7 @@ def test_fusion_refuses_one_weights_path(npz):
     from medprobe.data.datasets import load_dataset
 
     with pytest.raises(EncoderError, match="fusion"):
-        embed_spec(load_dataset(npz), FUSED, weights="somewhere")
+        embed_spec(load_dataset(npz), EmbedOptions(FUSED, weights="somewhere", progress=False))
 
 
 def test_run_and_embed_commands_with_a_fusion(npz, tmp_path, capsys):
@@ -82,8 +83,10 @@ def test_run_and_embed_commands_with_a_fusion(npz, tmp_path, capsys):
     assert 0.0 <= results["metrics"]["test"]["auc"] <= 1.0 and results["cache"]["hit"]
 
 
-def test_unknown_part_is_reported_before_any_work(npz):
+def test_unknown_part_is_reported_before_any_work(npz, tmp_path):
+    from medprobe.data.datasets import DataSpec
     from medprobe.workflows.run import run
 
-    with pytest.raises(EncoderError, match="dinov2_vits14"):
-        run(str(npz), "clip_vit_b32+dinov2_vits41", progress=False)
+    with pytest.raises(UnknownNameError, match="unknown encoder 'dinov2_vits41'; did you mean 'dinov2_vits14'"):
+        run(DataSpec(str(npz)), EmbedOptions("clip_vit_b32+dinov2_vits41", progress=False))
+    assert not (tmp_path / "cache").exists()  # refused before any image was embedded

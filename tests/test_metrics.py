@@ -11,6 +11,7 @@ def test_binary_matches_sklearn_on_positive_column():
     scores = np.stack([1 - p1, p1], axis=1)
     assert medmnist_auc(y, scores, "binary") == pytest.approx(roc_auc_score(y, p1))
     assert medmnist_acc(y, scores, "binary") == pytest.approx(accuracy_score(y, p1 > 0.5))
+    assert medmnist_acc(y, scores, "binary") == pytest.approx(4 / 6)  # by hand: 0.6 and 0.4 are the two misses
 
 
 def test_binary_threshold_is_strictly_above_half():
@@ -37,6 +38,7 @@ def test_multilabel_means_per_label_auc_and_accuracy():
     acc = np.mean([accuracy_score(y[:, j], scores[:, j] > 0.5) for j in range(2)])
     assert medmnist_auc(y, scores, "multi-label") == pytest.approx(auc)
     assert medmnist_acc(y, scores, "multi-label") == pytest.approx(acc)
+    assert acc == pytest.approx((4 / 5 + 3 / 5) / 2)  # by hand: label 0 misses row 4; label 1 misses rows 2 and 4
     assert roc_auc_score(y, scores, average="macro") == pytest.approx(auc)
 
 

@@ -5,21 +5,23 @@ import csv
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from medprobe.cli import main
-from medprobe.data.datasets import Dataset, load_dataset
-from medprobe.embedding.embed import embed
-from medprobe.encoders import create_encoder
-from medprobe.data.sources import FileImages
-from medprobe.workflows.run import run
-from medprobe.probes.fit import fit_probe
+from conftest import SHARED_DATA
 
-HAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_melnv"
+from medprobe.cli import main
+from medprobe.data.datasets import Dataset, DataSpec, load_dataset
+from medprobe.data.sources import FileImages
+from medprobe.embedding.embed import embed
+from medprobe.embedding.options import EmbedOptions
+from medprobe.encoders import create_encoder
+from medprobe.probes.fit import fit_probe
+from medprobe.workflows.run import EvalOptions, run
+
+HAM = SHARED_DATA / "ham10000_melnv"
 
 
 def real_folder(target, split, per_class, skip=0):
@@ -62,14 +64,17 @@ def test_predict_round_trip_equals_in_process_probabilities(fitted_model, tmp_pa
     # In process: the same embeddings, the same probe fitted in memory (never saved or loaded).
     encoder, transform = create_encoder("efficientnet_lite0")
     data = load_dataset(folder)
-    X = embed(data, encoder, transform, cache_dir=cache, progress=False).vectors
+    options = EmbedOptions(cache_dir=str(cache), progress=False)
+    X = embed(data, encoder, transform, options).vectors
     train, val = data.indices("train"), data.indices("val")
     probe = fit_probe("logreg", X[train], data.labels[train], X[val], data.labels[val], data.task, None, 0)
     new_data = Dataset("new", data.task, data.label_names, np.array([str(p) for p in files]), np.array([""] * 6), np.zeros(6, np.int64), FileImages(files))
-    expected = probe.predict_scores(embed(new_data, encoder, transform, cache_dir=cache, progress=False).vectors)
+    expected = probe.predict_scores(embed(new_data, encoder, transform, options).vectors)
     got = np.array([[float(r[f"p_{name}"]) for name in data.label_names] for r in rows])
     np.testing.assert_array_equal(got, expected)
-    assert [r["predicted"] for r in rows] == [data.label_names[int(p >= 0.5)] for p in expected[:, 1]]
+    # Worked out here, not with medprobe's rule: the more probable class; an exact tie at 0.5 is the negative class.
+    mel, nv = data.label_names
+    assert [r["predicted"] for r in rows] == [nv if p_nv > p_mel else mel for p_mel, p_nv in expected]
 
 
 def test_predict_takes_a_csv_manifest_and_single_files(fitted_model, tmp_path):
@@ -98,8 +103,9 @@ def test_same_inputs_and_seed_give_bit_identical_embeddings_probe_and_metrics(fi
     _, folder, _ = fitted_model
     outcomes = []
     for name in ("first", "second"):
-        results = run(str(folder), out=tmp_path / name, cache_dir=tmp_path / f"cache_{name}", save=tmp_path / f"model_{name}", n_boot=50, progress=False)
+        options = EmbedOptions(cache_dir=str(tmp_path / f"cache_{name}"), progress=False)
+        results = run(DataSpec(str(folder)), options, evaluation=EvalOptions(n_boot=50), out=tmp_path / name, save=tmp_path / f"model_{name}")
         shards = json.loads(next((tmp_path / f"cache_{name}").rglob("_manifest.json")).read_text())["shards"]
         arrays = hashlib.sha256((tmp_path / f"model_{name}" / "arrays.safetensors").read_bytes()).hexdigest()
-        outcomes.append((results["metrics"], results["probe"], [s["sha256"] for s in shards], arrays, (tmp_path / name / "predictions.csv").read_bytes()))
+        outcomes.append((results.metrics, results.probe, [s["sha256"] for s in shards], arrays, (tmp_path / name / "predictions.csv").read_bytes()))
     assert outcomes[0] == outcomes[1]

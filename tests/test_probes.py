@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import cross_val_score
 
-from medprobe.core.errors import ProbeError
+from medprobe.core.errors import ProbeError, UnknownNameError
 from medprobe.evaluation.metrics import medmnist_auc
 from medprobe.probes.fit import fit_probe, make_probe
 
@@ -55,5 +55,8 @@ def test_probes_are_plain_sklearn_estimators():
 
 
 def test_unknown_probe_suggests():
-    with pytest.raises(ProbeError, match="did you mean 'logreg'"):
+    with pytest.raises(UnknownNameError, match="^unknown probe 'logreg2'; did you mean 'logreg'") as error:
         make_probe("logreg2")
+    assert error.value.kind == "probe" and not isinstance(error.value, ProbeError)
+    with pytest.raises(UnknownNameError, match="unknown probe 'logreg2'"):
+        fit_probe("logreg2", *_blobs(classes=2))

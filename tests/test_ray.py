@@ -12,15 +12,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from medprobe.embedding import ray as ray_embed
 from medprobe.embedding.cache import MANIFEST
 from medprobe.cli import main
 from medprobe.data.datasets import SPLITS, load_dataset
 from medprobe.embedding.embed import embed, load_pixels
+from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
 from medprobe.embedding.ray import Embedder, decode_batch, embed_on_ray
 
 ENCODER = "efficientnet_lite0"
+
+
+def options(cache_dir=None, **given):
+    return EmbedOptions(ENCODER, cache_dir=None if cache_dir is None else str(cache_dir), progress=False, **given)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def test_embedder_call_on_a_plain_batch_dict(ham):
     expected = np.stack([load_pixels(data.images, transform, i) for i in range(3)])
     np.testing.assert_array_equal(batch["pixels"], expected)
 
-    out = Embedder(ENCODER)({"index": batch["index"], "pixels": batch["pixels"]})
+    out = Embedder(options())({"index": batch["index"], "pixels": batch["pixels"]})
     np.testing.assert_array_equal(out["index"], [0, 1, 2])
     np.testing.assert_array_equal(out["embedding"], encoder.embed_batch(expected))
 
@@ -67,8 +71,8 @@ def test_embedder_call_on_a_plain_batch_dict(ham):
 def test_ray_writes_the_local_cache_entry_row_by_row(local_ray, ham, tmp_path):
     data = load_dataset(ham)
     encoder, transform = create_encoder(ENCODER)
-    ham_local = embed(data, encoder, transform, cache_dir=tmp_path / "local", progress=False)
-    on_ray = embed_on_ray(data, ENCODER, cache_dir=tmp_path / "ray", concurrency=2, progress=False)
+    ham_local = embed(data, encoder, transform, options(tmp_path / "local"))
+    on_ray = embed_on_ray(data, options(tmp_path / "ray"), concurrency=2)
 
     assert on_ray.key == ham_local.key
     np.testing.assert_array_equal(on_ray.vectors, ham_local.vectors)
@@ -78,7 +82,7 @@ def test_ray_writes_the_local_cache_entry_row_by_row(local_ray, ham, tmp_path):
             ours, theirs = pq.read_table(Path(on_ray.path) / name), pq.read_table(Path(ham_local.path) / name)
             assert ours.equals(theirs) and ours.schema.metadata == theirs.schema.metadata, name
 
-    again = embed(data, encoder, transform, cache_dir=tmp_path / "ray", progress=False)
+    again = embed(data, encoder, transform, options(tmp_path / "ray"))
     assert again.from_cache and again.key == on_ray.key
 
 
@@ -96,8 +100,8 @@ def test_cli_ray_on_a_retinamnist_slice(local_ray, shared_data, tmp_path, capsys
 
     data = load_dataset(npz)
     encoder, transform = create_encoder(ENCODER)
-    cached = embed(data, encoder, transform, progress=False)
-    fresh = embed(data, encoder, transform, use_cache=False, progress=False)
+    cached = embed(data, encoder, transform, options())
+    fresh = embed(data, encoder, transform, options(use_cache=False))
     np.testing.assert_array_equal(cached.vectors, fresh.vectors)
 
 
@@ -127,14 +131,13 @@ def _actor_pids():
 
 @pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor through /proc")
-def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path, monkeypatch):
+def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path):
     # Three one-batch shards, so the kill lands mid-job; the local reference uses the same layout. (Batches
     # under ~32 rows are not bit-stable across thread counts in PyTorch's CPU kernels, and an actor has one thread.)
-    for module in (ray_embed, sys.modules["medprobe.embed"]):
-        monkeypatch.setattr(module, "SHARD_SIZE", 32)
+    layout = {"shard_size": 32, "batch_size": 32}
     data = load_dataset(ham)
     encoder, transform = create_encoder(ENCODER)
-    reference = embed(data, encoder, transform, use_cache=False, batch_size=32, progress=False).vectors
+    reference = embed(data, encoder, transform, options(use_cache=False, **layout)).vectors
     killed, replacement, late = [], [], []
 
     def kill_after_first_shard():
@@ -152,7 +155,7 @@ def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path
 
     killer = threading.Thread(target=kill_after_first_shard)
     killer.start()
-    result = embed_on_ray(data, ENCODER, cache_dir=tmp_path, concurrency=1, batch_size=32, progress=False)
+    result = embed_on_ray(data, options(tmp_path, **layout), concurrency=1)
     killer.join()
 
     assert late == [False], "the job ended before the kill"
@@ -166,7 +169,7 @@ def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path
     (entry / MANIFEST).unlink()
     (entry / "part-00001.parquet").unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in entry.glob("part-*.parquet")}
-    resumed = embed_on_ray(data, ENCODER, cache_dir=tmp_path, concurrency=1, batch_size=32, progress=False)
+    resumed = embed_on_ray(data, options(tmp_path, **layout), concurrency=1)
     assert not resumed.from_cache and (entry / MANIFEST).is_file()
     assert {p.name: p.stat().st_mtime_ns for p in entry.glob("part-*.parquet") if p.name in kept} == kept
     assert (entry / "part-00001.parquet").is_file()
@@ -195,5 +198,5 @@ def test_an_unreadable_image_on_a_worker_is_reported_as_itself(local_ray, shared
             writer.writerows([os.path.relpath(p, tmp_path), p.parent.name, split] for p in (good[i], good[-1 - i]))
         writer.writerow(["broken.jpg", "mel", "train"])
     with pytest.raises(ImageError, match="broken.jpg") as raised:
-        embed_on_ray(load_dataset(tmp_path / "m.csv"), ENCODER, concurrency=1, progress=False)
+        embed_on_ray(load_dataset(tmp_path / "m.csv"), options(), concurrency=1)
     assert "\n" not in str(raised.value) and raised.value.path == str(tmp_path / "broken.jpg")

@@ -11,14 +11,10 @@ from PIL import Image
 
 from medprobe.cli import main
 from medprobe.core.errors import MedprobeError
-from medprobe.reporting.html import (
-    confusion_figure,
-    read_predictions,
-    reliability,
-    reliability_figure,
-    roc_figure,
-    write_report,
-)
+from medprobe.data.datasets import DataSpec
+from medprobe.embedding.options import EmbedOptions
+from medprobe.reporting.html import N_BINS, confusion_figure, reliability, reliability_figure, roc_figure, write_report
+from medprobe.reporting.results import read_predictions
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
@@ -31,12 +27,16 @@ def run_folder(tmp_path_factory):
     from medprobe.workflows.curve import run_curve
     from medprobe.workflows.run import run
 
+    from medprobe.probes.spec import ProbeSpec
+    from medprobe.workflows.run import EvalOptions
+
     root = tmp_path_factory.mktemp("report")
     write_npz(root / "tiny.npz", n_train=24, n_val=9, n_test=15, classes=3)
-    cache = root / "cache"
-    run(root / "tiny.npz", "efficientnet_lite0", "logreg", out=root / "run", cache_dir=cache, n_boot=50, progress=False)
-    run_curve(root / "tiny.npz", shots="1,2,all", seeds=[0, 1], out=root / "run", cache_dir=cache, progress=False)
-    train_baseline(root / "tiny.npz", out=root / "baseline", epochs=1, n_boot=50, progress=False)
+    data = DataSpec(str(root / "tiny.npz"))
+    options = EmbedOptions("efficientnet_lite0", cache_dir=str(root / "cache"), progress=False)
+    run(data, options, ProbeSpec("logreg"), EvalOptions(n_boot=50), out=root / "run")
+    run_curve(data, options, shots="1,2,all", seeds=[0, 1], out=root / "run")
+    train_baseline(data, out=root / "baseline", epochs=1, n_boot=50, progress=False)
     return root
 
 
@@ -69,7 +69,7 @@ def test_report_never_recomputes(run_folder, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the report must not embed or fit")
 
-    for module, name in (("medprobe.embed", "embed"), ("medprobe.probes", "fit_probe"), ("medprobe.encoders", "create_encoder")):
+    for module, name in (("medprobe.embedding.embed", "embed"), ("medprobe.probes.fit", "fit_probe"), ("medprobe.encoders", "create_encoder")):
         monkeypatch.setattr(importlib.import_module(module), name, refuse)
     assert write_report(run_folder / "run", out=tmp_path / "r.html").is_file()
 
@@ -97,30 +97,87 @@ def test_predictions_round_trip(run_folder):
 
 
 def test_reliability_bins_and_ece():
+    # Uniform bins closed on the right, as scikit-learn's calibration_curve draws them: (0, 0.1], (0.1, 0.2], ...,
+    # so a score on an edge (0.1, 0.3, 0.9 below) belongs to the bin below it, as 0.5 belongs with the negatives.
+    from sklearn.calibration import calibration_curve
+
     labels = np.array([1, 1, 0, 0])
     scores = np.array([[0.1, 0.9], [0.1, 0.9], [0.9, 0.1], [0.7, 0.3]])
     mean_conf, observed, count, ece = reliability(labels, scores, "binary")
-    assert count.tolist() == [0, 1, 0, 1, 0, 0, 0, 0, 0, 2]
-    assert observed[9] == 1.0 and observed[1] == 0.0 and observed[3] == 0.0
+    assert count.tolist() == [1, 0, 1, 0, 0, 0, 0, 0, 2, 0]
+    assert observed[8] == 1.0 and observed[0] == 0.0 and observed[2] == 0.0
+    assert np.isnan(observed[[1, 3, 4, 5, 6, 7, 9]]).all() and np.isnan(mean_conf[[1, 3, 4, 5, 6, 7, 9]]).all()
+    assert mean_conf[[0, 2, 8]].tolist() == pytest.approx([0.1, 0.3, 0.9])
+    sk_observed, sk_mean = calibration_curve(labels, scores[:, 1], n_bins=N_BINS, strategy="uniform")
+    assert observed[count > 0].tolist() == pytest.approx(sk_observed.tolist()) and mean_conf[count > 0].tolist() == pytest.approx(sk_mean.tolist())
     assert ece == pytest.approx((2 * 0.1 + 0.1 + 0.3) / 4)
-    _, observed, _, ece = reliability(np.array([0, 2]), np.array([[0.8, 0.1, 0.1], [0.5, 0.2, 0.3]]), "multi-class")
-    assert observed[8] == 1.0 and observed[5] == 0.0 and ece == pytest.approx((0.2 + 0.5) / 2)
+    # Multi-class: top-class probability against whether the argmax was right (0.8 right, 0.5 wrong).
+    _, observed, count, ece = reliability(np.array([0, 2]), np.array([[0.8, 0.1, 0.1], [0.5, 0.2, 0.3]]), "multi-class")
+    assert count.tolist() == [0, 0, 0, 0, 1, 0, 0, 1, 0, 0]
+    assert observed[7] == 1.0 and observed[4] == 0.0 and ece == pytest.approx((0.2 + 0.5) / 2)
 
 
-@pytest.mark.parametrize("task", ["binary", "multi-class", "multi-label"])
-def test_figures_draw_for_every_task(task):
+def _task_data(task, n=40):
     rng = np.random.default_rng(0)
-    n, k = 40, 2 if task == "binary" else 3
+    k = 2 if task == "binary" else 3
     if task == "multi-label":
         labels = (rng.random((n, k)) > 0.5).astype(int)
         scores = rng.random((n, k))
     else:
         labels = np.arange(n) % k
         scores = rng.dirichlet(np.ones(k), n)
-    names = [f"c{i}" for i in range(k)]
-    for fig in (roc_figure(labels, scores, task, names, {}, "t"), confusion_figure(labels, scores, task, names, "t"),
-                reliability_figure(labels, scores, task, "t")):
-        assert fig.axes
+    return labels, scores, [f"c{i}" for i in range(k)]
+
+
+def _shown_counts(ax):
+    """The integers written in the confusion matrix's cells, as a (rows, columns) array."""
+    image = ax.get_images()[0].get_array()
+    counts = np.zeros(image.shape, int)
+    for text in ax.texts:
+        x, y = text.get_position()
+        counts[int(round(y)), int(round(x))] = int(text.get_text())
+    return counts, len(ax.texts)
+
+
+@pytest.mark.parametrize("task", ["binary", "multi-class", "multi-label"])
+def test_figures_draw_for_every_task(task):
+    from sklearn.metrics import roc_curve
+
+    labels, scores, names = _task_data(task)
+    n, k = len(labels), len(names)
+
+    # ROC: one curve per class (only the positive class for binary) plus the chance diagonal, each the real curve.
+    ax = roc_figure(labels, scores, task, names, {"c1": 0.5}, "t").axes[0]
+    drawn = names[-1:] if task == "binary" else names
+    curves, diagonal = ax.lines[:-1], ax.lines[-1]
+    assert len(curves) == len(drawn) and diagonal.get_xdata().tolist() == [0, 1] == diagonal.get_ydata().tolist()
+    for j, (line, name) in enumerate(zip(curves, drawn)):
+        column = k - 1 if task == "binary" else j
+        truth = labels[:, column] if task == "multi-label" else (labels == column).astype(int)
+        fpr, tpr, _ = roc_curve(truth, scores[:, column])
+        np.testing.assert_allclose(line.get_xdata(), fpr)
+        np.testing.assert_allclose(line.get_ydata(), tpr)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [f"{name} (AUC 0.500)" if name == "c1" else name for name in drawn]
+
+    # Confusion: one count per cell; each row holds every image of its true class (or label state), whatever was predicted.
+    ax = confusion_figure(labels, scores, task, names, "t").axes[0]
+    counts, n_texts = _shown_counts(ax)
+    if task == "multi-label":  # per label: TN, FP, FN, TP
+        assert counts.shape == (k, 4) and n_texts == 4 * k
+        assert (counts[:, 0] + counts[:, 1]).tolist() == (labels == 0).sum(axis=0).tolist()
+        assert (counts[:, 2] + counts[:, 3]).tolist() == labels.sum(axis=0).tolist()
+    else:
+        assert counts.shape == (k, k) and n_texts == k * k
+        assert counts.sum(axis=1).tolist() == np.bincount(labels, minlength=k).tolist()
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+
+    # Reliability: N_BINS bars of observed frequency on top, N_BINS bars of counts below that add up to every score.
+    top, bottom = reliability_figure(labels, scores, task, "t").axes
+    assert len(top.patches) == N_BINS and len(bottom.patches) == N_BINS
+    per_score = n * k if task == "multi-label" else n
+    assert sum(p.get_height() for p in bottom.patches) == per_score
+    assert all(0 <= p.get_height() <= 1 for p in top.patches) and "ECE" in top.get_title()
 
 
 def _chromium():

@@ -1,7 +1,6 @@
 """Resumable extraction: SIGKILL a real `medprobe embed` mid-run, rerun, get bit-identical embeddings;
 torn or edited cache files are detected, logged and rebuilt."""
 
-import importlib
 import json
 import logging
 import os
@@ -14,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from conftest import SHARED_DATA, write_image_folder
 
 from medprobe.data.datasets import load_dataset
 from medprobe.embedding.embed import embed
-from medprobe.encoders import EncoderConfig
+from medprobe.embedding.options import EmbedOptions
+from medprobe.encoders import Encoder, EncoderConfig
 from medprobe.encoders.transforms import make_transform
 
-embed_module = importlib.import_module("medprobe.embed")  # the module, not the function medprobe exports
-HAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000_melnv"
+HAM = SHARED_DATA / "ham10000_melnv"
 
 
 def copy_real_jpegs(target, per_class):
@@ -90,28 +89,40 @@ def test_sigkill_at_several_points_then_rerun_gives_bit_identical_embeddings(tmp
 
 class TinyEncoder:
     config = EncoderConfig(name="test/tiny", family="test", arch="tiny", embed_dim=8, input_size=16, resize_mode="squash")
+    weights_id = "default"
+    runtime = {"precision": "fp32"}
 
     def __init__(self):
         self.weights = np.random.default_rng(0).normal(size=(3 * 16 * 16, 8)).astype(np.float32)
         self.calls = 0
+
+    def prepare(self, n_images=None, artifacts=None):
+        pass
+
+    def runtime_info(self):
+        return self.runtime
 
     def embed_batch(self, pixels):
         self.calls += len(pixels)
         return pixels.reshape(len(pixels), -1) @ self.weights
 
 
+SHARDS_OF_4 = EmbedOptions(TinyEncoder.config.name, shard_size=4, progress=False)
+
+
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
-    monkeypatch.setattr(embed_module, "SHARD_SIZE", 4)
+def tiny(tmp_path):
     data = load_dataset(write_image_folder(tmp_path / "imgs", per_class=10, size=16))  # 20 images: 5 shards
     encoder = TinyEncoder()
-    first = embed(data, encoder, make_transform(encoder.config), progress=False)
+    assert isinstance(encoder, Encoder)
+    first = embed(data, encoder, make_transform(encoder.config), SHARDS_OF_4)
+    assert len(list(Path(first.path).glob("part-*.parquet"))) == 5
     encoder.calls = 0
     return data, encoder, first
 
 
 def rerun(data, encoder):
-    return embed(data, encoder, make_transform(encoder.config), progress=False)
+    return embed(data, encoder, make_transform(encoder.config), SHARDS_OF_4)
 
 
 def test_a_truncated_shard_of_a_complete_entry_fails_its_checksum_and_is_rebuilt(tiny, caplog):

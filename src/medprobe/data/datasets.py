@@ -72,6 +72,10 @@ class DataSpec:
     on_error: str = "fail"
 
     def __post_init__(self):
+        # A path is kept as its string, as on the command line, so specs compare (and round-trip through JSON) equal.
+        object.__setattr__(self, "dataset", str(self.dataset))
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(self.data_dir))
         if self.on_error not in ON_ERROR:
             raise DatasetError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
 
