@@ -1,10 +1,8 @@
 """The embedding step: every image once through a frozen encoder, streamed shard by shard into the cache."""
 
-import hashlib
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +23,6 @@ class Embeddings:
     from_cache: bool
     seconds: float
     description: dict
-
-
-def image_digests(images, workers=4):
-    """SHA-256 of every image's content, in order (hashing releases the GIL, so threads help)."""
-
-    def digest(index):
-        return hashlib.sha256(images.content(index)).hexdigest()
-
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(digest, range(len(images))))
 
 
 def describe_job(encoder, transform):
@@ -130,7 +118,7 @@ class Job:
 def plan_job(dataset, encoder, transform, options):
     """Hash the images, derive the cache key, cut the job into shards and read back every one already cached and intact."""
     use_cache, size = options.use_cache, options.shard_size
-    digests = image_digests(dataset.images)
+    digests = dataset.content_digests()
     description = describe_job(encoder, transform)
     key = cache_key(digests, description)
     root = cache_root(options.cache_dir)

@@ -34,6 +34,7 @@ from medprobe.reporting.results import (
     read_predictions,
     read_projection,
     read_result,
+    ci_text,
 )
 from medprobe.reporting.tables import MANIFEST, build_table
 
@@ -301,7 +302,7 @@ def _run_metrics_table(runs):
         cpu = f"{embed_cpu:.1f} + {fit_cpu:.1f}" if embed_cpu is not None and fit_cpu is not None else "–"
         params = r.probe.get("params", {})
         rows.append(
-            f"<tr><td>{_esc(r.title)}</td><td>{t['auc']:.3f}</td><td>{t['auc_ci'][0]:.3f}–{t['auc_ci'][1]:.3f}</td>"
+            f"<tr><td>{_esc(r.title)}</td><td>{t['auc']:.3f}</td><td>{ci_text(t['auc_ci'], '–', False)}</td>"
             f"<td>{t['acc']:.3f}</td><td>{t['acc_ci'][0]:.3f}–{t['acc_ci'][1]:.3f}</td><td>{t['balanced_accuracy']:.3f}</td>"
             f"<td>{t['macro_f1']:.3f}</td><td>{t['n']}</td><td>{_esc(params)}</td><td>{cpu}</td></tr>"
         )
@@ -501,7 +502,7 @@ def _baseline_table(baselines):
         t, training, timings = b.metrics["test"], b.training, b.timings
         capped = " (CAPPED)" if training["capped"] else ""
         rows.append(f"<tr class='baseline'><td>{_esc(b.title)}{capped}</td>"
-                    f"<td>{t['auc']:.3f} [{t['auc_ci'][0]:.3f}, {t['auc_ci'][1]:.3f}]</td><td>{t['acc']:.3f} [{t['acc_ci'][0]:.3f}, "
+                    f"<td>{t['auc']:.3f} {ci_text(t['auc_ci'])}</td><td>{t['acc']:.3f} [{t['acc_ci'][0]:.3f}, "
                     f"{t['acc_ci'][1]:.3f}]</td><td>{training['epochs_done']}/{training['epochs']}</td><td>{timings['train_s']:.0f}</td>"
                     f"<td>{timings['train_cpu_s']:.0f}</td></tr>")
     rows.append("</table>")

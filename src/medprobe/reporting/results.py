@@ -80,6 +80,7 @@ class RunResult(_Result):
     cache: dict
     timings: dict
     seed: int = 0
+    near_duplicates: dict = field(default_factory=dict)  # test images nearly identical to a train image (embedding cosine)
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__
     created: str = field(default_factory=_now)
@@ -272,18 +273,47 @@ def write_projection(path, ids, labels, xy, label_names, task, method="pca"):
     atomic_write_bytes(path, out.getvalue().encode())
 
 
+def split_lines(dataset):
+    """How the splits were made and what leakage was found, one line each, from results.json's dataset record."""
+    made = dataset.get("made_splits", {})
+    parts = []
+    for split in ("train", "val", "test"):
+        how = made.get(split)
+        parts.append(f"{split} {dataset['n'][split]}" + (f" (made: {how['method']})" if isinstance(how, dict) else ""))
+    lines = ["splits: " + " · ".join(parts)]
+    if dataset.get("resplit"):
+        lines.append(f"the dataset's own splits were ignored; all three drawn by {dataset['resplit']['by']}")
+    duplicates = dataset.get("duplicates") or {}
+    if duplicates.get("identical_groups"):
+        lines.append(f"identical images: {duplicates['identical_groups']} (across splits {duplicates['across_splits']}, with different "
+                     f"labels {duplicates['conflicting_labels']}); {duplicates['policy']}: {duplicates['dropped']} rows dropped")
+    groups = dataset.get("groups")
+    if groups:
+        lines.append(f"groups ({groups['column']}): {groups['groups']}, {groups['straddling_groups']} in more than one split; "
+                     f"{groups['test_images_with_group_in_train']} of {groups['test_images']} test images share a group with train")
+    return lines
+
+
+def ci_text(ci, between=", ", brackets=True):
+    """'[0.685, 0.763]', or 'no CI' when no bootstrap resample could score (never 'nan')."""
+    if ci is None:
+        return "no CI"
+    text = f"{ci[0]:.3f}{between}{ci[1]:.3f}"
+    return f"[{text}]" if brackets else text
+
+
 def format_table(metrics):
-    """The small terminal table: metric, value, 95 % CI."""
+    """The small terminal table: metric, value, 95 % CI, then every note that qualifies the numbers."""
     rows = [
-        ("AUC", metrics["auc"], metrics.get("auc_ci")),
-        ("ACC", metrics["acc"], metrics.get("acc_ci")),
-        ("balanced ACC", metrics["balanced_accuracy"], None),
-        ("macro F1", metrics["macro_f1"], None),
+        ("AUC", metrics["auc"], ci_text(metrics["auc_ci"])),
+        ("ACC", metrics["acc"], ci_text(metrics["acc_ci"])),
+        ("balanced ACC", metrics["balanced_accuracy"], ""),
+        ("macro F1", metrics["macro_f1"], ""),
     ]
     lines = [f"{'metric':<14}{'value':>8}   95% CI"]
-    for name, value, ci in rows:
-        interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    for name, value, interval in rows:
         lines.append(f"{name:<14}{value:>8.3f}   {interval}")
+    lines += [f"! {note}" for note in metrics.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -298,8 +328,8 @@ def summary_markdown(result):
         "",
         "| metric | value | 95 % CI |",
         "|---|---|---|",
-        f"| AUC (MedMNIST) | {test['auc']:.3f} | {test['auc_ci'][0]:.3f}–{test['auc_ci'][1]:.3f} |",
-        f"| ACC (MedMNIST) | {test['acc']:.3f} | {test['acc_ci'][0]:.3f}–{test['acc_ci'][1]:.3f} |",
+        f"| AUC (MedMNIST) | {test['auc']:.3f} | {ci_text(test['auc_ci'], '–', False)} |",
+        f"| ACC (MedMNIST) | {test['acc']:.3f} | {ci_text(test['acc_ci'], '–', False)} |",
         f"| balanced ACC | {test['balanced_accuracy']:.3f} | |",
         f"| macro F1 | {test['macro_f1']:.3f} | |",
         "",
@@ -321,8 +351,8 @@ def baseline_summary_markdown(result):
         "",
         "| metric | value | 95 % CI |",
         "|---|---|---|",
-        f"| AUC (MedMNIST) | {test['auc']:.3f} | {test['auc_ci'][0]:.3f}–{test['auc_ci'][1]:.3f} |",
-        f"| ACC (MedMNIST) | {test['acc']:.3f} | {test['acc_ci'][0]:.3f}–{test['acc_ci'][1]:.3f} |",
+        f"| AUC (MedMNIST) | {test['auc']:.3f} | {ci_text(test['auc_ci'], '–', False)} |",
+        f"| ACC (MedMNIST) | {test['acc']:.3f} | {ci_text(test['acc_ci'], '–', False)} |",
         "",
         f"Training: {timings['train_s']:.0f} s wall, {timings['train_cpu_s']:.0f} CPU s "
         f"({timings['train_images_per_s']:.0f} img/s, {training['threads']} threads).",
