@@ -97,7 +97,8 @@ def bootstrap_ci(y_true, scores, task, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED, 
     aucs, accs = [], []
     for block in np.array_split(np.arange(n_boot), max(1, n_boot * n // 5_000_000)):
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=len(block)).astype(np.float64)
-        aucs.append(np.mean([weighted_auc(t, s, counts) for t, s in columns], axis=0))
+        per_class = [weighted_auc(t, s, counts) for t, s in columns]
+        aucs.append(np.mean(per_class, axis=0) if per_class else np.full(len(block), np.nan))
         accs.append(counts @ correct / n)
     tail = 100 * (1 - level) / 2
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)
@@ -131,10 +132,8 @@ def evaluate(y_true, scores, task, label_names=None, n_boot=N_BOOTSTRAP, seed=BO
         balanced = balanced_accuracy_score(y_true, predicted)
     scored = [name for name, (t, _) in zip(names, columns) if scorable(t)]
     unscored = [name for name, (t, _) in zip(names, columns) if not scorable(t)]
-    if not scored:
-        raise ValueError("no class has both positive and negative images in this split, so AUC is undefined")
     metrics = {
-        "auc": medmnist_auc(y_true, scores, task),
+        "auc": medmnist_auc(y_true, scores, task) if scored else None,  # None: no class has both positives and negatives
         "acc": medmnist_acc(y_true, scores, task),
         **bootstrap_ci(y_true, scores, task, n_boot, seed),
         "balanced_accuracy": float(balanced),
@@ -156,7 +155,9 @@ def _images_per_class(y_true, task, label_names, k):
 
 def _notes(metrics, unscored):
     notes = []
-    if unscored:
+    if metrics["auc"] is None:
+        notes.append("AUC is undefined here: no class has both positive and negative images")
+    elif unscored:
         notes.append(f"AUC is the mean over {len(metrics['auc_over'])} classes; {', '.join(map(repr, unscored))} "
                      "cannot be scored here (no positive or no negative image)")
     small = {name: n for name, n in metrics["images_per_class"].items() if n < SMALL_CLASS}

@@ -382,7 +382,8 @@ def _featured(runs):
     best = {}
     for folder, result in runs:
         name = result.dataset["name"]
-        val = result.metrics.get("val", {}).get("auc", float("-inf"))
+        val = result.metrics.get("val", {}).get("auc")
+        val = float("-inf") if val is None else val
         if name not in best or val > best[name][0]:
             best[name] = (val, (folder, result))
     return [run for _, run in best.values()]
