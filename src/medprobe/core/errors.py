@@ -21,6 +21,10 @@ class UnknownNameError(MedprobeError):
         return type(self), (self.kind, self.name, self.known)
 
 
+class OutputError(MedprobeError):
+    """Results cannot be written where they were asked for (a file where a folder is needed, no permission)."""
+
+
 class DatasetError(MedprobeError):
     """A dataset could not be found, read or validated."""
 

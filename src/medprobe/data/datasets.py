@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medprobe.core.errors import DatasetError
+from medprobe.core.names import printable
 from medprobe.data.images import is_image_file
 from medprobe.data.leakage import DUPLICATES, group_ids, join_metadata, record_straddling, resolve_duplicates
 from medprobe.data.medmnist import medmnist_file, medmnist_table
@@ -291,7 +292,7 @@ def _from_rows(name, rows, root, source, where=None):
         name=name,
         task="binary" if len(label_names) == 2 else "multi-class",
         label_names=label_names,
-        ids=np.array([os.path.relpath(p, root) for p in paths]),
+        ids=np.array([printable(os.path.relpath(p, root)) for p in paths]),  # ids are names for people and files; paths stay exact
         splits=np.array(splits, dtype=object),
         labels=np.array([index[label] for label in label_strings], dtype=np.int64),
         images=FileImages(paths),

@@ -98,7 +98,10 @@ class CacheEntry:
         except (OSError, ValueError, KeyError, TypeError) as e:
             # A damaged manifest proves nothing: every shard is checked again by its Parquet footer and page checksums.
             log.warning("cache manifest %s is corrupt (%s); checking every shard again", self.path / MANIFEST, e)
-            (self.path / MANIFEST).unlink(missing_ok=True)
+            try:
+                (self.path / MANIFEST).unlink(missing_ok=True)
+            except OSError:  # a read-only cache: the shards are still checked one by one below
+                pass
             return {int(p.stem.split("-")[-1]) for p in self.path.glob("part-*.parquet") if p.stem.split("-")[-1].isdigit()}
         good = set()
         for shard, record in records:

@@ -33,8 +33,9 @@ from medprobe.reporting.results import (
     read_curve,
     read_predictions,
     read_projection,
-    read_result,
+    check_run_folder,
     ci_text,
+    read_result,
 )
 from medprobe.reporting.tables import MANIFEST, build_table
 
@@ -56,6 +57,7 @@ def discover(root):
     runs, baselines = [], []
     for path in sorted(root.rglob(RESULTS)):
         result = read_result(path.parent)
+        check_run_folder(path.parent, result)
         (baselines if isinstance(result, BaselineResult) else runs).append((path.parent, result))
     curves = [read_curve(p.parent) for p in sorted(root.rglob(CURVE_JSON))]
     bench = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).is_file() else None

@@ -6,6 +6,7 @@ and the bench read folders back through `read_result` and `read_curve`.
 """
 
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -19,7 +20,7 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.core.errors import MedprobeError
-from medprobe.core.files import atomic_write_bytes, atomic_write_text
+from medprobe.core.files import atomic_write_text, file_digest
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.csv"
@@ -81,6 +82,7 @@ class RunResult(_Result):
     timings: dict
     seed: int = 0
     near_duplicates: dict = field(default_factory=dict)  # test images nearly identical to a train image (embedding cosine)
+    files: dict = field(default_factory=dict)  # SHA-256 of the folder's other files, written with this result
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__
     created: str = field(default_factory=_now)
@@ -109,6 +111,7 @@ class BaselineResult(_Result):
     metrics: dict
     timings: dict
     seed: int = 0
+    files: dict = field(default_factory=dict)  # SHA-256 of the folder's other files, written with this result
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__
     created: str = field(default_factory=_now)
@@ -166,20 +169,38 @@ def _read_json(path):
 
 
 def write_run_folder(out, result, ids, labels, scores, projection=None):
-    """Write a run or baseline folder: predictions.csv, embedding_2d.csv (when `projection` is given), results.json, summary.md.
+    """Write a run or baseline folder: predictions.csv, embedding_2d.csv (when `projection` is given), summary.md, results.json.
 
-    `projection` is (xy, method) for the test embeddings. results.json is written last, so a folder
-    that has it has everything it describes.
+    `projection` is (xy, method) for the test embeddings. Each file is replaced atomically and
+    results.json comes last, holding the SHA-256 of every other file: a folder whose files come
+    from two runs (a kill, a full disk) is recognised by `check_run_folder` and refused by the report.
     """
     out = Path(out)
     names, task = result.dataset["label_names"], result.dataset["task"]
-    write_predictions(out / PREDICTIONS, ids, labels, scores, names, task)
+    written = {PREDICTIONS: write_predictions(out / PREDICTIONS, ids, labels, scores, names, task)}
     if projection is not None:
         xy, method = projection
-        write_projection(out / PROJECTION, ids, labels, xy, names, task, method)
-    write_json(out / RESULTS, result.to_json())
+        written[PROJECTION] = write_projection(out / PROJECTION, ids, labels, xy, names, task, method)
+    result.files = {name: _text_digest(text) for name, text in written.items()}
     atomic_write_text(out / SUMMARY, result.summary_markdown())
+    write_json(out / RESULTS, result.to_json())
     return out
+
+
+def _text_digest(text):
+    return hashlib.sha256(text.encode("utf-8", errors="backslashreplace")).hexdigest()
+
+
+def check_run_folder(folder, result):
+    """Refuse a folder whose predictions (or 2-D map) are not the ones its results.json was written with."""
+    for name, digest in result.files.items():
+        path = Path(folder) / name
+        actual = file_digest(path) if path.is_file() else "missing"
+        if actual != digest:
+            raise MedprobeError(
+                f"{path} does not belong to {Path(folder) / RESULTS} ({'missing' if actual == 'missing' else 'its checksum differs'}): "
+                "the folder mixes two runs, e.g. one killed while writing; rerun it into this folder or a new one"
+            )
 
 
 def write_curve(out, curve):
@@ -230,7 +251,8 @@ def write_predictions(path, ids, labels, scores, label_names, task):
     for row_id, label, score in zip(ids, labels, scores):
         truth = list(label) if task == "multi-label" else [label]
         writer.writerow([row_id, *truth, *(f"{s:.6g}" for s in score)])
-    atomic_write_bytes(path, out.getvalue().encode())
+    atomic_write_text(path, out.getvalue())
+    return out.getvalue()
 
 
 def project_2d(vectors, method="pca", seed=0):
@@ -270,7 +292,8 @@ def write_projection(path, ids, labels, xy, label_names, task, method="pca"):
         else:
             name = label_names[label]
         writer.writerow([row_id, name, f"{x:.5g}", f"{y:.5g}", method])
-    atomic_write_bytes(path, out.getvalue().encode())
+    atomic_write_text(path, out.getvalue())
+    return out.getvalue()
 
 
 def split_lines(dataset):

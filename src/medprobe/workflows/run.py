@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import ModelError
+from medprobe.core.files import check_writable_folder
 from medprobe.embedding.costs import embedding_cost
 from medprobe.embedding.fusion import check_spec, embed_spec, split_spec
 from medprobe.embedding.options import EmbedOptions
@@ -46,6 +47,10 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     # Everything that can be checked without images is checked first, so a typo never costs an embedding pass.
     check_spec(options.encoder)
     probe_spec.check()
+    if out is not None:
+        check_writable_folder(out)
+    if save is not None:
+        check_writable_folder(save, "--save")
     if save is not None and (probe_spec.name == ZEROSHOT or len(split_spec(options.encoder)) != 1):
         raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
     data, scanned = data_spec.load()
