@@ -34,7 +34,7 @@ class ImageError(DatasetError):
 
     def __init__(self, path, reason):
         self.path = str(path)
-        self.reason = reason
+        self.reason = " ".join(str(reason).split())  # decoders' messages span lines; a file's reason is one line
         super().__init__(f"{path}: {reason}")
 
     def __reduce__(self):  # picklable with its two arguments, so it crosses from a Ray worker intact

@@ -15,6 +15,7 @@ from medprobe.core.files import is_writable_folder
 from medprobe.core.locations import cache_root
 from medprobe.data.images import DECODING
 from medprobe.embedding.cache import CacheEntry, cache_key
+from medprobe.embedding.costs import CostMeter
 from medprobe.embedding.options import EmbedOptions
 
 
@@ -67,15 +68,19 @@ def embed(dataset, encoder, transform, options=None):
     bar.update(len(dataset) - job.computed)
     if job.computed:
         encoder.prepare(n_images=job.computed, artifacts=job.artifacts)
+    meter = CostMeter(job.entry.path if job.store else None, resuming=bool(job.cached))
 
     # Decoding runs one batch ahead in a thread while the encoder works; each shard is written the moment it completes.
     shards, batch_size = job.shards, options.batch_size
     batches = [(shard, b, min(shards[shard][1], b + batch_size)) for shard in job.todo for b in range(shards[shard][0], shards[shard][1], batch_size)]
+    computed = 0
     for (shard, b, e), pixels in prefetch(dataset.images, transform, batches):
         out.put(b, encoder.embed_batch(pixels))
         bar.update(e - b)
+        computed += e - b
         if e == shards[shard][1]:
             job.write_shard(dataset, shard, out.rows[slice(*shards[shard])])
+            meter.record(computed, complete=shard == job.todo[-1])
     bar.close()
     vectors = out.rows if out.rows is not None else np.empty((0, encoder.config.embed_dim), np.float32)
     return job.result(vectors, options.use_cache, started)
@@ -114,7 +119,8 @@ class Job:
         self.entry.write_shard(shard, start, dataset.ids[start:stop], self.digests[start:stop], vectors)
 
     def result(self, vectors, use_cache, started):
-        if self.store and self.todo:
+        # Also when every shard was cached but the manifest is missing (a kill just before it was written).
+        if use_cache and (self.todo or not self.entry.is_complete()) and is_writable_folder(self.entry.path):
             self.entry.finish(len(self.shards), len(vectors), vectors.shape[1])
         from_cache = use_cache and not self.todo
         return Embeddings(
