@@ -36,6 +36,7 @@ from medprobe.reporting.results import (
     check_run_folder,
     ci_text,
     read_result,
+    split_lines,
 )
 from medprobe.reporting.tables import MANIFEST, build_table
 
@@ -306,7 +307,7 @@ def _run_metrics_table(runs):
         rows.append(
             f"<tr><td>{_esc(r.title)}</td><td>{t['auc']:.3f}</td><td>{ci_text(t['auc_ci'], '–', False)}</td>"
             f"<td>{t['acc']:.3f}</td><td>{t['acc_ci'][0]:.3f}–{t['acc_ci'][1]:.3f}</td><td>{t['balanced_accuracy']:.3f}</td>"
-            f"<td>{t['macro_f1']:.3f}</td><td>{t['n']}</td><td>{_esc(params)}</td><td>{cpu}</td></tr>"
+            f"<td>{t['macro_f1']:.3f}</td><td>{_n_test(t)}</td><td>{_esc(params)}</td><td>{cpu}</td></tr>"
         )
     rows.append("</table>")
     return "\n".join(rows)
@@ -377,6 +378,24 @@ def _run_figures(page, folder, result, projection=True):
     else:
         figs.append(f"<p class='muted'>No {PROJECTION} in {_esc(folder)}; the embedding map needs a run made with this version.</p>")
     return "<div class='grid'>" + "\n".join(figs) + "</div>"
+
+
+def _n_test(test):
+    """The test size, flagged (with the reasons on hover) when notes qualify the numbers: n=14 must not look like n=1,000."""
+    notes = test.get("notes", [])
+    return f"{test['n']}" if not notes else f"<span title='{_esc('; '.join(notes))}'>{test['n']} &#9888;</span>"
+
+
+def _caveats(result):
+    """How the splits were made, the leakage found, and every note that qualifies the test numbers."""
+    items = [_esc(line) for line in split_lines(result.dataset)]
+    close = result.near_duplicates
+    if close.get("count"):
+        examples = ", ".join(f"{_esc(e['test'])} ~ {_esc(e['train'])} ({e['cosine']:.3f})" for e in close["examples"][:5])
+        items.append(f"<b>near-duplicates</b>: {close['count']} of {close['of']} test images have a train image at embedding cosine "
+                     f"&ge; {close['threshold']}, e.g. {examples}")
+    items += [f"<b>{_esc(note)}</b>" for note in result.metrics["test"].get("notes", [])]
+    return "<ul class='note'>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
 def _featured(runs):
@@ -470,6 +489,7 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
                      "<code>medprobe report --all</code> shows every run.</p>")
         for folder, result in shown:
             page.add(f"<h3>{_esc(result.title)}</h3>")
+            page.add(_caveats(result))
             page.add(_run_figures(page, folder, result))
     for folder, base in found["baselines"]:
         page.add(f"<h3>{_esc(base.title)}</h3>")
