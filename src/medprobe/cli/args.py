@@ -1,5 +1,6 @@
 """The flag groups commands share, and the one place each group becomes its options object."""
 
+from medprobe.data.leakage import DUPLICATES
 from medprobe.data.scan import ON_ERROR
 from medprobe.encoders.runtimes import RUNTIMES
 
@@ -12,6 +13,15 @@ def add_data_args(parser, on_error_records="records each in results.json", size=
     if size:
         parser.add_argument("--size", type=int, default=28, choices=MEDMNIST_SIZES, help="MedMNIST image size")
     add_on_error(parser, on_error_records)
+    parser.add_argument("--metadata", metavar="CSV", help="metadata table joined on each image's file name (e.g. HAM10000's metadata.csv)")
+    parser.add_argument("--metadata-key", metavar="COLUMN", help="the metadata column holding the file name without extension (default image_id, else the first column)")
+    parser.add_argument("--group", metavar="COLUMN", help="patient/lesion/study column: its images never straddle a split made here, and straddling given splits is reported")
+    parser.add_argument("--resplit", action="store_true", help="ignore the dataset's own splits and draw train/val/test by --group")
+    parser.add_argument(
+        "--duplicates", choices=DUPLICATES, default="drop",
+        help="identical images: 'drop' keeps one copy (train first) and every copy of an image with two labels is dropped (default); "
+        "'refuse' stops; 'keep' keeps them (scores may be inflated)",
+    )
 
 
 def add_on_error(parser, records):
@@ -52,7 +62,8 @@ def add_probe_args(parser, probes="logreg, svm, knn, or zeroshot (CLIP text prom
 def data_spec(args, size=None):
     from medprobe.data.datasets import DataSpec
 
-    return DataSpec(args.dataset, args.data_dir, size or args.size, args.on_error)
+    return DataSpec(args.dataset, args.data_dir, size or args.size, args.on_error, args.metadata, args.metadata_key, args.group,
+                    args.resplit, args.duplicates)
 
 
 def embed_options(args):

@@ -14,8 +14,10 @@ def add_commands(commands):
 
 
 def cmd_predict(args):
+    from medprobe.core.files import check_writable_file
     from medprobe.workflows.predict import predict, write_predictions_csv
 
+    check_writable_file(args.out)  # before any work: a folder or a read-only place would lose every prediction
     result = predict(args.model, args.input, embed_options(args), on_error=args.on_error)
     write_predictions_csv(args.out, result.paths, result.scores, result.labels, result.label_names, result.report.skipped)
     skipped = f"; {len(result.report.skipped)} unreadable files listed with their reason" if result.report.skipped else ""

@@ -24,12 +24,16 @@ def add_commands(commands):
 
 
 def _run(args, save=None):
-    from medprobe.reporting.results import format_table
+    from medprobe.reporting.results import format_table, split_lines
     from medprobe.workflows.run import EvalOptions, run
 
     result = run(data_spec(args), embed_options(args), probe_spec(args), EvalOptions(args.n_boot), out=args.out, save=save)
     print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {args.encoder} · "
           f"{args.probe} {result.probe['params']}")
+    print("\n".join(split_lines(result.dataset)))
+    close = result.near_duplicates
+    if close.get("count"):
+        print(f"near-duplicates: {close['count']} of {close['of']} test images have a train image at embedding cosine >= {close['threshold']}")
     print(format_table(result.metrics["test"]))
     return result
 

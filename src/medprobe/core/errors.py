@@ -21,6 +21,10 @@ class UnknownNameError(MedprobeError):
         return type(self), (self.kind, self.name, self.known)
 
 
+class OutputError(MedprobeError):
+    """Results cannot be written where they were asked for (a file where a folder is needed, no permission)."""
+
+
 class DatasetError(MedprobeError):
     """A dataset could not be found, read or validated."""
 
@@ -30,7 +34,7 @@ class ImageError(DatasetError):
 
     def __init__(self, path, reason):
         self.path = str(path)
-        self.reason = reason
+        self.reason = " ".join(str(reason).split())  # decoders' messages span lines; a file's reason is one line
         super().__init__(f"{path}: {reason}")
 
     def __reduce__(self):  # picklable with its two arguments, so it crosses from a Ray worker intact

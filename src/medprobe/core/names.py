@@ -14,6 +14,11 @@ def did_you_mean(name, known):
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
+def printable(name):
+    """A file name as text that can be written anywhere: bytes that are not UTF-8 become \\xNN (café in Latin-1: caf\\xe9)."""
+    return str(name).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+
+
 def slug(name):
     """A name safe as one path component and stable across bench and report: 'derma (v2)' -> 'derma_v2'.
 

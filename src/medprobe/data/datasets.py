@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from medprobe.core.errors import DatasetError
+from medprobe.core.names import printable
 from medprobe.data.images import is_image_file
+from medprobe.data.leakage import DUPLICATES, group_ids, join_metadata, record_straddling, resolve_duplicates
 from medprobe.data.medmnist import medmnist_file, medmnist_table
 from medprobe.data.scan import ON_ERROR, scan_images
-from medprobe.data.sources import ArrayImages, FileImages, ImageSource
+from medprobe.data.sources import ArrayImages, FileImages, ImageSource, content_digests
+from medprobe.data.splits import make_missing_splits
 
 SPLITS = ("train", "val", "test")
 TASKS = ("binary", "multi-class", "ordinal", "multi-label")
-# Seed of the stratified split made when a dataset has no val (or no test) split. Documented in the README.
-SPLIT_SEED = 0
-VAL_FRACTION = 0.1
-TEST_FRACTION = 0.2
 
 
 @dataclass
@@ -35,9 +34,17 @@ class Dataset:
     labels: np.ndarray  # (N,) class index, or (N, L) 0/1 for multi-label
     images: ImageSource  # aligned with ids
     info: dict = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)  # metadata, one str array per column (a CSV's extra columns, --metadata)
+    digests: list | None = None  # SHA-256 of each image's content, once computed
 
     def __len__(self):
         return len(self.ids)
+
+    def content_digests(self):
+        """SHA-256 of every image's content, computed once: duplicates, groups and the embedding cache all use it."""
+        if self.digests is None:
+            self.digests = content_digests(self.images)
+        return self.digests
 
     def indices(self, split):
         return np.flatnonzero(self.splits == split)
@@ -50,7 +57,11 @@ class Dataset:
     def subset(self, rows, check=True):
         """The same dataset restricted to `rows` (e.g. without unreadable images), checked again unless check=False."""
         rows = np.asarray(rows, dtype=np.int64)
-        kept = replace(self, ids=self.ids[rows], splits=self.splits[rows], labels=self.labels[rows], images=self.images.subset(rows), info=dict(self.info))
+        kept = replace(
+            self, ids=self.ids[rows], splits=self.splits[rows], labels=self.labels[rows], images=self.images.subset(rows),
+            info=dict(self.info), columns={k: v[rows] for k, v in self.columns.items()},
+            digests=None if self.digests is None else [self.digests[r] for r in rows],
+        )
         if check:
             _check(kept)
         return kept
@@ -58,18 +69,26 @@ class Dataset:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which dataset, where to find MedMNIST files, at what size, and what to do with unreadable images.
+    """Which dataset, and everything that decides which images end up in which split.
 
-    Built once from the command line (or a bench cell) and passed whole, so every command loads
-    and pre-scans its data the same way.
+    Built once from the command line (or a bench cell) and passed whole, so every command loads,
+    pre-scans, de-duplicates and splits its data the same way. `metadata` is a CSV joined on the
+    image file name (its `metadata_key` column, default image_id); `group` names a column
+    (patient, lesion, study) whose images must stay in one split; `resplit` ignores the dataset's
+    own splits and draws all three by group.
 
-    >>> data, scanned = DataSpec("retinamnist", data_dir="../shared/data/medmnist").load()
+    >>> data, scanned = DataSpec("ham10000_melnv", metadata="metadata.csv", group="lesion_id").load()
     """
 
     dataset: str
     data_dir: str | None = None
     size: int = 28
     on_error: str = "fail"
+    metadata: str | None = None
+    metadata_key: str | None = None
+    group: str | None = None
+    resplit: bool = False
+    duplicates: str = "drop"
 
     def __post_init__(self):
         # A path is kept as its string, as on the command line, so specs compare (and round-trip through JSON) equal.
@@ -78,33 +97,70 @@ class DataSpec:
             object.__setattr__(self, "data_dir", str(self.data_dir))
         if self.on_error not in ON_ERROR:
             raise DatasetError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+        if self.duplicates not in DUPLICATES:
+            raise DatasetError(f"duplicates must be one of {', '.join(DUPLICATES)}, got {self.duplicates!r}")
+        if self.resplit and not self.group:
+            raise DatasetError("--resplit draws new splits by group; name the group column with --group")
 
-    def load(self, check=True):
-        """(dataset without unreadable rows, ScanReport): every image decoded once before any work."""
-        return scan_images(load_dataset(self.dataset, data_dir=self.data_dir, size=self.size), self.on_error, check=check)
+    def load(self):
+        """(dataset, ScanReport): images decoded once, copies resolved, groups kept whole, then missing splits made.
+
+        Splits are made last, from the images that are actually used, so what is recorded is what ran.
+        """
+        data = read_dataset(self.dataset, self.data_dir, self.size)
+        data, scanned = scan_images(data, self.on_error, check=False)
+        if self.metadata:
+            join_metadata(data, self.metadata, self.metadata_key)
+        data = resolve_duplicates(data, self.duplicates)
+        if self.group:
+            if self.resplit:
+                data.info["resplit"] = {"by": self.group, "given_splits_ignored": {s: int((data.splits == s).sum()) for s in SPLITS}}
+                data.splits = np.full(len(data), "", dtype=object)
+        prepare(data, group_ids(data, self.group), self.group)
+        if self.group:
+            record_straddling(data, self.group)
+        return data, scanned
 
 
-def load_dataset(spec, data_dir=None, size=28, download=True):
-    """Load a dataset from a MedMNIST name, an npz path, an image folder or a CSV manifest.
-
-    >>> ds = load_dataset("retinamnist", data_dir="../shared/data/medmnist")
-    >>> ds.task, len(ds)
-    ('ordinal', 1600)
-    """
+def read_dataset(spec, data_dir=None, size=28, download=True):
+    """The dataset as its source gives it: rows without a split have an empty split name."""
     spec = str(spec)
     path = Path(spec)
     if path.suffix == ".npz":
         if not path.is_file():
             raise DatasetError(f"{path}: npz file not found")
-        dataset = _from_npz(path, name=path.stem)
-    elif path.suffix.lower() == ".csv":
-        dataset = _from_csv(path)
-    elif path.is_dir():
-        dataset = _from_folder(path)
-    else:
-        dataset = _from_medmnist(spec.lower(), data_dir, size, download)
+        return _from_npz(path, name=path.stem)
+    if path.suffix.lower() == ".csv":
+        return _from_csv(path)
+    if path.is_dir():
+        if spec.lower() in medmnist_table() and "/" not in spec and "\\" not in spec:
+            raise DatasetError(
+                f"{spec!r} is both a MedMNIST dataset name and a folder here; write ./{spec} for the folder, "
+                f"or run from another folder for MedMNIST's {spec}"
+            )
+        return _from_folder(path)
+    return _from_medmnist(spec.lower(), data_dir, size, download)
+
+
+def prepare(dataset, groups=None, group_name=None):
+    """Make the missing splits (by group when given) and check the label layout."""
+    make_missing_splits(dataset, groups, group_name)
     _check(dataset)
     return dataset
+
+
+def load_dataset(spec, data_dir=None, size=28, download=True):
+    """Load a dataset from a MedMNIST name, an npz path, an image folder or a CSV manifest; missing splits made.
+
+    Identical images never straddle a split made here. `DataSpec(...).load()` adds the pre-scan,
+    duplicate handling, metadata and groups.
+
+    >>> ds = load_dataset("retinamnist", data_dir="../shared/data/medmnist")
+    >>> ds.task, len(ds)
+    ('ordinal', 1600)
+    """
+    dataset = read_dataset(spec, data_dir, size, download)
+    return prepare(dataset, group_ids(dataset) if (dataset.splits == "").any() else None)
 
 
 # --- MedMNIST by name ---------------------------------------------------------------------------
@@ -157,7 +213,6 @@ def _from_npz(path, name):
         images=ArrayImages(images),
         info={"source": "npz", "path": str(path)},
     )
-    _make_missing_splits(dataset)
     return dataset
 
 
@@ -166,6 +221,12 @@ def _from_npz(path, name):
 
 def _from_folder(root):
     """`class/image` or `split/class/image`; the class folder names become the label names."""
+    manifests = [p for p in sorted(root.glob("*.csv")) if {"path", "label"} <= set(_csv_header(p))]
+    if manifests:  # a folder of images beside labels.csv: reading it as class folders would invent a class per sub-folder
+        raise DatasetError(
+            f"{root} holds the manifest {manifests[0].name} (path,label columns), but a folder dataset takes its labels from "
+            f"class/ sub-folders; pass --dataset {manifests[0]} to use the manifest"
+        )
     children = {p.name for p in root.iterdir() if p.is_dir()}
     has_splits = bool(children) and children <= set(SPLITS)
     rows = []
@@ -182,6 +243,14 @@ def _from_folder(root):
     return _from_rows(root.name, rows, root, source="folder")
 
 
+def _csv_header(path):
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [c.strip() for c in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def _from_csv(path):
     """Columns `path,label` and an optional `split`; paths are relative to the CSV's folder."""
     if not path.is_file():
@@ -195,7 +264,7 @@ def _from_csv(path):
         raise DatasetError(f"{path}: not a readable UTF-8 CSV file ({e})") from e
     if not {"path", "label"} <= set(columns):
         raise DatasetError(f"{path}: the header must have columns path,label (and optionally split); got {columns}")
-    rows = []
+    rows, lines = [], []
     for line, row in enumerate(records, start=2):
         where = f"{path}, row {line}"
         if not (row.get("path") or "").strip():
@@ -208,27 +277,44 @@ def _from_csv(path):
             raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)} or empty, got {split!r}")
         # A missing image is reported by the pre-scan together with every other unreadable file (medprobe.scan).
         rows.append((path.parent / row["path"].strip(), label, split))
+        lines.append(line)
     if not rows:
         raise DatasetError(f"{path}: the manifest has no rows")
-    return _from_rows(path.stem, rows, path.parent, source="csv")
+    dataset = _from_rows(path.stem, rows, path.parent, source="csv", where=[f"{path}, row {n}" for n in lines])
+    for column in columns:
+        if column not in ("path", "label", "split"):
+            dataset.columns[column] = np.array([(r.get(column) or "").strip() for r in records], dtype=object)
+    return dataset
 
 
-def _from_rows(name, rows, root, source):
+def _from_rows(name, rows, root, source, where=None):
     paths, label_strings, splits = zip(*rows)
     label_names = sorted(set(label_strings), key=_natural_key)
+    _refuse_near_identical_labels(label_names, label_strings, where or [str(p) for p in paths])
     index = {label: i for i, label in enumerate(label_names)}
     dataset = Dataset(
         name=name,
         task="binary" if len(label_names) == 2 else "multi-class",
         label_names=label_names,
-        ids=np.array([os.path.relpath(p, root) for p in paths]),
+        ids=np.array([printable(os.path.relpath(p, root)) for p in paths]),  # ids are names for people and files; paths stay exact
         splits=np.array(splits, dtype=object),
         labels=np.array([index[label] for label in label_strings], dtype=np.int64),
         images=FileImages(paths),
         info={"source": source, "path": str(root)},
     )
-    _make_missing_splits(dataset)
     return dataset
+
+
+def _refuse_near_identical_labels(label_names, label_strings, where):
+    """'Mel' and 'mel' (or 'mel ' in a folder name) would silently become two classes."""
+    spelled = {}
+    for name in label_names:
+        spelled.setdefault(name.strip().casefold(), []).append(name)
+    clashes = [names for names in spelled.values() if len(names) > 1]
+    if clashes:
+        first = {name: where[label_strings.index(name)] for names in clashes for name in names}
+        described = "; ".join(" vs ".join(f"{n!r} (first at {first[n]})" for n in names) for names in clashes)
+        raise DatasetError(f"labels that differ only in case or spaces would be separate classes: {described}; spell each class one way")
 
 
 def _natural_key(label):
@@ -238,37 +324,7 @@ def _natural_key(label):
         return (1, 0, label)
 
 
-# --- splits and checks ---------------------------------------------------------------------------
-
-
-def _make_missing_splits(dataset):
-    """Fill missing test, then val, with a stratified draw from train (seed SPLIT_SEED), and record it."""
-    from sklearn.model_selection import train_test_split
-
-    splits = np.where(dataset.splits == "", "train", dataset.splits).astype(object)
-    made = {}
-    for split, fraction in (("test", TEST_FRACTION), ("val", VAL_FRACTION)):
-        if (splits == split).any():
-            continue
-        train = np.flatnonzero(splits == "train")
-        fraction_of_train = fraction / (1 - TEST_FRACTION) if split == "val" and "test" in made else fraction
-        n_taken = max(1, round(fraction_of_train * len(train)))
-        if n_taken >= len(train):
-            raise DatasetError(
-                f"{dataset.name}: {len(train)} training image(s) are too few to hold out a {split} split; "
-                "add images, or give the split of each image (split/class/ folders or a split column)"
-            )
-        strata = dataset.labels[train] if dataset.labels.ndim == 1 else None
-        if strata is not None:
-            counts = np.bincount(strata)[np.unique(strata)]
-            if counts.min() < 2 or n_taken < len(counts):
-                strata = None  # too few images to stratify; a plain seeded draw is the honest fallback
-        _, taken = train_test_split(train, test_size=n_taken, random_state=SPLIT_SEED, stratify=strata)
-        splits[taken] = split
-        made[split] = f"stratified {len(taken)} images from train (seed {SPLIT_SEED})"
-    dataset.splits = splits.astype(str)
-    if made:
-        dataset.info["made_splits"] = made
+# --- checks ---------------------------------------------------------------------------------------
 
 
 def _check(dataset):

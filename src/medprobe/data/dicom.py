@@ -4,6 +4,11 @@ Needs pydicom (`pip install 'medprobe[dicom]'`, which also brings the pylibjpeg 
 JPEG, JPEG-LS and JPEG 2000 transfer syntaxes).
 """
 
+import logging
+import threading
+import warnings
+from contextlib import contextmanager
+
 import numpy as np
 
 from medprobe.core.errors import ImageError
@@ -16,13 +21,56 @@ SUPPORTED = MONOCHROME + COLOUR + ("PALETTE COLOR",)
 DECODERS_HINT = "pip install 'medprobe[dicom]' (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 
 
+# pydicom reports through its logger (with tracebacks) and through warnings; both are captured per file and
+# become that file's notes. Capturing changes process-wide logging/warning state, so one file at a time.
+_CAPTURE = threading.Lock()
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _pydicom_messages(notes):
+    """Route pydicom's log records and warnings into `notes` (first line of each, deduplicated) instead of the terminal."""
+    logger = logging.getLogger("pydicom")
+    collect = _Collect()
+    with _CAPTURE, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        handlers, propagate = logger.handlers[:], logger.propagate
+        logger.handlers, logger.propagate = [collect], False
+        try:
+            yield
+        finally:
+            logger.handlers, logger.propagate = handlers, propagate
+            for text in collect.messages + [str(w.message) for w in caught]:
+                line = f"pydicom: {text.strip().splitlines()[0] if text.strip() else text}"
+                if line not in notes:
+                    notes.append(line)
+
+
 def read_dicom(path):
     """(uint8 (H, W) or (H, W, 3) array, notes) for the first frame of one DICOM file; or ImageError.
+
+    What pydicom logs or warns about the file is returned as notes (and, for a file that fails, is
+    left out: the ImageError says what went wrong), never printed.
 
     >>> pixels, notes = read_dicom("chest.dcm")
     >>> pixels.dtype, notes
     (dtype('uint8'), [])
     """
+    notes = []
+    with _pydicom_messages(notes):
+        pixels, own = _read_dicom(path)
+    return pixels, own + notes
+
+
+def _read_dicom(path):
     try:
         import pydicom
         from pydicom.pixels import pixel_array

@@ -4,14 +4,28 @@ import os
 
 import numpy as np
 
-from medprobe.core.errors import ImageError
+from medprobe.core.errors import DatasetError, ImageError
 
 # Pillow's own warning threshold; above it a file is refused as a likely decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485
+# Resizing the shorter side to the encoder's input makes a 100000 x 2 image (672 bytes as a PNG) a
+# 11 million x 224 intermediate (~7.5 GB); no medical image is that elongated.
+MAX_ASPECT = 50
+
 
 def max_pixels():
     """The decompression-bomb limit: $MEDPROBE_MAX_PIXELS, else Pillow's warning threshold (~89.5 MP)."""
-    return int(os.environ.get("MEDPROBE_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    value = os.environ.get("MEDPROBE_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value.replace("_", "").replace(",", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        # A DatasetError, not an ImageError: one bad setting must not be reported as every image being corrupt.
+        raise DatasetError(f"MEDPROBE_MAX_PIXELS must be a whole number of pixels, e.g. 200000000; got {value!r}")
+    return limit
 
 
 def check_pixels(path, width, height):
@@ -22,7 +36,12 @@ def check_pixels(path, width, height):
             f"image is {width} x {height} = {width * height:,} pixels, over the decompression-bomb limit of "
             f"{limit:,}; if it is genuine, raise the limit with MEDPROBE_MAX_PIXELS",
         )
-
+    if min(width, height) == 0 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(
+            path,
+            f"image is {width} x {height} pixels (aspect ratio over {MAX_ASPECT}:1); resizing its shorter side to the "
+            "encoder's input would need gigabytes; crop it to the region of interest first",
+        )
 
 
 def stretch_to_8bit(values, low=None, high=None):

@@ -9,6 +9,7 @@ The folder reads directly with pandas, polars and DuckDB (`read_parquet('<entry>
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +54,14 @@ class CacheEntry:
         try:
             table = pq.read_table(path, page_checksum_verification=True)
             key = (table.schema.metadata or {}).get(b"medprobe.key", b"").decode()
-        except Exception as e:  # pyarrow raises several types for a torn footer or a bad page
-            log.warning("cache shard %s is corrupt (%s); recomputing it", path, e)
+            if key != self.key or table.num_rows != expected_rows:
+                log.warning("cache shard %s does not match this job; recomputing it", path)
+                return None
+            vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
+            return vectors.reshape(table.num_rows, -1)
+        except Exception as e:  # a torn footer, a bad page, a footer naming other columns: pyarrow raises many types
+            log.warning("cache shard %s is corrupt (%s: %s); recomputing it", path, type(e).__name__, e)
             return None
-        if key != self.key or table.num_rows != expected_rows:
-            log.warning("cache shard %s does not match this job; recomputing it", path)
-            return None
-        vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
-        return vectors.reshape(table.num_rows, -1)
 
     def write_shard(self, shard, start, ids, digests, vectors):
         import pyarrow as pa
@@ -83,12 +84,23 @@ class CacheEntry:
         atomic_write_bytes(self.shard_path(shard), sink.getvalue().to_pybytes())
 
     def finish(self, n_shards, n_rows, dim):
+        self.remove_stale_parts()
         shards = []
         for shard in range(n_shards):
             path = self.shard_path(shard)
             shards.append({"file": path.name, "sha256": file_digest(path)})
         manifest = {"key": self.key, "rows": n_rows, "dim": dim, "shards": shards, "config": self.description}
         atomic_write_bytes(self.path / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
+
+    def remove_stale_parts(self, older_than_s=3600):
+        """Delete temporary files a killed writer left behind (an hour old: a live writer renames its own in seconds)."""
+        now = time.time()
+        for part in self.path.glob(".*.part"):
+            try:
+                if now - part.stat().st_mtime > older_than_s:
+                    part.unlink()
+            except OSError:
+                pass
 
     def verified_shards(self):
         """Shard numbers whose bytes still match the manifest; a mismatch is logged and the shard is redone."""
@@ -98,7 +110,10 @@ class CacheEntry:
         except (OSError, ValueError, KeyError, TypeError) as e:
             # A damaged manifest proves nothing: every shard is checked again by its Parquet footer and page checksums.
             log.warning("cache manifest %s is corrupt (%s); checking every shard again", self.path / MANIFEST, e)
-            (self.path / MANIFEST).unlink(missing_ok=True)
+            try:
+                (self.path / MANIFEST).unlink(missing_ok=True)
+            except OSError:  # a read-only cache: the shards are still checked one by one below
+                pass
             return {int(p.stem.split("-")[-1]) for p in self.path.glob("part-*.parquet") if p.stem.split("-")[-1].isdigit()}
         good = set()
         for shard, record in records:

@@ -1,19 +1,21 @@
 """The embedding step: every image once through a frozen encoder, streamed shard by shard into the cache."""
 
-import hashlib
+import logging
 import queue
+import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medprobe import __version__
+from medprobe.core.files import is_writable_folder
 from medprobe.core.locations import cache_root
 from medprobe.data.images import DECODING
 from medprobe.embedding.cache import CacheEntry, cache_key
+from medprobe.embedding.costs import CostMeter
 from medprobe.embedding.options import EmbedOptions
 
 
@@ -25,16 +27,6 @@ class Embeddings:
     from_cache: bool
     seconds: float
     description: dict
-
-
-def image_digests(images, workers=4):
-    """SHA-256 of every image's content, in order (hashing releases the GIL, so threads help)."""
-
-    def digest(index):
-        return hashlib.sha256(images.content(index)).hexdigest()
-
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(digest, range(len(images))))
 
 
 def describe_job(encoder, transform):
@@ -75,16 +67,20 @@ def embed(dataset, encoder, transform, options=None):
     bar = tqdm(total=len(dataset), desc=f"embedding with {encoder.config.name}", unit="img", disable=not options.progress or None)
     bar.update(len(dataset) - job.computed)
     if job.computed:
-        encoder.prepare(n_images=job.computed, artifacts=job.root)
+        encoder.prepare(n_images=job.computed, artifacts=job.artifacts)
+    meter = CostMeter(job.entry.path if job.store else None, resuming=bool(job.cached))
 
     # Decoding runs one batch ahead in a thread while the encoder works; each shard is written the moment it completes.
     shards, batch_size = job.shards, options.batch_size
     batches = [(shard, b, min(shards[shard][1], b + batch_size)) for shard in job.todo for b in range(shards[shard][0], shards[shard][1], batch_size)]
+    computed = 0
     for (shard, b, e), pixels in prefetch(dataset.images, transform, batches):
         out.put(b, encoder.embed_batch(pixels))
         bar.update(e - b)
-        if e == shards[shard][1] and options.use_cache:
+        computed += e - b
+        if e == shards[shard][1]:
             job.write_shard(dataset, shard, out.rows[slice(*shards[shard])])
+            meter.record(computed, complete=shard == job.todo[-1])
     bar.close()
     vectors = out.rows if out.rows is not None else np.empty((0, encoder.config.embed_dim), np.float32)
     return job.result(vectors, options.use_cache, started)
@@ -105,23 +101,33 @@ class Job:
     shards: list  # (start, stop) of every shard, in order
     cached: dict  # shard -> vectors read back from the cache
     todo: list  # shards to compute
+    store: bool  # write computed shards (the cache is on and its folder writable)
 
     @property
     def computed(self):
         return sum(self.shards[s][1] - self.shards[s][0] for s in self.todo)
 
+    @property
+    def artifacts(self):
+        """Where a fast runtime may cache its exported graph: beside the embeddings, or a temporary folder."""
+        return self.root if self.store else Path(tempfile.gettempdir()) / "medprobe-artifacts"
+
     def write_shard(self, dataset, shard, vectors):
+        if not self.store:
+            return
         start, stop = self.shards[shard]
         self.entry.write_shard(shard, start, dataset.ids[start:stop], self.digests[start:stop], vectors)
 
     def result(self, vectors, use_cache, started):
-        if use_cache and self.todo:
+        # Also when every shard was cached but the manifest is missing (a kill just before it was written).
+        if use_cache and (self.todo or not self.entry.is_complete()) and is_writable_folder(self.entry.path):
             self.entry.finish(len(self.shards), len(vectors), vectors.shape[1])
+        from_cache = use_cache and not self.todo
         return Embeddings(
             vectors=vectors,
             key=self.key,
-            path=str(self.entry.path) if use_cache else "",
-            from_cache=use_cache and not self.todo,
+            path=str(self.entry.path) if from_cache or self.store else "",
+            from_cache=from_cache,
             seconds=time.perf_counter() - started,
             description=self.description,
         )
@@ -130,7 +136,7 @@ class Job:
 def plan_job(dataset, encoder, transform, options):
     """Hash the images, derive the cache key, cut the job into shards and read back every one already cached and intact."""
     use_cache, size = options.use_cache, options.shard_size
-    digests = image_digests(dataset.images)
+    digests = dataset.content_digests()
     description = describe_job(encoder, transform)
     key = cache_key(digests, description)
     root = cache_root(options.cache_dir)
@@ -145,7 +151,11 @@ def plan_job(dataset, encoder, transform, options):
             todo.append(shard)
         else:
             cached[shard] = vectors
-    return Job(digests, description, key, root, entry, shards, cached, todo)
+    store = use_cache and bool(todo) and is_writable_folder(entry.path)
+    if use_cache and todo and not store:
+        log.warning("the embedding cache %s is not writable (or not a folder); embedding without saving the result there "
+                    "(set --cache-dir or MEDPROBE_CACHE to a writable folder to keep it)", root)
+    return Job(digests, description, key, root, entry, shards, cached, todo, store)
 
 
 class _Rows:
@@ -160,6 +170,8 @@ class _Rows:
             self.rows = np.empty((self.n, block.shape[1]), np.float32)
         self.rows[start : start + len(block)] = block
 
+
+log = logging.getLogger(__name__)
 
 PREFETCH = 2  # batches decoded ahead: enough to hide decoding, and memory stays O(batch)
 

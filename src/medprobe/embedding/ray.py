@@ -72,7 +72,7 @@ def embed_on_ray(dataset, options=None, address=LOCAL, concurrency=None):
     bar = tqdm(total=n, desc=f"embedding with {model.config.name} on Ray", unit="img", disable=not options.progress or None)
     bar.update(n - job.computed)
     if job.todo:
-        embedder = {"options": options, "n_images": job.computed, "artifacts": job.root}
+        embedder = {"options": options, "n_images": job.computed, "artifacts": job.artifacts}
         done = np.zeros(n, dtype=bool)
         with _session(ray, address):
             batches = _pipeline(ray, dataset, job.digests, [shards[s] for s in job.todo], embedder, transform, concurrency, options.batch_size)
@@ -84,7 +84,7 @@ def embed_on_ray(dataset, options=None, address=LOCAL, concurrency=None):
                     part = parts.setdefault(shard, np.zeros((stop - start, vectors.shape[1]), np.float32))
                     part[index[mine] - start] = vectors[mine]
                     done[index[mine]] = True
-                    if options.use_cache and done[start:stop].all():
+                    if done[start:stop].all():
                         job.write_shard(dataset, shard, part)
                 bar.update(len(index))
         missing = [s for s in job.todo if not done[slice(*shards[s])].all()]

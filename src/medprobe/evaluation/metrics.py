@@ -7,6 +7,10 @@
 
 The bootstrap resamples test rows with replacement; each resample is a vector of counts, and
 AUC under counts is the weighted Mann-Whitney statistic, computed for all resamples at once.
+
+A class (or label) with no positive or no negative image in the scored rows has no AUC. The
+macro AUC is then the mean over the classes that have one, and the result names the others;
+it is never nan. When every class is present this is exactly MedMNIST's number.
 """
 
 import numpy as np
@@ -17,6 +21,8 @@ BOOTSTRAP_SEED = 0
 # MedMNIST's evaluator (medmnist/evaluator.py, getACC) calls a score positive when it is strictly above 0.5.
 # Every decision in medprobe (ACC, confusion matrices, `predict`) goes through `predictions` below.
 THRESHOLD = 0.5
+SMALL_CLASS = 10  # fewer test images than this in some class: the result is flagged as resting on few images
+MIN_VALID_RESAMPLES = 0.95  # below this share of usable bootstrap resamples the CI is flagged
 
 
 def binary_columns(y_true, scores, task):
@@ -37,8 +43,17 @@ def predictions(scores, task):
     return np.argmax(scores, axis=-1)
 
 
+def scorable(truth):
+    """A one-vs-rest column has an AUC only if it has both positives and negatives."""
+    return 0 < truth.sum() < len(truth)
+
+
 def medmnist_auc(y_true, scores, task):
-    return float(np.mean([roc_auc_score(t, s) for t, s in binary_columns(y_true, scores, task)]))
+    """Mean AUC over the classes that have one (all of them, in any usable test set: then it is MedMNIST's AUC)."""
+    aucs = [roc_auc_score(t, s) for t, s in binary_columns(y_true, scores, task) if scorable(t)]
+    if not aucs:
+        raise ValueError("no class has both positive and negative images here, so AUC is undefined")
+    return float(np.mean(aucs))
 
 
 def medmnist_acc(y_true, scores, task):
@@ -72,28 +87,35 @@ def weighted_auc(truth, score, weights):
 def bootstrap_ci(y_true, scores, task, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED, level=0.95):
     """Percentile CIs for AUC and ACC over `n_boot` seeded resamples of the rows.
 
-    Resamples in which a class is absent give no AUC for it and are left out of that interval.
+    A resample in which a scored class is absent (or alone) has no AUC and is left out of the AUC
+    interval; how many were usable is recorded, and the interval is None when none were.
     """
     rng = np.random.default_rng(seed)
     n = len(y_true)
-    columns = binary_columns(y_true, scores, task)
+    columns = [(t, s) for t, s in binary_columns(y_true, scores, task) if scorable(t)]
     correct = _correct(y_true, scores, task)
     aucs, accs = [], []
     for block in np.array_split(np.arange(n_boot), max(1, n_boot * n // 5_000_000)):
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=len(block)).astype(np.float64)
-        aucs.append(np.mean([weighted_auc(t, s, counts) for t, s in columns], axis=0))
+        per_class = [weighted_auc(t, s, counts) for t, s in columns]
+        aucs.append(np.mean(per_class, axis=0) if per_class else np.full(len(block), np.nan))
         accs.append(counts @ correct / n)
     tail = 100 * (1 - level) / 2
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)
+    valid = int(np.isfinite(aucs).sum())
+    auc_ci = [float(v) for v in np.nanpercentile(aucs, [tail, 100 - tail])] if valid else None
     return {
-        "auc_ci": [float(v) for v in np.nanpercentile(aucs, [tail, 100 - tail])],
+        "auc_ci": auc_ci,
         "acc_ci": [float(v) for v in np.percentile(accs, [tail, 100 - tail])],
-        "bootstrap": {"n": n_boot, "seed": seed, "level": level, "valid_auc_resamples": int(np.isfinite(aucs).sum())},
+        "bootstrap": {"n": n_boot, "seed": seed, "level": level, "valid_auc_resamples": valid},
     }
 
 
 def evaluate(y_true, scores, task, label_names=None, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
     """All metrics for one split, MedMNIST-defined AUC and ACC first, with 95 % bootstrap CIs.
+
+    `notes` lists, in words, everything that makes the numbers less than they look: classes left
+    out of the AUC, classes with few images, a CI resting on too few usable resamples.
 
     >>> evaluate(np.array([0, 1, 1, 0]), np.array([[.9, .1], [.2, .8], [.4, .6], [.6, .4]]), "binary")["auc"]
     1.0
@@ -108,12 +130,42 @@ def evaluate(y_true, scores, task, label_names=None, n_boot=N_BOOTSTRAP, seed=BO
         balanced = np.mean([balanced_accuracy_score(y_true[:, j], predicted[:, j]) for j in range(y_true.shape[1])])
     else:
         balanced = balanced_accuracy_score(y_true, predicted)
-    return {
-        "auc": medmnist_auc(y_true, scores, task),
+    scored = [name for name, (t, _) in zip(names, columns) if scorable(t)]
+    unscored = [name for name, (t, _) in zip(names, columns) if not scorable(t)]
+    metrics = {
+        "auc": medmnist_auc(y_true, scores, task) if scored else None,  # None: no class has both positives and negatives
         "acc": medmnist_acc(y_true, scores, task),
         **bootstrap_ci(y_true, scores, task, n_boot, seed),
         "balanced_accuracy": float(balanced),
         "macro_f1": float(f1_score(y_true, predicted, average="macro", zero_division=0)),
-        "per_class_auc": {name: float(roc_auc_score(t, s)) for name, (t, s) in zip(names, columns)},
+        "per_class_auc": {name: float(roc_auc_score(t, s)) for name, (t, s) in zip(names, columns) if scorable(t)},
+        "auc_over": scored,
+        "images_per_class": _images_per_class(y_true, task, label_names, len(columns)),
         "n": int(len(y_true)),
     }
+    metrics["notes"] = _notes(metrics, unscored)
+    return metrics
+
+
+def _images_per_class(y_true, task, label_names, k):
+    names = list(label_names) if label_names is not None else [str(i) for i in range(k)]
+    counts = y_true.sum(axis=0) if task == "multi-label" else np.bincount(y_true, minlength=len(names))
+    return {name: int(c) for name, c in zip(names, counts)}
+
+
+def _notes(metrics, unscored):
+    notes = []
+    if metrics["auc"] is None:
+        notes.append("AUC is undefined here: no class has both positive and negative images")
+    elif unscored:
+        notes.append(f"AUC is the mean over {len(metrics['auc_over'])} classes; {', '.join(map(repr, unscored))} "
+                     "cannot be scored here (no positive or no negative image)")
+    small = {name: n for name, n in metrics["images_per_class"].items() if n < SMALL_CLASS}
+    if small:
+        notes.append(f"few images: {', '.join(f'{name!r} has {n}' for name, n in small.items())} (under {SMALL_CLASS}); "
+                     "the AUC and its CI rest on them")
+    boot = metrics["bootstrap"]
+    if boot["valid_auc_resamples"] < MIN_VALID_RESAMPLES * boot["n"]:
+        notes.append(f"only {boot['valid_auc_resamples']} of {boot['n']} bootstrap resamples had every scored class, "
+                     "so the AUC interval is from those" + ("" if boot["valid_auc_resamples"] else " (none: no interval)"))
+    return notes

@@ -33,7 +33,10 @@ from medprobe.reporting.results import (
     read_curve,
     read_predictions,
     read_projection,
+    check_run_folder,
+    ci_text,
     read_result,
+    split_lines,
 )
 from medprobe.reporting.tables import MANIFEST, build_table
 
@@ -55,6 +58,7 @@ def discover(root):
     runs, baselines = [], []
     for path in sorted(root.rglob(RESULTS)):
         result = read_result(path.parent)
+        check_run_folder(path.parent, result)
         (baselines if isinstance(result, BaselineResult) else runs).append((path.parent, result))
     curves = [read_curve(p.parent) for p in sorted(root.rglob(CURVE_JSON))]
     bench = json.loads((root / MANIFEST).read_text()) if (root / MANIFEST).is_file() else None
@@ -301,9 +305,9 @@ def _run_metrics_table(runs):
         cpu = f"{embed_cpu:.1f} + {fit_cpu:.1f}" if embed_cpu is not None and fit_cpu is not None else "–"
         params = r.probe.get("params", {})
         rows.append(
-            f"<tr><td>{_esc(r.title)}</td><td>{t['auc']:.3f}</td><td>{t['auc_ci'][0]:.3f}–{t['auc_ci'][1]:.3f}</td>"
+            f"<tr><td>{_esc(r.title)}</td><td>{t['auc']:.3f}</td><td>{ci_text(t['auc_ci'], '–', False)}</td>"
             f"<td>{t['acc']:.3f}</td><td>{t['acc_ci'][0]:.3f}–{t['acc_ci'][1]:.3f}</td><td>{t['balanced_accuracy']:.3f}</td>"
-            f"<td>{t['macro_f1']:.3f}</td><td>{t['n']}</td><td>{_esc(params)}</td><td>{cpu}</td></tr>"
+            f"<td>{t['macro_f1']:.3f}</td><td>{_n_test(t)}</td><td>{_esc(params)}</td><td>{cpu}</td></tr>"
         )
     rows.append("</table>")
     return "\n".join(rows)
@@ -376,12 +380,31 @@ def _run_figures(page, folder, result, projection=True):
     return "<div class='grid'>" + "\n".join(figs) + "</div>"
 
 
+def _n_test(test):
+    """The test size, flagged (with the reasons on hover) when notes qualify the numbers: n=14 must not look like n=1,000."""
+    notes = test.get("notes", [])
+    return f"{test['n']}" if not notes else f"<span title='{_esc('; '.join(notes))}'>{test['n']} &#9888;</span>"
+
+
+def _caveats(result):
+    """How the splits were made, the leakage found, and every note that qualifies the test numbers."""
+    items = [_esc(line) for line in split_lines(result.dataset)]
+    close = result.near_duplicates
+    if close.get("count"):
+        examples = ", ".join(f"{_esc(e['test'])} ~ {_esc(e['train'])} ({e['cosine']:.3f})" for e in close["examples"][:5])
+        items.append(f"<b>near-duplicates</b>: {close['count']} of {close['of']} test images have a train image at embedding cosine "
+                     f"&ge; {close['threshold']}, e.g. {examples}")
+    items += [f"<b>{_esc(note)}</b>" for note in result.metrics["test"].get("notes", [])]
+    return "<ul class='note'>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
+
+
 def _featured(runs):
     """Per dataset, the run with the best *validation* AUC (choosing by test AUC would flatter the page)."""
     best = {}
     for folder, result in runs:
         name = result.dataset["name"]
-        val = result.metrics.get("val", {}).get("auc", float("-inf"))
+        val = result.metrics.get("val", {}).get("auc")
+        val = float("-inf") if val is None else val
         if name not in best or val > best[name][0]:
             best[name] = (val, (folder, result))
     return [run for _, run in best.values()]
@@ -466,6 +489,7 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
                      "<code>medprobe report --all</code> shows every run.</p>")
         for folder, result in shown:
             page.add(f"<h3>{_esc(result.title)}</h3>")
+            page.add(_caveats(result))
             page.add(_run_figures(page, folder, result))
     for folder, base in found["baselines"]:
         page.add(f"<h3>{_esc(base.title)}</h3>")
@@ -501,7 +525,7 @@ def _baseline_table(baselines):
         t, training, timings = b.metrics["test"], b.training, b.timings
         capped = " (CAPPED)" if training["capped"] else ""
         rows.append(f"<tr class='baseline'><td>{_esc(b.title)}{capped}</td>"
-                    f"<td>{t['auc']:.3f} [{t['auc_ci'][0]:.3f}, {t['auc_ci'][1]:.3f}]</td><td>{t['acc']:.3f} [{t['acc_ci'][0]:.3f}, "
+                    f"<td>{t['auc']:.3f} {ci_text(t['auc_ci'])}</td><td>{t['acc']:.3f} [{t['acc_ci'][0]:.3f}, "
                     f"{t['acc_ci'][1]:.3f}]</td><td>{training['epochs_done']}/{training['epochs']}</td><td>{timings['train_s']:.0f}</td>"
                     f"<td>{timings['train_cpu_s']:.0f}</td></tr>")
     rows.append("</table>")

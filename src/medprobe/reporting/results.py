@@ -6,6 +6,7 @@ and the bench read folders back through `read_result` and `read_curve`.
 """
 
 import csv
+import hashlib
 import io
 import json
 import platform
@@ -19,7 +20,7 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.core.errors import MedprobeError
-from medprobe.core.files import atomic_write_bytes, atomic_write_text
+from medprobe.core.files import atomic_write_text, file_digest
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.csv"
@@ -80,6 +81,8 @@ class RunResult(_Result):
     cache: dict
     timings: dict
     seed: int = 0
+    near_duplicates: dict = field(default_factory=dict)  # test images nearly identical to a train image (embedding cosine)
+    files: dict = field(default_factory=dict)  # SHA-256 of the folder's other files, written with this result
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__
     created: str = field(default_factory=_now)
@@ -108,6 +111,7 @@ class BaselineResult(_Result):
     metrics: dict
     timings: dict
     seed: int = 0
+    files: dict = field(default_factory=dict)  # SHA-256 of the folder's other files, written with this result
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__
     created: str = field(default_factory=_now)
@@ -165,20 +169,38 @@ def _read_json(path):
 
 
 def write_run_folder(out, result, ids, labels, scores, projection=None):
-    """Write a run or baseline folder: predictions.csv, embedding_2d.csv (when `projection` is given), results.json, summary.md.
+    """Write a run or baseline folder: predictions.csv, embedding_2d.csv (when `projection` is given), summary.md, results.json.
 
-    `projection` is (xy, method) for the test embeddings. results.json is written last, so a folder
-    that has it has everything it describes.
+    `projection` is (xy, method) for the test embeddings. Each file is replaced atomically and
+    results.json comes last, holding the SHA-256 of every other file: a folder whose files come
+    from two runs (a kill, a full disk) is recognised by `check_run_folder` and refused by the report.
     """
     out = Path(out)
     names, task = result.dataset["label_names"], result.dataset["task"]
-    write_predictions(out / PREDICTIONS, ids, labels, scores, names, task)
+    written = {PREDICTIONS: write_predictions(out / PREDICTIONS, ids, labels, scores, names, task)}
     if projection is not None:
         xy, method = projection
-        write_projection(out / PROJECTION, ids, labels, xy, names, task, method)
-    write_json(out / RESULTS, result.to_json())
+        written[PROJECTION] = write_projection(out / PROJECTION, ids, labels, xy, names, task, method)
+    result.files = {name: _text_digest(text) for name, text in written.items()}
     atomic_write_text(out / SUMMARY, result.summary_markdown())
+    write_json(out / RESULTS, result.to_json())
     return out
+
+
+def _text_digest(text):
+    return hashlib.sha256(text.encode("utf-8", errors="backslashreplace")).hexdigest()
+
+
+def check_run_folder(folder, result):
+    """Refuse a folder whose predictions (or 2-D map) are not the ones its results.json was written with."""
+    for name, digest in result.files.items():
+        path = Path(folder) / name
+        actual = file_digest(path) if path.is_file() else "missing"
+        if actual != digest:
+            raise MedprobeError(
+                f"{path} does not belong to {Path(folder) / RESULTS} ({'missing' if actual == 'missing' else 'its checksum differs'}): "
+                "the folder mixes two runs, e.g. one killed while writing; rerun it into this folder or a new one"
+            )
 
 
 def write_curve(out, curve):
@@ -229,7 +251,8 @@ def write_predictions(path, ids, labels, scores, label_names, task):
     for row_id, label, score in zip(ids, labels, scores):
         truth = list(label) if task == "multi-label" else [label]
         writer.writerow([row_id, *truth, *(f"{s:.6g}" for s in score)])
-    atomic_write_bytes(path, out.getvalue().encode())
+    atomic_write_text(path, out.getvalue())
+    return out.getvalue()
 
 
 def project_2d(vectors, method="pca", seed=0):
@@ -269,21 +292,51 @@ def write_projection(path, ids, labels, xy, label_names, task, method="pca"):
         else:
             name = label_names[label]
         writer.writerow([row_id, name, f"{x:.5g}", f"{y:.5g}", method])
-    atomic_write_bytes(path, out.getvalue().encode())
+    atomic_write_text(path, out.getvalue())
+    return out.getvalue()
+
+
+def split_lines(dataset):
+    """How the splits were made and what leakage was found, one line each, from results.json's dataset record."""
+    made = dataset.get("made_splits", {})
+    parts = []
+    for split in ("train", "val", "test"):
+        how = made.get(split)
+        parts.append(f"{split} {dataset['n'][split]}" + (f" (made: {how['method']})" if isinstance(how, dict) else ""))
+    lines = ["splits: " + " · ".join(parts)]
+    if dataset.get("resplit"):
+        lines.append(f"the dataset's own splits were ignored; all three drawn by {dataset['resplit']['by']}")
+    duplicates = dataset.get("duplicates") or {}
+    if duplicates.get("identical_groups"):
+        lines.append(f"identical images: {duplicates['identical_groups']} (across splits {duplicates['across_splits']}, with different "
+                     f"labels {duplicates['conflicting_labels']}); {duplicates['policy']}: {duplicates['dropped']} rows dropped")
+    groups = dataset.get("groups")
+    if groups:
+        lines.append(f"groups ({groups['column']}): {groups['groups']}, {groups['straddling_groups']} in more than one split; "
+                     f"{groups['test_images_with_group_in_train']} of {groups['test_images']} test images share a group with train")
+    return lines
+
+
+def ci_text(ci, between=", ", brackets=True):
+    """'[0.685, 0.763]', or 'no CI' when no bootstrap resample could score (never 'nan')."""
+    if ci is None:
+        return "no CI"
+    text = f"{ci[0]:.3f}{between}{ci[1]:.3f}"
+    return f"[{text}]" if brackets else text
 
 
 def format_table(metrics):
-    """The small terminal table: metric, value, 95 % CI."""
+    """The small terminal table: metric, value, 95 % CI, then every note that qualifies the numbers."""
     rows = [
-        ("AUC", metrics["auc"], metrics.get("auc_ci")),
-        ("ACC", metrics["acc"], metrics.get("acc_ci")),
-        ("balanced ACC", metrics["balanced_accuracy"], None),
-        ("macro F1", metrics["macro_f1"], None),
+        ("AUC", metrics["auc"], ci_text(metrics["auc_ci"])),
+        ("ACC", metrics["acc"], ci_text(metrics["acc_ci"])),
+        ("balanced ACC", metrics["balanced_accuracy"], ""),
+        ("macro F1", metrics["macro_f1"], ""),
     ]
     lines = [f"{'metric':<14}{'value':>8}   95% CI"]
-    for name, value, ci in rows:
-        interval = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    for name, value, interval in rows:
         lines.append(f"{name:<14}{value:>8.3f}   {interval}")
+    lines += [f"! {note}" for note in metrics.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -298,8 +351,8 @@ def summary_markdown(result):
         "",
         "| metric | value | 95 % CI |",
         "|---|---|---|",
-        f"| AUC (MedMNIST) | {test['auc']:.3f} | {test['auc_ci'][0]:.3f}–{test['auc_ci'][1]:.3f} |",
-        f"| ACC (MedMNIST) | {test['acc']:.3f} | {test['acc_ci'][0]:.3f}–{test['acc_ci'][1]:.3f} |",
+        f"| AUC (MedMNIST) | {test['auc']:.3f} | {ci_text(test['auc_ci'], '–', False)} |",
+        f"| ACC (MedMNIST) | {test['acc']:.3f} | {ci_text(test['acc_ci'], '–', False)} |",
         f"| balanced ACC | {test['balanced_accuracy']:.3f} | |",
         f"| macro F1 | {test['macro_f1']:.3f} | |",
         "",
@@ -321,8 +374,8 @@ def baseline_summary_markdown(result):
         "",
         "| metric | value | 95 % CI |",
         "|---|---|---|",
-        f"| AUC (MedMNIST) | {test['auc']:.3f} | {test['auc_ci'][0]:.3f}–{test['auc_ci'][1]:.3f} |",
-        f"| ACC (MedMNIST) | {test['acc']:.3f} | {test['acc_ci'][0]:.3f}–{test['acc_ci'][1]:.3f} |",
+        f"| AUC (MedMNIST) | {test['auc']:.3f} | {ci_text(test['auc_ci'], '–', False)} |",
+        f"| ACC (MedMNIST) | {test['acc']:.3f} | {ci_text(test['acc_ci'], '–', False)} |",
         "",
         f"Training: {timings['train_s']:.0f} s wall, {timings['train_cpu_s']:.0f} CPU s "
         f"({timings['train_images_per_s']:.0f} img/s, {training['threads']} threads).",

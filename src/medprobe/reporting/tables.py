@@ -72,7 +72,7 @@ def _probe_row(cell, baselines, refs):
     embed_cpu, fit_cpu = result.cpu_seconds
     cpu = embed_cpu + fit_cpu if embed_cpu is not None and fit_cpu is not None else None
     row.update(
-        auc=test["auc"], auc_lo=test["auc_ci"][0], auc_hi=test["auc_ci"][1],
+        auc=test["auc"], auc_lo=(test["auc_ci"] or [None])[0], auc_hi=(test["auc_ci"] or [None, None])[1],
         acc=test["acc"], acc_lo=test["acc_ci"][0], acc_hi=test["acc_ci"][1],
         embed_cpu_s=embed_cpu, fit_cpu_s=timings.get("fit_cpu_s"), cpu_s=cpu,
         embed_cost_source=timings.get("embed_cost_source", ""), n_test=test["n"], path=cell["path"],
@@ -96,7 +96,7 @@ def _baseline_row(folder, base):
     test, timings, training = base.metrics["test"], base.timings, base.training
     return {
         "kind": "baseline", "method": base.label, "seed": base.seed, "status": "capped" if training["capped"] else "done",
-        "auc": test["auc"], "auc_lo": test["auc_ci"][0], "auc_hi": test["auc_ci"][1],
+        "auc": test["auc"], "auc_lo": (test["auc_ci"] or [None])[0], "auc_hi": (test["auc_ci"] or [None, None])[1],
         "acc": test["acc"], "acc_lo": test["acc_ci"][0], "acc_hi": test["acc_ci"][1],
         "cpu_s": timings["train_cpu_s"], "wall_s": timings["train_s"], "n_test": test["n"], "path": str(folder),
         "epochs_done": training["epochs_done"], "protocol_epochs": training.get("protocol_epochs", 100),

@@ -30,7 +30,7 @@ import numpy as np
 
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import MedprobeError
-from medprobe.core.files import atomic_write_bytes
+from medprobe.core.files import atomic_write_bytes, check_writable_folder
 from medprobe.evaluation.metrics import evaluate, medmnist_acc, medmnist_auc
 from medprobe.reporting.results import BaselineResult, write_run_folder
 
@@ -122,6 +122,8 @@ def train_baseline(
         log.warning("MedMNIST v2 trained at 28 and 224 px; %d px is outside its protocol", size)
     if epochs < 1:
         raise MedprobeError(f"--epochs must be at least 1, got {epochs}")
+    if out is not None:
+        check_writable_folder(out)
     started, started_cpu = time.perf_counter(), cpu_seconds()
     # MedMNIST's "224" models saw the 28 px images upsampled, so always read the 28 px file.
     data, _ = replace(data_spec, size=28).load()

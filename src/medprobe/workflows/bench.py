@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from medprobe.core.errors import BenchConfigError, MedprobeError
-from medprobe.core.files import atomic_write_text
+from medprobe.core.files import atomic_write_text, check_writable_folder
 from medprobe.core.names import did_you_mean, slug
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
@@ -208,6 +208,7 @@ def run_bench(config, out, force=False, options=None, extra_baselines=(), report
     {'ran': 18, 'skipped': 0, 'failed': 0}
     """
     out = Path(out)
+    check_writable_folder(out)
     options = replace(options or EmbedOptions(), batch_size=config["batch_size"], runtime=config["runtime"] or "auto")
     started = time.perf_counter()
     statuses, counts = [], {"ran": 0, "skipped": 0, "failed": 0}

@@ -16,6 +16,7 @@ import numpy as np
 
 from medprobe.core.costs import Stopwatch
 from medprobe.core.errors import MedprobeError
+from medprobe.core.files import check_writable_folder
 from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
@@ -64,6 +65,8 @@ def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seed
     options = options or EmbedOptions()
     shots, seeds = parse_shots(shots), [int(s) for s in seeds]
     ProbeSpec(probe).check()
+    if out is not None:
+        check_writable_folder(out)
     if "+" in options.encoder:
         raise MedprobeError(f"curve embeds with one encoder; got the fusion {options.encoder!r}")
     # Everything that changes the points; a folder holding a curve of this spec is done.

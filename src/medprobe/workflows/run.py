@@ -1,27 +1,33 @@
 """One experiment end to end: dataset -> embeddings -> probe -> metrics -> results folder (and, with `save`, a saved probe)."""
 
+import logging
 import time
 from dataclasses import dataclass
 
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import ModelError
+from medprobe.core.files import check_writable_folder
 from medprobe.embedding.costs import embedding_cost
 from medprobe.embedding.fusion import check_spec, embed_spec, split_spec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
+from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
 from medprobe.probes.fit import fit_probe
 from medprobe.probes.saved import save_model
 from medprobe.probes.spec import ZEROSHOT, ProbeSpec
 from medprobe.probes.zeroshot import fit_zeroshot
 from medprobe.reporting.results import RunResult, project_2d, write_run_folder
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How a run is scored and drawn: bootstrap resamples for the CIs and the 2-D map's projection."""
+    """How a run is scored and drawn: bootstrap resamples for the CIs, the 2-D map's projection, the near-duplicate cosine."""
 
     n_boot: int = N_BOOTSTRAP
     projection: str = "pca"
+    near_duplicate_cosine: float = COSINE
 
 
 def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None):
@@ -41,6 +47,10 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     # Everything that can be checked without images is checked first, so a typo never costs an embedding pass.
     check_spec(options.encoder)
     probe_spec.check()
+    if out is not None:
+        check_writable_folder(out)
+    if save is not None:
+        check_writable_folder(save, "--save")
     if save is not None and (probe_spec.name == ZEROSHOT or len(split_spec(options.encoder)) != 1):
         raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
     data, scanned = data_spec.load()
@@ -63,7 +73,8 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     if probe_spec.name == ZEROSHOT:
         fitted = fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, X[train], y[train])
     else:
-        fitted = fit_probe(probe_spec.name, X[train], y[train], X[val], y[val], data.task, probe_spec.class_weight, probe_spec.seed)
+        fitted = fit_probe(probe_spec.name, X[train], y[train], X[val], y[val], data.task, probe_spec.class_weight, probe_spec.seed,
+                           data.label_names)
     timings["fit_s"] = time.perf_counter() - tick
     timings["fit_cpu_s"] = cpu_seconds() - tick_cpu
 
@@ -73,6 +84,10 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         split: evaluate(y[rows], scores[split], data.task, data.label_names, evaluation.n_boot, probe_spec.seed)
         for split, rows in (("val", val), ("test", test))
     }
+    close = near_duplicates(X[test], X[train], data.ids[test], data.ids[train], evaluation.near_duplicate_cosine)
+    if close["count"]:
+        log.warning("%d of %d test images have a near-identical train image (embedding cosine >= %g), e.g. %s",
+                    close["count"], close["of"], close["threshold"], ", ".join(f"{e['test']} ~ {e['train']}" for e in close["examples"][:3]))
     timings["evaluate_s"] = time.perf_counter() - tick
     timings["evaluate_cpu_s"] = cpu_seconds() - tick_cpu
     timings["total_s"] = time.perf_counter() - started
@@ -95,6 +110,7 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         cache={"key": embedded.key, "path": embedded.path, "hit": embedded.from_cache},
         timings=timings,
         seed=probe_spec.seed,
+        near_duplicates=close,
     )
     if out is not None:
         xy = project_2d(X[test], evaluation.projection, probe_spec.seed)

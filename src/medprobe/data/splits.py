@@ -1,0 +1,87 @@
+"""Missing val and test splits, drawn from train: stratified by class, and by group when images share a patient,
+a lesion or their exact content, so no group ever straddles two splits. What was done is recorded as done."""
+
+import numpy as np
+
+from medprobe.core.errors import DatasetError
+
+# Seed of the split made when a dataset has no val (or no test) split. Documented in the README.
+SPLIT_SEED = 0
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.2
+
+
+def make_missing_splits(dataset, groups=None, group_name=None):
+    """Fill missing test, then val, from train (seed SPLIT_SEED) and record how in `dataset.info["made_splits"]`.
+
+    `groups` (one id per row, or None) keeps every group on one side. Rows with an empty split are
+    train rows. The record says "stratified" only when the draw was.
+    """
+    splits = np.where(dataset.splits == "", "train", dataset.splits).astype(object)
+    made = {}
+    for split, fraction in (("test", TEST_FRACTION), ("val", VAL_FRACTION)):
+        if (splits == split).any():
+            continue
+        train = np.flatnonzero(splits == "train")
+        fraction_of_train = fraction / (1 - TEST_FRACTION) if split == "val" and "test" in made else fraction
+        if groups is None:
+            taken, how = _draw_rows(dataset, train, fraction_of_train, split)
+        else:
+            taken, how = _draw_groups(dataset, train, groups[train], fraction_of_train, split, group_name)
+        splits[taken] = split
+        made[split] = {"images": int(len(taken)), "from": "train", "seed": SPLIT_SEED, "method": how}
+    dataset.splits = splits.astype(str)
+    if made:
+        dataset.info["made_splits"] = made
+    return dataset
+
+
+def _too_few(dataset, n_train, split):
+    return DatasetError(
+        f"{dataset.name}: {n_train} training image(s) are too few to hold out a {split} split; "
+        "add images, or give the split of each image (split/class/ folders or a split column)"
+    )
+
+
+def _draw_rows(dataset, train, fraction, split):
+    from sklearn.model_selection import train_test_split
+
+    n_taken = max(1, round(fraction * len(train)))
+    if n_taken >= len(train):
+        raise _too_few(dataset, len(train), split)
+    strata = dataset.labels[train] if dataset.labels.ndim == 1 else None
+    if strata is not None:
+        counts = np.bincount(strata)[np.unique(strata)]
+        if counts.min() < 2 or n_taken < len(counts):
+            strata = None  # too few images to stratify; a plain seeded draw is the honest fallback
+    _, taken = train_test_split(train, test_size=n_taken, random_state=SPLIT_SEED, stratify=strata)
+    return taken, "stratified by class" if strata is not None else "random (too few images per class to stratify)"
+
+
+def _draw_groups(dataset, train, groups, fraction, split, group_name):
+    """One fold of StratifiedGroupKFold with 1/fraction folds: whole groups, class balance kept where the groups allow."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    by = f"whole groups ({group_name})" if group_name else "whole groups of identical images"
+    n_groups = len(np.unique(groups))
+    n_folds = max(2, round(1 / fraction))
+    if n_groups < 2:
+        raise _too_few(dataset, len(train), split)
+    labels = dataset.labels[train]
+    if labels.ndim == 1 and n_groups >= n_folds:
+        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=SPLIT_SEED)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "least populated class has only k members": checked below instead
+            _, held = next(folds.split(train, labels, groups))
+        taken = train[held]
+        kept = np.setdiff1d(train, taken)
+        # Stratified "where possible": say so only if every class of train is on both sides.
+        both = set(labels.tolist()) == set(dataset.labels[kept].tolist()) == set(dataset.labels[taken].tolist())
+        return taken, f"{by}, stratified by class (StratifiedGroupKFold)" if both else f"{by}, stratified where groups allowed (some class is on one side only)"
+    draw = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=SPLIT_SEED)
+    _, held = next(draw.split(train, groups=groups))
+    if len(held) == 0 or len(held) == len(train):
+        raise _too_few(dataset, len(train), split)
+    return train[held], f"{by}, random (too few groups to stratify)"

@@ -1,0 +1,151 @@
+"""Inputs that used to escape as tracebacks, raw third-party output or wrong records."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+from conftest import write_image_folder, write_npz
+from PIL import Image
+
+from medprobe.data.datasets import load_dataset
+from medprobe.embedding.costs import embedding_cost
+from medprobe.embedding.embed import embed
+from medprobe.embedding.options import EmbedOptions
+from medprobe.encoders import create_encoder
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def png_claiming(path, width, height):
+    """A 1x1 PNG whose header claims width x height (the pixel data stays tiny)."""
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_extremely_elongated_image_is_refused_by_name_not_by_memory_error(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", per_class=8)
+    Image.new("L", (100000, 2)).save(folder / "a" / "strip.png")
+    done = cli("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 2 and "strip.png: image is 100000 x 2 pixels (aspect ratio over 50:1)" in done.stderr
+    assert "MemoryError" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_bad_max_pixels_setting_is_named_once(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", per_class=8)
+    done = cli("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", env={"MEDPROBE_MAX_PIXELS": "abc"})
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "medprobe: error: MEDPROBE_MAX_PIXELS must be a whole number of pixels, e.g. 200000000; got 'abc'")
+
+
+def test_a_gigapixel_header_gets_medprobes_message_with_the_setting(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs", per_class=8)
+    png_claiming(folder / "a" / "huge.png", 40000, 40000)
+    done = cli("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 2 and "huge.png: image is 40000 x 40000 = 1,600,000,000 pixels" in done.stderr
+    assert "MEDPROBE_MAX_PIXELS" in done.stderr and "DecompressionBomb" not in done.stderr
+
+
+def test_pydicoms_own_output_becomes_per_file_notes(tmp_path):
+    import shutil
+
+    import pydicom.data
+
+    files = [f for f in pydicom.data.get_testdata_files("*.dcm") if os.path.getsize(f) > 0]
+    for i, path in enumerate(files):
+        target = tmp_path / "dcm" / "ab"[i % 2] / f"{i:03d}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    done = cli("run", "--dataset", tmp_path / "dcm", "--on-error", "skip", "--out", tmp_path / "o", "--quiet", "--n-boot", "50")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Expected explicit VR" not in done.stderr
+    assert all(line.startswith(("medprobe:", "  skipped ")) for line in done.stderr.strip().splitlines())
+    record = json.loads((tmp_path / "o" / "results.json").read_text())["images"]
+    assert any(n["note"].startswith("pydicom: ") for n in record["notes"])
+    assert record["skipped"] and all("\n" not in s["reason"] for s in record["skipped"])
+
+
+@pytest.fixture
+def tiny_cache(tmp_path):
+    data = load_dataset(write_npz(tmp_path / "t.npz", n_train=16, n_val=4, n_test=4, classes=2))
+    options = EmbedOptions(cache_dir=str(tmp_path / "cache"), progress=False, shard_size=8)
+    encoder, transform = create_encoder("efficientnet_lite0", runtime="torch")
+    first = embed(data, encoder, transform, options)
+    return data, options, encoder, transform, first
+
+
+def test_an_entry_killed_before_its_manifest_is_repaired(tiny_cache):
+    data, options, encoder, transform, first = tiny_cache
+    manifest = __import__("pathlib").Path(first.path) / "_manifest.json"
+    manifest.unlink()
+    again = embed(data, encoder, transform, options)
+    assert again.from_cache and manifest.is_file()
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+
+
+def test_a_shard_whose_footer_names_other_columns_is_recomputed(tiny_cache, caplog):
+    import pyarrow.parquet as pq
+
+    data, options, encoder, transform, first = tiny_cache
+    shard = __import__("pathlib").Path(first.path) / "part-00001.parquet"
+    table = pq.read_table(shard)
+    pq.write_table(table.rename_columns(["index", "id", "image_sha256", "vector"]), shard)
+    again = embed(data, encoder, transform, options)
+    assert not again.from_cache and "recomputing it" in caplog.text
+    np.testing.assert_allclose(again.vectors, first.vectors, rtol=1e-5, atol=1e-6)
+    assert embed(data, encoder, transform, options).from_cache  # and repaired for good
+
+
+def test_stale_part_files_are_removed_when_an_entry_is_finished(tiny_cache):
+    data, options, encoder, transform, first = tiny_cache
+    folder = __import__("pathlib").Path(first.path)
+    stale = folder / ".part-00000.parquet.99999.part"
+    stale.write_bytes(b"left by a killed writer")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    (folder / "part-00002.parquet").unlink()
+    embed(data, encoder, transform, options)
+    assert not stale.exists()
+
+
+def test_a_resumed_job_records_the_cost_of_every_image(tmp_path):
+    data = load_dataset(write_npz(tmp_path / "t.npz", n_train=16, n_val=4, n_test=4, classes=2))
+    options = EmbedOptions(cache_dir=str(tmp_path / "cache"), progress=False, shard_size=8, batch_size=8)
+    encoder, transform = create_encoder("efficientnet_lite0", runtime="torch")
+    real, calls = encoder.embed_batch, []
+
+    def dies_on_the_third_batch(pixels):
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill after two committed shards
+        return real(pixels)
+
+    encoder.embed_batch = dies_on_the_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        embed(data, encoder, transform, options)
+    encoder.embed_batch = real
+    resumed = embed(data, encoder, transform, options)
+    cost = embedding_cost(resumed, 0.1, 0.1)
+    assert cost["n_images"] == 24 and cost["measured_in"] == "this run and 1 interrupted earlier run(s)"
+    assert cost["cpu_s"] > 0.1
+
+
+def test_medprobe_embed_records_the_cost(tmp_path):
+    npz = write_npz(tmp_path / "t.npz", n_train=16, n_val=4, n_test=4, classes=2)
+    done = cli("embed", "--dataset", npz, "--quiet", "--cache-dir", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(next((tmp_path / "cache").rglob("_cost.json")).read_text())
+    assert record["n_images"] == 24 and record["complete"] and record["cpu_s"] > 0

@@ -1,0 +1,251 @@
+"""Honest numbers on the data people bring: duplicates, groups, rare classes, tiny splits, odd labels.
+
+Every dataset here is made by the test from real images (RetinaMNIST and HAM10000 from ../shared/data)
+and run through the CLI as a user would; each test checks the exit code, the message and results.json.
+"""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medprobe.cli import main
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def run_main(*args):
+    return main([str(a) for a in args])
+
+
+def results(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def retina_pngs(shared_data, tmp_path_factory):
+    """120 real RetinaMNIST fundus images as PNG files, with their grades (0-4)."""
+    root = tmp_path_factory.mktemp("retina_pngs")
+    npz = np.load(shared_data / "medmnist" / "retinamnist.npz")
+    images, labels = npz["train_images"][:120], npz["train_labels"][:120, 0]
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        path = root / f"img_{i:03d}.png"
+        Image.fromarray(image).save(path)
+        paths.append((path, int(label)))
+    return paths
+
+
+def write_manifest(path, rows, header=("path", "label", "split")):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def binary_rows(retina_pngs, n, split="", skip=0):
+    """n images labelled 'healthy' (grade 0) or 'disease' (grade 1-3), alternating so both classes are present."""
+    zeros = [p for p, g in retina_pngs if g == 0][skip // 2:]
+    ones = [p for p, g in retina_pngs if 0 < g < 4][skip // 2:]
+    rows = []
+    for i in range(n):
+        path = (zeros if i % 2 else ones)[i // 2]
+        rows.append((str(path), "healthy" if i % 2 else "disease", split))
+    return rows
+
+
+def test_every_row_twice_is_found_and_the_copies_leave_test(tmp_path, retina_pngs):
+    rows = binary_rows(retina_pngs, 60)
+    manifest = write_manifest(tmp_path / "twice.csv", rows + rows)
+    done = cli("run", "--dataset", manifest, "--probe", "knn", "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
+    assert done.returncode == 0, done.stderr
+    assert "60 images occur more than once (120 rows)" in done.stderr and "dropped 60 rows" in done.stderr
+    record = results(tmp_path / "o")["dataset"]
+    assert record["duplicates"]["identical_groups"] == 60 and record["duplicates"]["dropped"] == 60
+    assert sum(record["n"].values()) == 60
+    ids = {split: set() for split in ("train", "val", "test")}
+    with open(tmp_path / "o" / "predictions.csv") as f:
+        test_ids = [r["id"] for r in csv.DictReader(f)]
+    assert len(test_ids) == len(set(test_ids)) == record["n"]["test"]
+
+    refused = cli("run", "--dataset", manifest, "--duplicates", "refuse", "--out", tmp_path / "r", "--quiet")
+    assert refused.returncode == 2 and "img_" in refused.stderr and "--duplicates drop" in refused.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_same_image_under_two_labels_is_named_and_dropped(tmp_path, retina_pngs):
+    rows = binary_rows(retina_pngs, 40)
+    contradiction = (rows[0][0], "healthy" if rows[0][1] == "disease" else "disease", "")
+    manifest = write_manifest(tmp_path / "conflict.csv", rows + [contradiction])
+    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
+    assert done.returncode == 0, done.stderr
+    assert "with different labels" in done.stderr and rows[0][0].split("/")[-1] in done.stderr
+    record = results(tmp_path / "o")["dataset"]["duplicates"]
+    assert record["conflicting_labels"] == 1 and record["dropped"] == 2
+    assert {f["label"] for f in record["examples"][0]["files"]} == {"healthy", "disease"}
+    refused = cli("run", "--dataset", manifest, "--duplicates", "refuse", "--out", tmp_path / "r", "--quiet")
+    assert refused.returncode == 2 and "1 with different labels" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def ham_subset(shared_data, tmp_path_factory):
+    """A split/class/ folder of 120 real HAM10000 images chosen so that many lesions have images in train and test,
+    and the metadata CSV of exactly those images (HAM's own columns)."""
+    source = shared_data / "ham10000_melnv"
+    with open(source / "metadata.csv") as f:
+        meta = {r["image_id"]: r for r in csv.DictReader(f)}
+    where = {p.stem: p for p in source.glob("*/*/*.jpg")}
+    by_lesion = {}
+    for image_id, row in meta.items():
+        by_lesion.setdefault(row["lesion_id"], []).append(image_id)
+    multi = [ids for ids in by_lesion.values() if len(ids) > 1]
+    single = [ids for ids in by_lesion.values() if len(ids) == 1]
+    chosen = [i for ids in multi[:40] for i in ids][:80] + [ids[0] for ids in single[:40]]
+    root = tmp_path_factory.mktemp("ham") / "ham_subset"
+    for image_id in chosen:
+        path = where[image_id]
+        target = root / path.parent.parent.name / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    metadata = root.parent / "metadata.csv"
+    with open(metadata, "w", newline="") as f:
+        writer = csv.DictWriter(f, list(next(iter(meta.values()))))
+        writer.writeheader()
+        writer.writerows(meta[i] for i in chosen)
+    return root, metadata
+
+
+def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_none(tmp_path, ham_subset):
+    root, metadata = ham_subset
+    given = cli("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--out", tmp_path / "given", "--quiet",
+                "--n-boot", "100")
+    assert given.returncode == 0, given.stderr
+    record = results(tmp_path / "given")["dataset"]
+    groups = record["groups"]
+    assert groups["column"] == "lesion_id" and groups["straddling_groups"] > 0 and groups["test_images_with_group_in_train"] > 0
+    assert f"{groups['test_images_with_group_in_train']} of {groups['test_images']} test images share a lesion_id" in given.stderr
+    assert record["made_splits"]["val"]["method"].startswith("whole groups (lesion_id)")
+    assert groups["val_images_with_group_in_train"] == 0  # the split medprobe made keeps lesions whole
+    assert record["metadata"]["matched"] == 120
+
+    grouped = cli("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--resplit", "--out", tmp_path / "grouped",
+                  "--quiet", "--n-boot", "100")
+    assert grouped.returncode == 0, grouped.stderr
+    record = results(tmp_path / "grouped")["dataset"]
+    assert record["groups"]["straddling_groups"] == 0 and record["resplit"]["by"] == "lesion_id"
+    assert {s for s in record["made_splits"]} == {"val", "test"}
+    assert "cache hit" in grouped.stdout  # same images, new split: nothing re-embedded
+
+
+def test_a_group_column_that_does_not_exist_is_explained(tmp_path, ham_subset):
+    root, metadata = ham_subset
+    done = cli("run", "--dataset", root, "--metadata", metadata, "--group", "patient", "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 2 and "no column 'patient'" in done.stderr and "lesion_id" in done.stderr
+    done = cli("run", "--dataset", root, "--group", "lesion_id", "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 2 and "--metadata" in done.stderr
+
+
+def test_thirteen_images_run_with_every_probe(tmp_path, retina_pngs):
+    manifest = write_manifest(tmp_path / "thirteen.csv", binary_rows(retina_pngs, 13))
+    for probe in ("logreg", "knn", "svm"):
+        done = cli("run", "--dataset", manifest, "--probe", probe, "--out", tmp_path / probe, "--quiet", "--n-boot", "200")
+        assert "Traceback" not in done.stderr
+        if done.returncode == 0:
+            test = results(tmp_path / probe)["metrics"]["test"]
+            assert "nan" not in json.dumps(test).lower() and any("few images" in n for n in test["notes"])
+            assert "! few images" in done.stdout
+        else:
+            assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_class_with_one_image_and_svm_says_which_class(tmp_path, retina_pngs):
+    rows = binary_rows(retina_pngs, 40, "train") + binary_rows(retina_pngs, 20, "test", skip=40)
+    rare = [p for p, g in retina_pngs if g == 4][:1]
+    rows.append((str(rare[0]), "severe", "train"))
+    manifest = write_manifest(tmp_path / "rare.csv", rows)
+    done = cli("run", "--dataset", manifest, "--probe", "svm", "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 2 and "class 'severe' has 1 training image" in done.stderr and "--probe logreg" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_class_missing_from_test_is_named_and_auc_is_over_the_rest(tmp_path, retina_pngs):
+    grades = {g: [p for p, gg in retina_pngs if gg == g] for g in range(5)}
+    rows = [(str(p), f"grade{g}", "train") for g in (0, 1, 2) for p in grades[g][:8]]
+    rows += [(str(p), f"grade{g}", "test") for g in (0, 1) for p in grades[g][8:14]]
+    manifest = write_manifest(tmp_path / "absent.csv", rows)
+    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "200")
+    assert done.returncode == 0, done.stderr
+    test = results(tmp_path / "o")["metrics"]["test"]
+    assert test["auc_over"] == ["grade0", "grade1"] and "'grade2'" in test["notes"][0]
+    assert "nan" not in done.stdout.lower() and "nan" not in json.dumps(test).lower()
+
+
+def test_a_val_split_that_cannot_score_is_not_called_a_val_selection(tmp_path, retina_pngs):
+    rows = binary_rows(retina_pngs, 30, "train") + binary_rows(retina_pngs, 12, "test", skip=30)
+    rows += [(str(p), "disease", "val") for p, g in retina_pngs if 0 < g < 4][30:33]  # val: one class only
+    manifest = write_manifest(tmp_path / "val1.csv", rows)
+    assert run_main("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100") == 0
+    criterion = results(tmp_path / "o")["probe"]["selection"]["criterion"]
+    assert criterion != "val AUC" and "CV AUC on train" in criterion
+
+
+def test_few_test_images_per_class_flag_the_result_and_a_thin_bootstrap_says_so(tmp_path, retina_pngs):
+    grades = {g: [p for p, gg in retina_pngs if gg == g] for g in range(5)}
+    rows = [(str(p), f"g{g}", "train") for g in range(4) for p in grades[g][:5]]
+    rows += [(str(p), f"g{g}", "test") for g in range(4) for p in grades[g][5:7]]
+    manifest = write_manifest(tmp_path / "thin.csv", rows)
+    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 0, done.stderr
+    test = results(tmp_path / "o")["metrics"]["test"]
+    valid = test["bootstrap"]["valid_auc_resamples"]
+    assert valid < 950 and any(f"only {valid} of 1000 bootstrap resamples" in n for n in test["notes"])
+    assert any("few images" in n for n in test["notes"]) and f"only {valid} of 1000" in done.stdout
+
+
+def test_labels_that_differ_only_in_case_are_named(tmp_path, retina_pngs):
+    rows = binary_rows(retina_pngs, 20)
+    rows[3] = (rows[3][0], rows[3][1].capitalize(), "")
+    manifest = write_manifest(tmp_path / "case.csv", rows)
+    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 2 and "differ only in case" in done.stderr and "row 5" in done.stderr
+
+
+def test_made_splits_record_the_images_actually_used(tmp_path, retina_pngs):
+    folder = tmp_path / "scans"
+    for i, (path, grade) in enumerate(retina_pngs[:40]):
+        (folder / ("disease" if grade else "healthy")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / ("disease" if grade else "healthy") / path.name)
+    broken = sorted(folder.glob("*/*.png"))[:3]
+    for path in broken:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert run_main("run", "--dataset", folder, "--on-error", "skip", "--out", tmp_path / "o", "--quiet", "--n-boot", "100") == 0
+    record = results(tmp_path / "o")["dataset"]
+    assert sum(record["n"].values()) == 37 and len(results(tmp_path / "o")["images"]["skipped"]) == 3
+    assert record["made_splits"]["test"]["images"] == record["n"]["test"]
+    assert record["made_splits"]["val"]["images"] == record["n"]["val"]
+
+
+def test_a_folder_with_a_manifest_points_at_it(tmp_path, retina_pngs):
+    folder = tmp_path / "study"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for path, grade in retina_pngs[:20]:
+        shutil.copy(path, folder / "images" / path.name)
+        rows.append((f"images/{path.name}", "disease" if grade else "healthy"))
+    write_manifest(folder / "labels.csv", rows, header=("path", "label"))
+    done = cli("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet")
+    assert done.returncode == 2 and f"--dataset {folder / 'labels.csv'}" in done.stderr
+
+
+def test_a_local_folder_named_like_a_medmnist_dataset_is_not_silently_used(tmp_path, retina_pngs):
+    (tmp_path / "retinamnist" / "a").mkdir(parents=True)
+    done = cli("run", "--dataset", "retinamnist", "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
+    assert done.returncode == 2 and "both a MedMNIST dataset name and a folder" in done.stderr and "./retinamnist" in done.stderr
