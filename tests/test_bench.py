@@ -185,7 +185,10 @@ def test_shipped_paper_grid_config_resolves():
 
     config = load_config(Path(__file__).resolve().parents[1] / "benchmarks" / "paper_grid.yaml")
     names = [d["name"] for d in config["datasets"]]
-    assert names == ["retinamnist", "pneumoniamnist_balanced", "ham10000_melnv"]
+    assert names == ["retinamnist", "pneumoniamnist_balanced", "ham10000_melnv", "ham10000_melnv_by_lesion"]
+    ham, by_lesion = config["datasets"][2:]
+    assert ham["data_options"]["group"] == "lesion_id" and by_lesion["data_options"]["resplit"] is True
+    assert Path(by_lesion["data_options"]["metadata"]).is_file()
     pneumonia = config["datasets"][1]
     assert pneumonia["reference"] == "pneumoniamnist" and pneumonia["comparable"] is False
     assert config["encoders"] == ["efficientnet_lite0", "efficientnet_lite2"] and config["probes"] == ["logreg", "svm", "knn"]

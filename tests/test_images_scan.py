@@ -63,7 +63,7 @@ def write_broken_files(folder):
         "truncated.png": "truncated",
         "truncated.jpg": "truncated",
         "notes.png": "not a recognised image format",
-        "bomb.png": "decompression bomb",
+        "bomb.png": "over the decompression-bomb limit",
         "photometric.dcm": "PhotometricInterpretation 'YBR_PARTIAL_420' is not supported",
         "video.dcm": "MPEG2",
         "cut.dcm": "",

@@ -71,7 +71,6 @@ def test_every_row_twice_is_found_and_the_copies_leave_test(tmp_path, retina_png
     record = results(tmp_path / "o")["dataset"]
     assert record["duplicates"]["identical_groups"] == 60 and record["duplicates"]["dropped"] == 60
     assert sum(record["n"].values()) == 60
-    ids = {split: set() for split in ("train", "val", "test")}
     with open(tmp_path / "o" / "predictions.csv") as f:
         test_ids = [r["id"] for r in csv.DictReader(f)]
     assert len(test_ids) == len(set(test_ids)) == record["n"]["test"]

@@ -168,9 +168,8 @@ def test_a_crafted_knn_goes_through_sklearns_own_validation(tmp_path):
         load_model(folder)
     folder, _, X_new = saved(tmp_path / "again", "knn")
     replace_array(folder, knn_vectors_key, np.ones((60, 1)))
-    model = load_model(folder)
-    with pytest.raises(ValueError, match="X has 12 features, but KNeighborsClassifier is expecting 1 features"):
-        model.probe.predict_scores(X_new)
+    with pytest.raises(ModelError, match="cannot score a 12-d embedding .*expecting 1 features"):
+        load_model(folder)
 
 
 def test_malformed_descriptions_are_one_line_model_errors(tmp_path):
@@ -200,3 +199,75 @@ def test_another_sklearn_version_warns_and_a_changed_estimator_says_to_refit(tmp
     rewrite(folder, renamed_parameter)
     with pytest.raises(ModelError, match=r"unexpected keyword argument 'steps_renamed'.*saved with scikit-learn 0.0 and this is .*, so refit it"):
         load_model(folder)
+
+
+# --- a deliberate edit (checksums rewritten to match) is caught by what the content means -------------------
+
+
+def _rewrite(folder, edit_meta=None, edit_arrays=None):
+    """Edit a saved model as someone who also fixes up the checksums would."""
+    import hashlib
+
+    from safetensors.numpy import load, save
+
+    meta = json.loads((folder / MODEL_JSON).read_text())
+    if edit_arrays:
+        arrays = dict(load((folder / ARRAYS).read_bytes()))
+        edit_arrays(arrays)
+        blob = save(arrays)
+        (folder / ARRAYS).write_bytes(blob)
+        meta["arrays"]["sha256"] = hashlib.sha256(blob).hexdigest()
+    if edit_meta:
+        edit_meta(meta)
+    text = (json.dumps(meta, indent=1) + "\n").encode()
+    (folder / MODEL_JSON).write_bytes(text)
+    (folder / CHECKSUM).write_text(f"{hashlib.sha256(text).hexdigest()}  {MODEL_JSON}\n")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(task="regression"), "task 'regression' is not one medprobe fits"),
+        (lambda m: m.update(label_names=["only"]), "needs two or more classes"),
+        (lambda m: m.update(label_names=["a", "b", "c", "d"]), "gives 3 scores per image for 4 labels"),
+    ],
+)
+def test_a_hand_edited_model_is_refused_by_what_it_says(tmp_path, edit, message):
+    folder, _, _ = saved(tmp_path)
+    _rewrite(folder, edit_meta=edit)
+    with pytest.raises(ModelError, match=message):
+        load_model(folder, check_encoder=False)
+
+
+def test_arrays_of_the_wrong_shape_are_refused(tmp_path):
+    folder, _, _ = saved(tmp_path)
+
+    def shrink(arrays):
+        key = max(arrays, key=lambda k: arrays[k].size)  # the coefficients
+        arrays[key] = np.ascontiguousarray(arrays[key][..., :7])
+
+    _rewrite(folder, edit_arrays=shrink)
+    with pytest.raises(ModelError, match="cannot score a .*-d embedding"):
+        load_model(folder, check_encoder=False)
+
+
+def test_saving_over_a_model_keeps_it_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    from medprobe.probes import saved as saved_module
+
+    folder, _, _ = saved(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    calls = []
+    real_write = saved_module.atomic_write_bytes
+
+    def disk_full_on_the_second_file(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(saved_module, "atomic_write_bytes", disk_full_on_the_second_file)
+    with pytest.raises(OSError):
+        saved(tmp_path)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert load_model(folder, check_encoder=False).label_names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-built folder left behind

@@ -152,15 +152,14 @@ def prepare(dataset, groups=None, group_name=None):
 def load_dataset(spec, data_dir=None, size=28, download=True):
     """Load a dataset from a MedMNIST name, an npz path, an image folder or a CSV manifest; missing splits made.
 
-    Identical images never straddle a split made here. `DataSpec(...).load()` adds the pre-scan,
-    duplicate handling, metadata and groups.
+    This reads no image. `DataSpec(...).load()`, which every command uses, first decodes every
+    image, resolves identical copies and joins metadata, so its splits keep copies and groups whole.
 
     >>> ds = load_dataset("retinamnist", data_dir="../shared/data/medmnist")
     >>> ds.task, len(ds)
     ('ordinal', 1600)
     """
-    dataset = read_dataset(spec, data_dir, size, download)
-    return prepare(dataset, group_ids(dataset) if (dataset.splits == "").any() else None)
+    return prepare(read_dataset(spec, data_dir, size, download))
 
 
 # --- MedMNIST by name ---------------------------------------------------------------------------

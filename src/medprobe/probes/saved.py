@@ -25,7 +25,8 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.core.errors import MedprobeError, ModelError
-from medprobe.core.files import atomic_write_bytes
+from medprobe.core.files import atomic_folder, atomic_write_bytes
+from medprobe.data.datasets import TASKS
 from medprobe.data.images import DECODING
 from medprobe.encoders import get_config
 from medprobe.encoders.transforms import make_transform
@@ -112,9 +113,12 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         "arrays": {"file": ARRAYS, "sha256": hashlib.sha256(blob).hexdigest()},
     }
     text = (json.dumps(meta, indent=1, allow_nan=True) + "\n").encode()
-    atomic_write_bytes(folder / ARRAYS, blob)
-    atomic_write_bytes(folder / MODEL_JSON, text)
-    atomic_write_bytes(folder / CHECKSUM, f"{hashlib.sha256(text).hexdigest()}  {MODEL_JSON}\n".encode())
+    # The three files are written beside the folder and swapped in together: a kill or a full disk while saving
+    # over a working model leaves that model intact.
+    with atomic_folder(folder) as building:
+        atomic_write_bytes(building / ARRAYS, blob)
+        atomic_write_bytes(building / MODEL_JSON, text)
+        atomic_write_bytes(building / CHECKSUM, f"{hashlib.sha256(text).hexdigest()}  {MODEL_JSON}\n".encode())
     return folder
 
 
@@ -155,13 +159,39 @@ def load_model(folder, check_encoder=True):
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         versions = f"; it was saved with scikit-learn {meta.get('sklearn')} and this is {_sklearn_version()}, so refit it" if meta.get("sklearn") != _sklearn_version() else ""
         raise ModelError(f"{folder / MODEL_JSON}: the estimator description is malformed ({type(e).__name__}: {e}){versions}") from e
+    _check_content(folder, meta, probe)
     return SavedModel(probe, meta, folder)
+
+
+def _check_content(folder, meta, probe):
+    """What the checksums cannot catch, a deliberate edit: a task, labels or arrays the probe cannot honestly serve."""
+    where = folder / MODEL_JSON
+    task, names = meta.get("task"), meta.get("label_names")
+    if task not in TASKS:
+        raise ModelError(f"{where}: task {task!r} is not one medprobe fits ({', '.join(TASKS)}); refit the model")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ModelError(f"{where}: label_names must be a list of distinct names, got {names!r}; refit the model")
+    if len(names) < (1 if task == "multi-label" else 2):
+        raise ModelError(f"{where}: a {task} probe needs {'a label' if task == 'multi-label' else 'two or more classes'}, got {names!r}")
+    try:
+        dim = int(probe.estimator.n_features_in_)  # the width its first step was fitted on
+        columns = np.asarray(probe.predict_scores(np.zeros((1, dim), np.float32))).shape
+    except Exception as e:  # a wrong array shape surfaces as whatever scikit-learn raises for it
+        raise ModelError(f"{where}: the probe cannot score a {dim}-d embedding ({type(e).__name__}: {e}); the arrays do not fit the "
+                         "model description, refit the model") from e
+    if columns != (1, len(names)):
+        raise ModelError(f"{where}: the probe gives {columns[-1] if len(columns) == 2 else columns} scores per image for "
+                         f"{len(names)} labels {names}; refit the model")
 
 
 def _read(path):
     try:
         return Path(path).read_bytes()
     except FileNotFoundError as e:
+        interrupted = sorted(Path(path).parent.parent.glob(f".{Path(path).parent.name}.old-*"))
+        if interrupted:
+            raise ModelError(f"{Path(path).parent} is missing, but a save over it was interrupted and the previous model is at "
+                             f"{interrupted[-1]}; rename it back to use it") from e
         raise ModelError(f"{path} not found; a saved probe folder holds {MODEL_JSON}, {ARRAYS} and {CHECKSUM} (from `medprobe fit --save`)") from e
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror})") from e

@@ -40,7 +40,9 @@ CELL_SPEC = "cell.json"
 
 _TOP_KEYS = {"name", "datasets", "encoders", "probes", "seeds", "data_dir", "size", "class_weight", "n_boot", "batch_size",
              "projection", "runtime", "curve", "baselines", "out"}
-_DATASET_KEYS = {"dataset", "name", "data_dir", "size", "reference", "comparable", "note"}
+# How a dataset's images are chosen and split (DataSpec's fields); set per dataset, recorded in each cell's spec.
+_DATA_OPTIONS = ("metadata", "metadata_key", "group", "resplit", "duplicates")
+_DATASET_KEYS = {"dataset", "name", "data_dir", "size", "reference", "comparable", "note", *_DATA_OPTIONS}
 _CURVE_KEYS = {"shots", "seeds", "probe", "encoders"}
 
 
@@ -160,6 +162,9 @@ def _resolve_dataset(entry, base, data_dir, size):
         "reference": reference,
         "comparable": bool(entry.get("comparable", reference is not None)),
         "note": entry.get("note", ""),
+        "data_options": {
+            key: _resolve_path(entry[key], base) if key == "metadata" else entry[key] for key in _DATA_OPTIONS if key in entry
+        },
     }
 
 
@@ -185,8 +190,15 @@ def cells(config):
                     }
                     if config.get("runtime"):
                         spec["runtime"] = config["runtime"]
+                    spec.update(dataset.get("data_options", {}))
                     folder = Path("cells") / slug(dataset["name"]) / slug(encoder) / slug(probe) / f"seed-{seed}"
                     yield dataset["name"], folder, spec
+
+
+def data_spec(entry):
+    """The DataSpec of a resolved dataset entry or a cell spec."""
+    options = entry.get("data_options", entry)
+    return DataSpec(entry["dataset"], entry["data_dir"], entry["size"], **{k: options[k] for k in _DATA_OPTIONS if k in options})
 
 
 def cell_done(folder, spec):
@@ -223,7 +235,7 @@ def run_bench(config, out, force=False, options=None, extra_baselines=(), report
         tick = time.perf_counter()
         try:
             run(
-                DataSpec(spec["dataset"], spec["data_dir"], spec["size"]),
+                data_spec(spec),
                 replace(options, encoder=spec["encoder"]),
                 ProbeSpec(spec["probe"], spec["class_weight"], seed=spec["seed"]),
                 EvalOptions(spec["n_boot"], spec["projection"]),
@@ -270,7 +282,7 @@ def _run_curves(config, out, force, options):
             folder = Path("curves") / slug(dataset["name"]) / slug(encoder)
             try:
                 run_curve(
-                    DataSpec(dataset["dataset"], dataset["data_dir"], dataset["size"]), replace(options, encoder=encoder),
+                    data_spec(dataset), replace(options, encoder=encoder),
                     config["curve"]["probe"], shots=config["curve"]["shots"], seeds=config["curve"]["seeds"], out=out / folder, force=force,
                 )
             except (MedprobeError, ValueError, RuntimeError) as e:
