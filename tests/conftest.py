@@ -1,6 +1,10 @@
 """Shared fixtures. Real-data tests read ../shared/data and FAIL (never skip) when it is missing."""
 
+import contextlib
+import io
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +92,46 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=None, signe
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def medprobe():
+    """Run the `medprobe` CLI in this process and capture what a user would see on stdout and stderr.
+
+    In-process, torch and scikit-learn are imported once per test session instead of once per call
+    (~4 s of CPU each); an unexpected exception fails the test outright, as a traceback would.
+    `env` sets environment variables for the call, `cwd` its working folder.
+    """
+    from medprobe.cli import main
+
+    def call(*args, env=None, cwd=None):
+        out, err = io.StringIO(), io.StringIO()
+        handler = logging.StreamHandler(err)
+        handler.setFormatter(logging.Formatter("medprobe: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(min(level, logging.WARNING) if level else logging.WARNING)
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            for name, value in (env or {}).items():
+                patch.setenv(name, str(value))
+            if cwd is not None:
+                patch.chdir(cwd)
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse: --help, --version, a wrong flag
+                code = e.code
+            finally:
+                root.removeHandler(handler)
+                root.setLevel(level)
+        return Done(code, out.getvalue(), err.getvalue())
+
+    return call

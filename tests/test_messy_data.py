@@ -7,8 +7,6 @@ and run through the CLI as a user would; each test checks the exit code, the mes
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,8 +15,6 @@ from PIL import Image
 from medprobe.cli import main
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def run_main(*args):
@@ -62,10 +58,10 @@ def binary_rows(retina_pngs, n, split="", skip=0):
     return rows
 
 
-def test_every_row_twice_is_found_and_the_copies_leave_test(tmp_path, retina_pngs):
+def test_every_row_twice_is_found_and_the_copies_leave_test(tmp_path, retina_pngs, medprobe):
     rows = binary_rows(retina_pngs, 60)
     manifest = write_manifest(tmp_path / "twice.csv", rows + rows)
-    done = cli("run", "--dataset", manifest, "--probe", "knn", "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
+    done = medprobe("run", "--dataset", manifest, "--probe", "knn", "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
     assert done.returncode == 0, done.stderr
     assert "60 images occur more than once (120 rows)" in done.stderr and "dropped 60 rows" in done.stderr
     record = results(tmp_path / "o")["dataset"]
@@ -75,22 +71,22 @@ def test_every_row_twice_is_found_and_the_copies_leave_test(tmp_path, retina_png
         test_ids = [r["id"] for r in csv.DictReader(f)]
     assert len(test_ids) == len(set(test_ids)) == record["n"]["test"]
 
-    refused = cli("run", "--dataset", manifest, "--duplicates", "refuse", "--out", tmp_path / "r", "--quiet")
+    refused = medprobe("run", "--dataset", manifest, "--duplicates", "refuse", "--out", tmp_path / "r", "--quiet")
     assert refused.returncode == 2 and "img_" in refused.stderr and "--duplicates drop" in refused.stderr
     assert not (tmp_path / "r").exists()
 
 
-def test_the_same_image_under_two_labels_is_named_and_dropped(tmp_path, retina_pngs):
+def test_the_same_image_under_two_labels_is_named_and_dropped(tmp_path, retina_pngs, medprobe):
     rows = binary_rows(retina_pngs, 40)
     contradiction = (rows[0][0], "healthy" if rows[0][1] == "disease" else "disease", "")
     manifest = write_manifest(tmp_path / "conflict.csv", rows + [contradiction])
-    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
+    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
     assert done.returncode == 0, done.stderr
     assert "with different labels" in done.stderr and rows[0][0].split("/")[-1] in done.stderr
     record = results(tmp_path / "o")["dataset"]["duplicates"]
     assert record["conflicting_labels"] == 1 and record["dropped"] == 2
     assert {f["label"] for f in record["examples"][0]["files"]} == {"healthy", "disease"}
-    refused = cli("run", "--dataset", manifest, "--duplicates", "refuse", "--out", tmp_path / "r", "--quiet")
+    refused = medprobe("run", "--dataset", manifest, "--duplicates", "refuse", "--out", tmp_path / "r", "--quiet")
     assert refused.returncode == 2 and "1 with different labels" in refused.stderr
 
 
@@ -122,9 +118,9 @@ def ham_subset(shared_data, tmp_path_factory):
     return root, metadata
 
 
-def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_none(tmp_path, ham_subset):
+def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_none(tmp_path, ham_subset, medprobe):
     root, metadata = ham_subset
-    given = cli("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--out", tmp_path / "given", "--quiet",
+    given = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--out", tmp_path / "given", "--quiet",
                 "--n-boot", "100")
     assert given.returncode == 0, given.stderr
     record = results(tmp_path / "given")["dataset"]
@@ -135,7 +131,7 @@ def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_n
     assert groups["val_images_with_group_in_train"] == 0  # the split medprobe made keeps lesions whole
     assert record["metadata"]["matched"] == 120
 
-    grouped = cli("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--resplit", "--out", tmp_path / "grouped",
+    grouped = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--resplit", "--out", tmp_path / "grouped",
                   "--quiet", "--n-boot", "100")
     assert grouped.returncode == 0, grouped.stderr
     record = results(tmp_path / "grouped")["dataset"]
@@ -144,18 +140,18 @@ def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_n
     assert "cache hit" in grouped.stdout  # same images, new split: nothing re-embedded
 
 
-def test_a_group_column_that_does_not_exist_is_explained(tmp_path, ham_subset):
+def test_a_group_column_that_does_not_exist_is_explained(tmp_path, ham_subset, medprobe):
     root, metadata = ham_subset
-    done = cli("run", "--dataset", root, "--metadata", metadata, "--group", "patient", "--out", tmp_path / "o", "--quiet")
+    done = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "patient", "--out", tmp_path / "o", "--quiet")
     assert done.returncode == 2 and "no column 'patient'" in done.stderr and "lesion_id" in done.stderr
-    done = cli("run", "--dataset", root, "--group", "lesion_id", "--out", tmp_path / "o", "--quiet")
+    done = medprobe("run", "--dataset", root, "--group", "lesion_id", "--out", tmp_path / "o", "--quiet")
     assert done.returncode == 2 and "--metadata" in done.stderr
 
 
-def test_thirteen_images_run_with_every_probe(tmp_path, retina_pngs):
+def test_thirteen_images_run_with_every_probe(tmp_path, retina_pngs, medprobe):
     manifest = write_manifest(tmp_path / "thirteen.csv", binary_rows(retina_pngs, 13))
     for probe in ("logreg", "knn", "svm"):
-        done = cli("run", "--dataset", manifest, "--probe", probe, "--out", tmp_path / probe, "--quiet", "--n-boot", "200")
+        done = medprobe("run", "--dataset", manifest, "--probe", probe, "--out", tmp_path / probe, "--quiet", "--n-boot", "200")
         assert "Traceback" not in done.stderr
         if done.returncode == 0:
             test = results(tmp_path / probe)["metrics"]["test"]
@@ -165,22 +161,22 @@ def test_thirteen_images_run_with_every_probe(tmp_path, retina_pngs):
             assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_a_class_with_one_image_and_svm_says_which_class(tmp_path, retina_pngs):
+def test_a_class_with_one_image_and_svm_says_which_class(tmp_path, retina_pngs, medprobe):
     rows = binary_rows(retina_pngs, 40, "train") + binary_rows(retina_pngs, 20, "test", skip=40)
     rare = [p for p, g in retina_pngs if g == 4][:1]
     rows.append((str(rare[0]), "severe", "train"))
     manifest = write_manifest(tmp_path / "rare.csv", rows)
-    done = cli("run", "--dataset", manifest, "--probe", "svm", "--out", tmp_path / "o", "--quiet")
+    done = medprobe("run", "--dataset", manifest, "--probe", "svm", "--out", tmp_path / "o", "--quiet")
     assert done.returncode == 2 and "class 'severe' has 1 training image" in done.stderr and "--probe logreg" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_a_class_missing_from_test_is_named_and_auc_is_over_the_rest(tmp_path, retina_pngs):
+def test_a_class_missing_from_test_is_named_and_auc_is_over_the_rest(tmp_path, retina_pngs, medprobe):
     grades = {g: [p for p, gg in retina_pngs if gg == g] for g in range(5)}
     rows = [(str(p), f"grade{g}", "train") for g in (0, 1, 2) for p in grades[g][:8]]
     rows += [(str(p), f"grade{g}", "test") for g in (0, 1) for p in grades[g][8:14]]
     manifest = write_manifest(tmp_path / "absent.csv", rows)
-    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "200")
+    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "200")
     assert done.returncode == 0, done.stderr
     test = results(tmp_path / "o")["metrics"]["test"]
     assert test["auc_over"] == ["grade0", "grade1"] and "'grade2'" in test["notes"][0]
@@ -196,12 +192,12 @@ def test_a_val_split_that_cannot_score_is_not_called_a_val_selection(tmp_path, r
     assert criterion != "val AUC" and "CV AUC on train" in criterion
 
 
-def test_few_test_images_per_class_flag_the_result_and_a_thin_bootstrap_says_so(tmp_path, retina_pngs):
+def test_few_test_images_per_class_flag_the_result_and_a_thin_bootstrap_says_so(tmp_path, retina_pngs, medprobe):
     grades = {g: [p for p, gg in retina_pngs if gg == g] for g in range(5)}
     rows = [(str(p), f"g{g}", "train") for g in range(4) for p in grades[g][:5]]
     rows += [(str(p), f"g{g}", "test") for g in range(4) for p in grades[g][5:7]]
     manifest = write_manifest(tmp_path / "thin.csv", rows)
-    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet")
+    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet")
     assert done.returncode == 0, done.stderr
     test = results(tmp_path / "o")["metrics"]["test"]
     valid = test["bootstrap"]["valid_auc_resamples"]
@@ -209,11 +205,11 @@ def test_few_test_images_per_class_flag_the_result_and_a_thin_bootstrap_says_so(
     assert any("few images" in n for n in test["notes"]) and f"only {valid} of 1000" in done.stdout
 
 
-def test_labels_that_differ_only_in_case_are_named(tmp_path, retina_pngs):
+def test_labels_that_differ_only_in_case_are_named(tmp_path, retina_pngs, medprobe):
     rows = binary_rows(retina_pngs, 20)
     rows[3] = (rows[3][0], rows[3][1].capitalize(), "")
     manifest = write_manifest(tmp_path / "case.csv", rows)
-    done = cli("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet")
+    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet")
     assert done.returncode == 2 and "differ only in case" in done.stderr and "row 5" in done.stderr
 
 
@@ -232,7 +228,7 @@ def test_made_splits_record_the_images_actually_used(tmp_path, retina_pngs):
     assert record["made_splits"]["val"]["images"] == record["n"]["val"]
 
 
-def test_a_folder_with_a_manifest_points_at_it(tmp_path, retina_pngs):
+def test_a_folder_with_a_manifest_points_at_it(tmp_path, retina_pngs, medprobe):
     folder = tmp_path / "study"
     (folder / "images").mkdir(parents=True)
     rows = []
@@ -240,11 +236,11 @@ def test_a_folder_with_a_manifest_points_at_it(tmp_path, retina_pngs):
         shutil.copy(path, folder / "images" / path.name)
         rows.append((f"images/{path.name}", "disease" if grade else "healthy"))
     write_manifest(folder / "labels.csv", rows, header=("path", "label"))
-    done = cli("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet")
+    done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet")
     assert done.returncode == 2 and f"--dataset {folder / 'labels.csv'}" in done.stderr
 
 
-def test_a_local_folder_named_like_a_medmnist_dataset_is_not_silently_used(tmp_path, retina_pngs):
+def test_a_local_folder_named_like_a_medmnist_dataset_is_not_silently_used(tmp_path, retina_pngs, medprobe):
     (tmp_path / "retinamnist" / "a").mkdir(parents=True)
-    done = cli("run", "--dataset", "retinamnist", "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
+    done = medprobe("run", "--dataset", "retinamnist", "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
     assert done.returncode == 2 and "both a MedMNIST dataset name and a folder" in done.stderr and "./retinamnist" in done.stderr

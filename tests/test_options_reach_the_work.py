@@ -34,13 +34,13 @@ def tiny(tmp_path):
     return write_npz(tmp_path / "tiny.npz", n_train=24, n_val=8, n_test=12, classes=2)
 
 
-def test_fit_uses_runtime_and_device(tmp_path, tiny, capsys):
+def test_fit_uses_runtime_and_device(tmp_path, tiny, capsys, medprobe):
     # Before: `fit` parsed --runtime/--device and dropped them (it always ran `auto` on the CPU).
     assert run_main("fit", "--dataset", tiny, "--runtime", "torch", "--save", tmp_path / "m", "--out", tmp_path / "o", "--quiet",
                     "--n-boot", "50") == 0
     backends = json.loads((tmp_path / "o" / "results.json").read_text())["encoder"]["backends"]
     assert [b["mode"] for b in backends] == ["torch"] and backends[0]["backend"].startswith("torch eager fp32")
-    done = cli("fit", "--dataset", tiny, "--device", "cuda:0", "--save", tmp_path / "m2", "--quiet")
+    done = medprobe("fit", "--dataset", tiny, "--device", "cuda:0", "--save", tmp_path / "m2", "--quiet")
     assert done.returncode == 2 and "--device cuda:0 was asked for" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "m2").exists()
 
@@ -59,12 +59,12 @@ def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
     assert embed_spec(data, EmbedOptions(cache_dir=str(tmp_path / "cache"), progress=False)).embeddings.key != local.key
 
 
-def test_curve_takes_the_embedding_flags_and_scans_images(tmp_path, capsys):
+def test_curve_takes_the_embedding_flags_and_scans_images(tmp_path, capsys, medprobe):
     # Before: `curve` had no --on-error/--device/--runtime/--batch-size and never pre-scanned the images.
     folder = write_image_folder(tmp_path / "imgs", per_class=12)
     (folder / "a" / "a_3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     args = ["curve", "--dataset", folder, "--shots", "2,all", "--seeds", "0", "--out", tmp_path / "c", "--quiet", "--batch-size", "8"]
-    done = cli(*args)
+    done = medprobe(*args)
     assert done.returncode == 2 and "a_3.png" in done.stderr and "--on-error skip" in done.stderr
     assert run_main(*args, "--on-error", "skip", "--runtime", "torch", "--device", "cpu") == 0
     curve = json.loads((tmp_path / "c" / "curve.json").read_text())
@@ -85,25 +85,25 @@ def test_bench_curves_use_the_configs_runtime(tmp_path, tiny):
     assert curve["cache"]["key"] == cell["cache"]["key"] and curve["cache"]["hit"]
 
 
-def test_probe_and_class_weight_are_checked_before_any_embedding(tmp_path, tiny):
+def test_probe_and_class_weight_are_checked_before_any_embedding(tmp_path, tiny, medprobe):
     # Before: knn + class_weight failed only after the whole embedding pass.
-    done = cli("run", "--dataset", tiny, "--probe", "knn", "--class-weight", "balanced", "--out", tmp_path / "o", "--quiet",
+    done = medprobe("run", "--dataset", tiny, "--probe", "knn", "--class-weight", "balanced", "--out", tmp_path / "o", "--quiet",
                "--cache-dir", tmp_path / "cache")
     assert done.returncode == 2 and "knn probe has no class_weight" in done.stderr
     assert not (tmp_path / "cache").exists()
 
 
-def test_unknown_probe_points_at_a_command_that_exists(tmp_path, tiny):
-    done = cli("run", "--dataset", tiny, "--probe", "lgreg", "--out", tmp_path / "o")
+def test_unknown_probe_points_at_a_command_that_exists(tmp_path, tiny, medprobe):
+    done = medprobe("run", "--dataset", tiny, "--probe", "lgreg", "--out", tmp_path / "o")
     assert done.returncode == 2 and "did you mean 'logreg'" in done.stderr and "(run `medprobe probes` to list them)" in done.stderr
-    listing = cli("probes")
+    listing = medprobe("probes")
     assert listing.returncode == 0 and all(name in listing.stdout for name in ("logreg", "svm", "knn", "zeroshot"))
 
 
 @pytest.mark.parametrize("command, where", [("predict", "output CSV"), ("embed", "terminal")])
-def test_help_says_where_skipped_files_are_recorded(command, where):
+def test_help_says_where_skipped_files_are_recorded(command, where, medprobe):
     # Before: both said results.json, which neither writes.
-    text = " ".join(cli(command, "--help").stdout.split())
+    text = " ".join(medprobe(command, "--help").stdout.split())
     assert "results.json" not in text and where in text
 
 

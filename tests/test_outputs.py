@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from conftest import write_npz
@@ -11,9 +9,6 @@ from conftest import write_npz
 from medprobe.cli import main
 
 
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
 
 
 @pytest.fixture
@@ -21,17 +16,17 @@ def tiny(tmp_path):
     return write_npz(tmp_path / "tiny.npz", n_train=24, n_val=8, n_test=12, classes=2)
 
 
-def test_out_that_is_a_file_stops_before_any_work(tmp_path, tiny):
+def test_out_that_is_a_file_stops_before_any_work(tmp_path, tiny, medprobe):
     (tmp_path / "taken").write_text("not a folder")
-    done = cli("run", "--dataset", tiny, "--out", tmp_path / "taken", "--quiet", "--cache-dir", tmp_path / "cache")
+    done = medprobe("run", "--dataset", tiny, "--out", tmp_path / "taken", "--quiet", "--cache-dir", tmp_path / "cache")
     assert done.returncode == 2 and "is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "cache").exists()  # nothing was embedded
 
 
-def test_predict_out_that_is_a_folder_stops_before_any_work(tmp_path, tiny):
+def test_predict_out_that_is_a_folder_stops_before_any_work(tmp_path, tiny, medprobe):
     assert main(["fit", "--dataset", str(tiny), "--save", str(tmp_path / "m"), "--quiet", "--n-boot", "50"]) == 0
     (tmp_path / "preds").mkdir()
-    done = cli("predict", tmp_path / "m", tmp_path / "tiny.npz", "--out", tmp_path / "preds")
+    done = medprobe("predict", tmp_path / "m", tmp_path / "tiny.npz", "--out", tmp_path / "preds")
     assert done.returncode == 2 and "is a folder; give a file name" in done.stderr
 
 
@@ -43,25 +38,25 @@ def test_an_unwritable_out_folder_is_refused_up_front(tmp_path, tiny, monkeypatc
     assert main(["run", "--dataset", str(tiny), "--out", str(tmp_path / "locked" / "run"), "--quiet"]) == 2
 
 
-def test_a_cache_that_cannot_be_written_is_used_without_writing(tmp_path, tiny):
+def test_a_cache_that_cannot_be_written_is_used_without_writing(tmp_path, tiny, medprobe):
     (tmp_path / "cachefile").write_text("MEDPROBE_CACHE points at a file")
-    done = cli("run", "--dataset", tiny, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", env={"MEDPROBE_CACHE": str(tmp_path / "cachefile")})
+    done = medprobe("run", "--dataset", tiny, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", env={"MEDPROBE_CACHE": str(tmp_path / "cachefile")})
     assert done.returncode == 0, done.stderr
     assert "is not writable (or not a folder); embedding without saving" in done.stderr
     assert json.loads((tmp_path / "o" / "results.json").read_text())["cache"]["path"] == ""
 
 
-def test_the_report_refuses_a_folder_that_mixes_two_runs(tmp_path, tiny):
+def test_the_report_refuses_a_folder_that_mixes_two_runs(tmp_path, tiny, medprobe):
     for probe, out in (("logreg", "a"), ("knn", "b")):
         assert main(["run", "--dataset", str(tiny), "--probe", probe, "--out", str(tmp_path / out), "--quiet", "--n-boot", "50"]) == 0
     # As after a kill between the two files: b's predictions beside a's results.json.
     (tmp_path / "a" / "predictions.csv").write_bytes((tmp_path / "b" / "predictions.csv").read_bytes())
-    done = cli("report", tmp_path / "a")
+    done = medprobe("report", tmp_path / "a")
     assert done.returncode == 2 and "predictions.csv does not belong to" in done.stderr and "mixes two runs" in done.stderr
-    assert cli("report", tmp_path / "b").returncode == 0
+    assert medprobe("report", tmp_path / "b").returncode == 0
 
 
-def test_a_file_name_that_is_not_utf8_does_not_lose_the_run(tmp_path):
+def test_a_file_name_that_is_not_utf8_does_not_lose_the_run(tmp_path, medprobe):
     import shutil
 
     from conftest import write_image_folder
@@ -69,7 +64,7 @@ def test_a_file_name_that_is_not_utf8_does_not_lose_the_run(tmp_path):
     folder = write_image_folder(tmp_path / "imgs", per_class=10)
     odd = os.fsencode(folder / "a") + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
     shutil.move(folder / "a" / "a_0.png", os.fsdecode(odd))
-    done = cli("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", "--on-error", "skip")
+    done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", "--on-error", "skip")
     assert done.returncode == 0, done.stderr
     written = (tmp_path / "o" / "predictions.csv").read_text(encoding="utf-8") + (tmp_path / "o" / "results.json").read_text(encoding="utf-8")
     assert "Traceback" not in done.stderr and written

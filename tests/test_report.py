@@ -13,7 +13,8 @@ from medprobe.cli import main
 from medprobe.core.errors import MedprobeError
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
-from medprobe.reporting.html import N_BINS, confusion_figure, reliability, reliability_figure, roc_figure, write_report
+from medprobe.reporting.figures import N_BINS, confusion_figure, reliability, reliability_figure, roc_figure
+from medprobe.reporting.html import write_report
 from medprobe.reporting.results import read_predictions
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
