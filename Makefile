@@ -3,11 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 DATA ?= ../shared/data/medmnist
 
-# --no-compile: byte-compiling every module of torch and friends at install took ~70 s of a 2.3 min install
-# here; Python compiles the few modules a run imports on first use instead.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --no-compile -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
 	touch $@
 
 # Headless Chromium renders the HTML report in its test (Debian package; skipped where it is already present).
