@@ -244,3 +244,24 @@ def test_a_local_folder_named_like_a_medmnist_dataset_is_not_silently_used(tmp_p
     (tmp_path / "retinamnist" / "a").mkdir(parents=True)
     done = medprobe("run", "--dataset", "retinamnist", "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
     assert done.returncode == 2 and "both a MedMNIST dataset name and a folder" in done.stderr and "./retinamnist" in done.stderr
+
+
+def test_a_re_encoded_copy_of_a_train_image_in_test_is_reported_as_a_near_duplicate(tmp_path, shared_data, medprobe):
+    source = sorted((shared_data / "ham10000_melnv" / "train").rglob("*.jpg"))
+    folder = tmp_path / "derm"
+    for split, offset, count in (("train", 0, 12), ("test", 200, 6)):
+        for cls in ("mel", "nv"):
+            (folder / split / cls).mkdir(parents=True)
+            for path in [p for p in source if p.parent.name == cls][offset : offset + count]:
+                shutil.copy(path, folder / split / cls / path.name)
+    original = sorted((folder / "train" / "mel").glob("*.jpg"))[0]
+    Image.open(original).save(folder / "test" / "mel" / "resaved.jpg", quality=85)  # other bytes, the same picture
+    done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50")
+    assert done.returncode == 0, done.stderr
+    close = results(tmp_path / "o")["near_duplicates"]
+    assert close["count"] >= 1 and close["threshold"] == 0.95
+    assert {"test": "test/mel/resaved.jpg", "train": f"train/mel/{original.name}"} == {k: close["examples"][0][k] for k in ("test", "train")}
+    assert results(tmp_path / "o")["dataset"]["duplicates"]["identical_groups"] == 0  # not byte-identical: only the embedding sees it
+    assert "near-duplicates:" in done.stdout and "resaved.jpg" in done.stderr
+    assert medprobe("report", tmp_path / "o").returncode == 0
+    assert "near-duplicates</b>: " in (tmp_path / "o" / "report.html").read_text()
