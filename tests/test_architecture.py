@@ -84,3 +84,15 @@ def test_no_hasattr_interface_checks():
 def test_no_argparse_outside_the_cli():
     offenders = [name for name, path in MODULES.items() if layer(name) != "cli" and re.search(r"argparse|add_argument|add_parser", path.read_text())]
     assert offenders == []
+
+
+def test_library_errors_do_not_name_commands():
+    """Which command makes a missing thing is the CLI's to say (MedprobeError.command), not the library's message's."""
+    offenders = []
+    for name, path in MODULES.items():
+        if layer(name) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None and "`medprobe " in ast.unparse(node.exc).split("command=")[0]:
+                offenders.append(f"{name}:{node.lineno}")
+    assert offenders == []

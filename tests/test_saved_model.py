@@ -136,9 +136,13 @@ def test_untrusted_types_and_private_attributes_are_refused(tmp_path):
         load_model(folder)
 
 
-def test_a_missing_folder_says_how_models_are_made(tmp_path):
-    with pytest.raises(ModelError, match="medprobe fit --save"):
+def test_a_missing_folder_says_how_models_are_made(tmp_path, medprobe):
+    # The library says what is missing; the command that makes it is added by the CLI.
+    with pytest.raises(ModelError, match="nothing/model.json not found") as raised:
         load_model(tmp_path / "nothing")
+    assert "medprobe" not in str(raised.value) and raised.value.command == f"medprobe fit --save {tmp_path / 'nothing'}"
+    done = medprobe("predict", tmp_path / "nothing", tmp_path, "--out", tmp_path / "p.csv")
+    assert done.returncode == 2 and f"make it with `medprobe fit --save {tmp_path / 'nothing'}`" in done.stderr
 
 
 def replace_array(folder, find, new):

@@ -30,6 +30,8 @@ def describe_error(error):
     message = str(error)
     if isinstance(error, UnknownNameError) and error.kind in LISTING_COMMANDS:
         message += f" (run `{LISTING_COMMANDS[error.kind]}` to list them)"
+    elif error.command:
+        message += f"; make it with `{error.command}`"
     return message
 
 

@@ -4,7 +4,15 @@ from medprobe.core.names import did_you_mean
 
 
 class MedprobeError(Exception):
-    """Base class for errors caused by user input or the environment; the CLI prints these without a traceback."""
+    """Base class for errors caused by user input or the environment; the CLI prints these without a traceback.
+
+    `command` names the medprobe command that would produce what is missing; the library does not
+    speak of commands itself, the CLI appends it (`medprobe.cli.describe_error`).
+    """
+
+    def __init__(self, *args, command=None):
+        super().__init__(*args)
+        self.command = command
 
 
 class UnknownNameError(MedprobeError):

@@ -192,7 +192,8 @@ def _read(path):
         if interrupted:
             raise ModelError(f"{Path(path).parent} is missing, but a save over it was interrupted and the previous model is at "
                              f"{interrupted[-1]}; rename it back to use it") from e
-        raise ModelError(f"{path} not found; a saved probe folder holds {MODEL_JSON}, {ARRAYS} and {CHECKSUM} (from `medprobe fit --save`)") from e
+        raise ModelError(f"{path} not found; a saved probe folder holds {MODEL_JSON}, {ARRAYS} and {CHECKSUM}",
+                         command=f"medprobe fit --save {Path(path).parent}") from e
     except OSError as e:
         raise ModelError(f"{path}: cannot read ({e.strerror})") from e
 

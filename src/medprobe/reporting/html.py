@@ -73,7 +73,7 @@ def discover(root):
             if Path(extra).resolve() not in known and (Path(extra) / RESULTS).is_file():
                 baselines.append((Path(extra), read_result(extra)))
     if not (runs or baselines or curves):
-        raise MedprobeError(f"{root}: no results.json or curve.json found; run `medprobe run --out {root}` (or bench) first")
+        raise MedprobeError(f"{root}: no results.json or curve.json found", command=f"medprobe run --out {root}")
     return {"root": root, "runs": runs, "baselines": baselines, "curves": curves, "bench": bench}
 
 
@@ -284,7 +284,7 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
     found = discover(results_dir)
     for extra in baselines:
         if not (Path(extra) / RESULTS).is_file():
-            raise MedprobeError(f"{extra}: no {RESULTS}; give a `medprobe baseline --out` folder")
+            raise MedprobeError(f"{extra}: no {RESULTS}; give a baseline results folder", command=f"medprobe baseline --out {extra}")
         found["baselines"].append((Path(extra), read_result(extra)))
     root = found["root"]
     out = Path(out) if out else root / REPORT
