@@ -64,7 +64,7 @@ def embed_spec(dataset, options):
     if options.weights and len(names) > 1:
         raise EncoderError(
             "--weights names one model, but the encoder is a fusion; put each part's weights in its models folder "
-            "($MEDPROBE_MODELS/<encoder>/, see `medprobe encoders`) instead"
+            "($MEDPROBE_MODELS/<encoder>/) instead"
         )
     encoders, transforms, parts = [], [], []
     for name in names:

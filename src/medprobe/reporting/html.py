@@ -59,7 +59,7 @@ def discover(root):
     """What a folder holds: runs and baselines as (folder, result) pairs, curves, and a bench manifest."""
     root = Path(root)
     if not root.is_dir():
-        raise MedprobeError(f"{root}: not a folder; give a `medprobe run`, `bench` or `baseline` output folder")
+        raise MedprobeError(f"{root}: not a folder; give a run, bench or baseline results folder", command=f"medprobe run --out {root}")
     runs, baselines = [], []
     for path in sorted(root.rglob(RESULTS)):
         result = read_result(path.parent)
