@@ -10,13 +10,24 @@ from medprobe.cli import main
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path, dataset, *extra):
-    out = tmp_path / "out"
-    assert main(["run", "--dataset", str(dataset), "--encoder", "efficientnet_lite0", "--probe", "logreg", "--out", str(out), "--quiet", *extra]) == 0
-    return json.loads((out / "results.json").read_text())
+@pytest.fixture(scope="module")
+def real_cache(tmp_path_factory):
+    """One cache folder for the module: each dataset keeps its own entry, and the ONNX export (~5 s) is made once."""
+    return tmp_path_factory.mktemp("real_cache")
 
 
-def test_retinamnist_reaches_the_benchmark_auc_and_then_hits_the_cache(tmp_path, shared_data):
+@pytest.fixture
+def _run(real_cache):
+    def run(tmp_path, dataset, *extra):
+        out = tmp_path / "out"
+        assert main(["run", "--dataset", str(dataset), "--encoder", "efficientnet_lite0", "--probe", "logreg", "--out", str(out),
+                     "--quiet", "--cache-dir", str(real_cache), *extra]) == 0
+        return json.loads((out / "results.json").read_text())
+
+    return run
+
+
+def test_retinamnist_reaches_the_benchmark_auc_and_then_hits_the_cache(tmp_path, shared_data, _run):
     first = _run(tmp_path, "retinamnist", "--data-dir", str(shared_data / "medmnist"))
     test = first["metrics"]["test"]
     assert test["auc"] >= 0.72, test  # ResNet-18 (28) trained 100 epochs: 0.717
@@ -27,13 +38,13 @@ def test_retinamnist_reaches_the_benchmark_auc_and_then_hits_the_cache(tmp_path,
     assert second["metrics"]["test"]["auc"] == test["auc"]
 
 
-def test_real_dermoscopy_folder(tmp_path, shared_data):
+def test_real_dermoscopy_folder(tmp_path, shared_data, _run):
     result = _run(tmp_path, shared_data / "ham10000_melnv")
     assert result["dataset"]["label_names"] == ["mel", "nv"]
     assert result["metrics"]["test"]["auc"] > 0.75
 
 
-def test_real_npz_with_1d_labels(tmp_path, shared_data):
+def test_real_npz_with_1d_labels(tmp_path, shared_data, _run):
     # Every third train image (809) and every other test image (234): the real images and labels, a third of the embedding cost.
     source = np.load(shared_data / "medmnist" / "pneumoniamnist_balanced.npz")
     step = {"train": 3, "val": 1, "test": 2}
