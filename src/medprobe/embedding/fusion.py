@@ -88,7 +88,19 @@ def _fuse(parts):
         from_cache=all(p.from_cache for p in parts),
         seconds=sum(p.seconds for p in parts),
         description={"fusion": "concatenate", "parts": [p.description for p in parts]},
+        cost=_fused_cost([p.cost for p in parts]),
     )
+
+
+def _fused_cost(costs):
+    """Every part's images were embedded once by its own encoder: the fused cost is the sum of the parts'."""
+    known = all(c.get("cpu_s") is not None for c in costs)
+    return {
+        "wall_s": sum(c["wall_s"] for c in costs) if known else None,
+        "cpu_s": sum(c["cpu_s"] for c in costs) if known else None,
+        "n_images": max(c.get("n_images", 0) for c in costs),
+        "measured_in": "; ".join(sorted({c.get("measured_in", "") for c in costs})),
+    }
 
 
 def _record(spec, names, encoders, parts):
