@@ -131,12 +131,15 @@ class Job:
                 vectors[row], walls[digest], cpus[digest] = stored.vector, stored.wall_s, stored.cpu_s
         from_store = len(set(self.digests)) - len(self.computed)
         where = "this run" if not from_store else "the store (measured when computed)" if not self.computed else "this run and the store"
-        unknown = sum(1 for d in cpus if not np.isfinite(cpus[d]))
+        unknown_wall = sum(1 for d in walls if not np.isfinite(walls[d]))
+        unknown_cpu = sum(1 for d in cpus if not np.isfinite(cpus[d]))
         cost = {
-            "wall_s": None if unknown else float(sum(walls.values())),
-            "cpu_s": None if unknown else float(sum(cpus.values())),
+            "wall_s": None if unknown_wall else float(sum(walls.values())),
+            "cpu_s": None if unknown_cpu else float(sum(cpus.values())),
             "n_images": len(cpus), "computed_now": len(self.computed), "from_store": from_store,
-            "measured_in": where if not unknown else f"unknown for {unknown} images (embedded before costs were recorded per image)",
+            # CPU seconds are unknown for images embedded on Ray (workers' CPU is not visible to the driver) or by old versions
+            "measured_in": where if not unknown_cpu else f"{where}; CPU seconds unknown for {unknown_cpu} images (embedded on Ray, "
+                                                          "or before costs were recorded per image)",
         }
         return Embeddings(
             vectors=vectors,

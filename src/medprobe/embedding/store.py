@@ -1,6 +1,6 @@
 """The embedding store: one folder per encoder recipe, every image's embedding addressed by the SHA-256 of its bytes.
 
-    <cache>/<encoder>/<recipe key[:24]>/recipe.json          what the embeddings depend on (encoder config,
+    <cache>/<encoder>/<recipe key[:24]>/_recipe.json          what the embeddings depend on (encoder config,
                                                               preprocessing, decoding, runtime, weights, version)
     <cache>/<encoder>/<recipe key[:24]>/rows-<sha[:32]>.parquet  immutable files of rows: image_sha256, embedding,
                                                               wall_s and cpu_s (what computing that image cost)
@@ -30,7 +30,7 @@ from medprobe.core.files import atomic_write_bytes, file_digest, is_writable_fol
 
 log = logging.getLogger(__name__)
 
-RECIPE = "recipe.json"
+RECIPE = "_recipe.json"  # the leading underscore: pyarrow, pandas and polars skip it when reading the folder
 ROWS = "rows-*.parquet"
 LEGACY_MANIFEST = "_manifest.json"  # a per-dataset cache entry of medprobe before the store
 IMPORTED = "_imported_into_store"
@@ -74,6 +74,7 @@ class Store:
         import pyarrow.parquet as pq
 
         self._import_legacy()
+        self._remove_stale_parts()
         where = defaultdict(list)  # file -> [(digest, row)]
         seen = set()
         for path in self.files():
@@ -88,11 +89,10 @@ class Store:
                     where[path].append((digest, row))
         found = {}
         for path, items in where.items():
-            table = self._read_verified(path)
-            if table is None:
+            rows = self._read_verified(path)
+            if rows is None:
                 continue
-            vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(table.num_rows, -1)
-            wall, cpu = table.column("wall_s").to_numpy(), table.column("cpu_s").to_numpy()
+            vectors, wall, cpu = rows
             for digest, row in items:
                 found[digest] = Stored(vectors[row], float(wall[row]), float(cpu[row]))
         return found
@@ -112,7 +112,9 @@ class Store:
             "cpu_s": pa.array(np.asarray(cpu_s, np.float64)),
         }).replace_schema_metadata({"medprobe.recipe": self.key})
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, write_page_checksum=True)
+        # No dictionary encoding: on float vectors and unique digests it only costs (23 % larger, 4x slower per file;
+        # docs/store.md).
+        pq.write_table(table, sink, write_page_checksum=True, use_dictionary=False)
         data = sink.getvalue().to_pybytes()
         path = self.path / f"rows-{hashlib.sha256(data).hexdigest()[:32]}.parquet"
         atomic_write_bytes(path, data)
@@ -122,6 +124,7 @@ class Store:
         return is_writable_folder(self.path)
 
     def _read_verified(self, path):
+        """(vectors, wall_s, cpu_s) of an intact file of this recipe, or None (logged, and the file removed)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -132,7 +135,9 @@ class Store:
             table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
             if (table.schema.metadata or {}).get(b"medprobe.recipe", b"").decode() != self.key:
                 raise ValueError("it belongs to another recipe")
-            return table
+            # Inside the try: a file whose name matches its bytes may still lack a column (KeyError) or be ragged.
+            vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(table.num_rows, -1)
+            return vectors, table.column("wall_s").to_numpy(), table.column("cpu_s").to_numpy()
         except Exception as e:  # damaged, edited or foreign: never returned, its images are recomputed
             self._drop(path, e)
             return None
@@ -143,6 +148,16 @@ class Store:
             path.unlink()
         except OSError:  # a read-only store: it is left and ignored
             pass
+
+    def _remove_stale_parts(self, older_than_s=3600):
+        """Delete temporary files a killed writer left (an hour old: a live writer renames its own within seconds)."""
+        now = time.time()
+        for part in self.path.glob(".*.part"):
+            try:
+                if now - part.stat().st_mtime > older_than_s:
+                    part.unlink()
+            except OSError:  # gone already, or a read-only store
+                pass
 
     def _import_legacy(self):
         """Read each per-dataset cache entry of this recipe (medprobe before the store) into the store, once."""
@@ -195,7 +210,10 @@ def list_stores(root):
     for recipe in sorted(Path(root).glob(f"*/*/{RECIPE}")):
         folder = recipe.parent
         files = sorted(folder.glob(ROWS))
-        description = json.loads(recipe.read_text())
+        try:
+            description = json.loads(recipe.read_text())
+        except (OSError, ValueError):  # the rows carry their recipe key; only this listing loses the names
+            description = {"encoder": {"name": f"{folder.parent.name} (recipe file damaged)"}, "runtime": {}}
         rows = 0
         for path in files:
             try:
@@ -222,7 +240,12 @@ def verify_store(folder):
         try:
             if file_digest(path)[:32] != path.stem.removeprefix("rows-"):
                 raise ValueError("bytes do not match the checksum in the name")
-            pq.read_table(pa.BufferReader(path.read_bytes()), page_checksum_verification=True)
+            table = pq.read_table(pa.BufferReader(path.read_bytes()), page_checksum_verification=True)
+            if not (table.schema.metadata or {}).get(b"medprobe.recipe", b"").decode().startswith(Path(folder).name):
+                raise ValueError("it belongs to another recipe")
+            missing = {"image_sha256", "embedding", "wall_s", "cpu_s"} - set(table.column_names)
+            if missing:
+                raise ValueError(f"columns {sorted(missing)} are missing")
             good += 1
         except Exception as e:
             bad.append((path, f"{type(e).__name__}: {e}"))
