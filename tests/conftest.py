@@ -59,6 +59,31 @@ def write_image_folder(root, classes=("a", "b"), per_class=6, splits=None, size=
     return root
 
 
+def store_rows(folder):
+    """Every row of the embedding store files under `folder` (one store, or a cache root), read as a user would.
+
+    Returns {"image_sha256": [...], "embedding": (N, D) float32, "wall_s": (N,), "cpu_s": (N,), "files": [paths]}.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(folder).rglob("rows-*.parquet"))
+    table = pa.concat_tables([pq.read_table(f).replace_schema_metadata(None) for f in files]) if files else None
+    if table is None:
+        return {"image_sha256": [], "embedding": np.zeros((0, 0), np.float32), "wall_s": np.zeros(0), "cpu_s": np.zeros(0), "files": []}
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1)
+    return {"image_sha256": table.column("image_sha256").to_pylist(), "embedding": vectors,
+            "wall_s": table.column("wall_s").to_numpy(), "cpu_s": table.column("cpu_s").to_numpy(), "files": files}
+
+
+def store_vectors(folder):
+    """{image digest: vector} of a store; each digest must be stored once (a second row means work was redone)."""
+    rows = store_rows(folder)
+    digests = rows["image_sha256"]
+    assert len(set(digests)) == len(digests), f"{len(digests) - len(set(digests))} image(s) stored twice in {folder}"
+    return dict(zip(digests, rows["embedding"]))
+
+
 def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=None, signed=False, frames=None, **elements):
     """A small uncompressed DICOM file; `elements` sets attributes such as RescaleSlope or WindowCenter."""
     from pydicom.dataset import Dataset, FileMetaDataset

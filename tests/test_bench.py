@@ -63,9 +63,10 @@ def test_every_cell_is_a_run_folder_with_the_run_schema(bench):
         assert {"embed_cpu_s", "fit_cpu_s", "embed_cost_cpu_s", "embed_s", "fit_s"} <= set(results["timings"])
         for name in ("predictions.csv", "embedding_2d.csv", "summary.md", "cell.json"):
             assert (folder / name).is_file(), name
-    # The second probe on a dataset read the cache, yet carries the cost of computing the embeddings.
+    # The second probe on a dataset read the store, yet carries the cost of computing the embeddings.
     knn = json.loads((bench["out"] / "cells/tiny_retina/efficientnet_lite0/knn/seed-0/results.json").read_text())
-    assert knn["cache"]["hit"] and knn["timings"]["embed_cost_source"] == "cache record"
+    assert knn["cache"]["hit"] and knn["timings"]["embed_cost_source"] == "the store (measured when computed)"
+    assert knn["timings"]["embedded_now"] == 0 and knn["timings"]["embedded_from_store"] == 27
     assert knn["timings"]["embed_cost_cpu_s"] > knn["timings"]["embed_cpu_s"]
 
 

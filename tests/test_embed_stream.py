@@ -1,4 +1,4 @@
-"""Streaming embedding: decode one thread ahead in O(batch) memory, shards written as they complete,
+"""Streaming embedding: decode one thread ahead in O(batch) memory, store files appended as each chunk completes,
 errors and early stops handled; the fused normalisation; device checks."""
 
 import importlib
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -26,7 +27,7 @@ embed_module = importlib.import_module("medprobe.embedding.embed")  # the module
 
 
 class Recorder:
-    """A tiny deterministic encoder that records which shards were on disk at each call."""
+    """A tiny deterministic encoder that records how many store files were on disk at each call."""
 
     config = EncoderConfig(name="test/recorder", family="test", arch="r", embed_dim=4, input_size=8, resize_mode="squash")
     weights_id = "default"
@@ -43,7 +44,7 @@ class Recorder:
         return self.runtime
 
     def embed_batch(self, pixels):
-        self.seen.append(len(list(Path(self.cache).rglob("part-*.parquet"))) if self.cache else 0)
+        self.seen.append(len(list(Path(self.cache).rglob("rows-*.parquet"))) if self.cache else 0)
         return pixels.reshape(len(pixels), 3, -1).mean(axis=2).repeat(2, axis=1)[:, :4].astype(np.float32)
 
 
@@ -53,8 +54,9 @@ def _npz(tmp_path, n):
     return write_npz(tmp_path / "tiny.npz", n_train=n, n_val=n, n_test=n, size=8)
 
 
-def test_shards_are_written_as_they_complete(tmp_path):
-    data = load_dataset(_npz(tmp_path, 8))  # 24 images: 6 shards of 4, batches of 2
+def test_store_files_are_appended_as_each_chunk_completes(tmp_path):
+    data = load_dataset(_npz(tmp_path, 8))  # 24 distinct images: 6 appended files of 4, batches of 2
+    assert len(set(data.content_digests())) == 24
     encoder = Recorder()
     encoder.cache = tmp_path / "cache"
     assert isinstance(encoder, Encoder)  # the stand-in implements the whole protocol embed() relies on
@@ -62,6 +64,7 @@ def test_shards_are_written_as_they_complete(tmp_path):
     result = embed(data, encoder, make_transform(encoder.config), options)
     assert encoder.seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert result.vectors.shape == (24, 4)
+    assert [len(pq.read_table(f)) for f in sorted(Path(result.path).glob("rows-*.parquet"))] == [4] * 6
     expected = np.stack([encoder.embed_batch(make_transform(encoder.config)(data.images.load(i))[None])[0] for i in range(24)])
     np.testing.assert_allclose(result.vectors, expected, rtol=1e-6)
 
@@ -80,10 +83,10 @@ def test_decoding_runs_at_most_a_couple_of_batches_ahead():
     embed_module.load_pixels = counting
     try:
         ahead = []
-        batches = [(0, b, b + 10) for b in range(0, 400, 10)]
-        for (_, start, stop), pixels in prefetch(images, transform, batches):
+        batches = [(0, list(range(b, b + 10))) for b in range(0, 400, 10)]
+        for (_, rows), pixels in prefetch(images, transform, batches):
             time.sleep(0.005)  # a slow encoder
-            ahead.append(len(decoded) - stop)
+            ahead.append(len(decoded) - (rows[-1] + 1))
             assert pixels.shape == (10, 3, 8, 8)
     finally:
         embed_module.load_pixels = original
@@ -101,14 +104,14 @@ def test_a_decoding_error_reaches_the_caller_and_stops_the_thread(tmp_path):
 
     images = Broken([np.zeros((40, 8, 8), np.uint8)])
     with pytest.raises(ImageError, match="#13"):
-        for _ in prefetch(images, make_transform(Recorder.config), [(0, b, b + 4) for b in range(0, 40, 4)]):
+        for _ in prefetch(images, make_transform(Recorder.config), [(0, list(range(b, b + 4))) for b in range(0, 40, 4)]):
             pass
     assert not [t for t in threading.enumerate() if t.name == "medprobe-decode"]
 
 
 def test_stopping_early_stops_the_decode_thread():
     images = ArrayImages([np.zeros((400, 8, 8), np.uint8)])
-    for _ in prefetch(images, make_transform(Recorder.config), [(0, b, b + 4) for b in range(0, 400, 4)]):
+    for _ in prefetch(images, make_transform(Recorder.config), [(0, list(range(b, b + 4))) for b in range(0, 400, 4)]):
         break
     assert not [t for t in threading.enumerate() if t.name == "medprobe-decode"]
 

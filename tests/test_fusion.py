@@ -52,8 +52,11 @@ def test_fusion_concatenates_parts_each_from_its_own_cache_entry(npz, tmp_path):
     alone = [embed_spec(data, EmbedOptions(name, progress=False)) for name in split_spec(FUSED)]
     assert all(part.embeddings.from_cache for part in alone)  # the fusion already filled both part entries
     np.testing.assert_array_equal(fused.embeddings.vectors, np.concatenate([a.embeddings.vectors for a in alone], axis=1))
-    entries = sorted(p.parent.parent.name for p in (tmp_path / "cache").glob("*/*/_manifest.json"))
-    assert entries == sorted(split_spec(FUSED))  # one entry per part, none for the fusion
+    stores = sorted(p.parent.parent.name for p in (tmp_path / "cache").glob("*/*/_recipe.json"))
+    assert stores == sorted(split_spec(FUSED))  # one store per part, none for the fusion
+    assert fused.embeddings.path == ", ".join(a.embeddings.path for a in alone)
+    # The fused cost is both parts' cost, and reading them alone from the stores gives the same figures.
+    assert fused.embeddings.cost["cpu_s"] == pytest.approx(sum(a.embeddings.cost["cpu_s"] for a in alone))
     record = fused.record
     assert record["fusion"]["order"] == split_spec(FUSED) and record["fusion"]["embed_dim"] == fused.embeddings.vectors.shape[1]
     assert [p["cache"]["key"] for p in record["parts"]] == [a.embeddings.key for a in alone]

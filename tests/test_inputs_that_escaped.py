@@ -1,5 +1,6 @@
 """Inputs that used to escape as tracebacks, raw third-party output or wrong records."""
 
+import hashlib
 import json
 import os
 import struct
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image_folder, write_npz
+from conftest import store_rows, store_vectors, write_image_folder, write_npz
 from PIL import Image
 
 from medprobe.data.datasets import load_dataset
-from medprobe.embedding.costs import embedding_cost
 from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
@@ -85,44 +85,63 @@ def test_pydicoms_own_output_becomes_per_file_notes(tmp_path):
 
 @pytest.fixture
 def tiny_cache(tmp_path):
-    data = load_dataset(write_npz(tmp_path / "t.npz", n_train=16, n_val=4, n_test=4, classes=2))
+    data = load_dataset(write_npz(tmp_path / "t.npz", n_train=16, n_val=4, n_test=4, classes=2))  # 24 images: 3 files of 8
     options = EmbedOptions(cache_dir=str(tmp_path / "cache"), progress=False, shard_size=8)
     encoder, transform = create_encoder("efficientnet_lite0", runtime="torch")
     first = embed(data, encoder, transform, options)
     return data, options, encoder, transform, first
 
 
-def test_an_entry_killed_before_its_manifest_is_repaired(tiny_cache):
+def file_holding(first, digest):
+    import pyarrow.parquet as pq
+
+    return next(f for f in Path(first.path).glob("rows-*.parquet") if digest in pq.read_table(f, columns=["image_sha256"]).column(0).to_pylist())
+
+
+# (Was: an entry killed before its manifest is repaired. The store has no manifest: each file is whole once renamed.)
+def test_a_store_whose_last_chunk_was_never_appended_recomputes_only_that_chunk(tiny_cache):
     data, options, encoder, transform, first = tiny_cache
-    manifest = __import__("pathlib").Path(first.path) / "_manifest.json"
-    manifest.unlink()
+    digests = data.content_digests()
+    last = file_holding(first, digests[-1])
+    last.unlink()  # as if killed while embedding the last chunk
+    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(first.path).glob("rows-*.parquet")}
     again = embed(data, encoder, transform, options)
-    assert again.from_cache and manifest.is_file()
+    assert again.cost["computed_now"] == 8 and again.cost["from_store"] == 16 and not again.from_cache
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == kept
     np.testing.assert_array_equal(again.vectors, first.vectors)
+    assert len(store_vectors(first.path)) == 24  # each image once
 
 
-def test_a_shard_whose_footer_names_other_columns_is_recomputed(tiny_cache, caplog):
+def test_a_store_file_whose_footer_names_other_columns_is_recomputed(tiny_cache, caplog):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     data, options, encoder, transform, first = tiny_cache
-    shard = __import__("pathlib").Path(first.path) / "part-00001.parquet"
+    shard = file_holding(first, data.content_digests()[8])
     table = pq.read_table(shard)
-    pq.write_table(table.rename_columns(["index", "id", "image_sha256", "vector"]), shard)
+    renamed = table.rename_columns(["image_sha256", "vector", "wall_s", "cpu_s"]).replace_schema_metadata(table.schema.metadata)
+    sink = pa.BufferOutputStream()
+    pq.write_table(renamed, sink, write_page_checksum=True)
+    data_bytes = sink.getvalue().to_pybytes()
+    shard.unlink()
+    shard = shard.with_name(f"rows-{hashlib.sha256(data_bytes).hexdigest()[:32]}.parquet")  # named as the store names it
+    shard.write_bytes(data_bytes)
     again = embed(data, encoder, transform, options)
-    assert not again.from_cache and "recomputing it" in caplog.text
+    assert not again.from_cache and again.cost["computed_now"] == 8 and f"{shard} is damaged" in caplog.text and not shard.exists()
     np.testing.assert_allclose(again.vectors, first.vectors, rtol=1e-5, atol=1e-6)
     assert embed(data, encoder, transform, options).from_cache  # and repaired for good
 
 
-def test_stale_part_files_are_removed_when_an_entry_is_finished(tiny_cache):
+def test_stale_part_files_are_removed_when_the_store_is_next_used(tiny_cache):
     data, options, encoder, transform, first = tiny_cache
-    folder = __import__("pathlib").Path(first.path)
-    stale = folder / ".part-00000.parquet.99999.part"
+    folder = Path(first.path)
+    stale = folder / ".rows-0123456789abcdef0123456789abcdef.parquet.99999.part"  # as atomic_write_bytes names them
     stale.write_bytes(b"left by a killed writer")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
-    (folder / "part-00002.parquet").unlink()
-    embed(data, encoder, transform, options)
-    assert not stale.exists()
+    live = folder / ".rows-fedcba9876543210fedcba9876543210.parquet.99998.part"  # another process writing right now
+    live.write_bytes(b"being written")
+    assert embed(data, encoder, transform, options).from_cache
+    assert not stale.exists() and live.exists()
 
 
 def test_a_resumed_job_records_the_cost_of_every_image(tmp_path):
@@ -134,22 +153,31 @@ def test_a_resumed_job_records_the_cost_of_every_image(tmp_path):
     def dies_on_the_third_batch(pixels):
         calls.append(len(pixels))
         if len(calls) == 3:
-            raise KeyboardInterrupt  # as a kill after two committed shards
+            raise KeyboardInterrupt  # as a kill after two appended chunks
         return real(pixels)
 
     encoder.embed_batch = dies_on_the_third_batch
     with pytest.raises(KeyboardInterrupt):
         embed(data, encoder, transform, options)
     encoder.embed_batch = real
+    killed = store_rows(tmp_path / "cache")
+    assert len(killed["image_sha256"]) == 16 and (killed["cpu_s"] > 0).all()
     resumed = embed(data, encoder, transform, options)
-    cost = embedding_cost(resumed, 0.1, 0.1)
-    assert cost["n_images"] == 24 and cost["measured_in"] == "this run and 1 interrupted earlier run(s)"
-    assert cost["cpu_s"] > 0.1
+    cost = resumed.cost
+    assert cost["n_images"] == 24 and cost["computed_now"] == 8 and cost["from_store"] == 16
+    assert cost["measured_in"] == "this run and the store"
+    # Every image's cost, the killed run's included: what the store recorded for the 24 images.
+    rows = store_rows(tmp_path / "cache")
+    assert len(rows["image_sha256"]) == 24
+    assert cost["cpu_s"] == pytest.approx(rows["cpu_s"].sum()) and cost["wall_s"] == pytest.approx(rows["wall_s"].sum())
+    assert cost["cpu_s"] > killed["cpu_s"].sum() > 0
 
 
 def test_medprobe_embed_records_the_cost(tmp_path, medprobe):
     npz = write_npz(tmp_path / "t.npz", n_train=16, n_val=4, n_test=4, classes=2)
     done = medprobe("embed", "--dataset", npz, "--quiet", "--cache-dir", tmp_path / "cache")
     assert done.returncode == 0, done.stderr
-    record = json.loads(next((tmp_path / "cache").rglob("_cost.json")).read_text())
-    assert record["n_images"] == 24 and record["complete"] and record["cpu_s"] > 0
+    rows = store_rows(tmp_path / "cache")
+    assert len(rows["image_sha256"]) == 24
+    assert np.isfinite(rows["wall_s"]).all() and np.isfinite(rows["cpu_s"]).all()
+    assert (rows["wall_s"] > 0).all() and rows["cpu_s"].sum() > 0

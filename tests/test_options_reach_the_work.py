@@ -52,7 +52,7 @@ def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
     local = embed_spec(data, options).embeddings
     from medprobe.embedding.ray import embed_on_ray
 
-    # Every shard of the bf16 entry is cached, so the Ray path must find them all and start no cluster at all.
+    # Every image is in the bf16 store, so the Ray path must find them all and start no cluster at all.
     on_ray = embed_on_ray(data, options, address="ray://nowhere:1")
     assert on_ray.from_cache and on_ray.key == local.key
     np.testing.assert_array_equal(on_ray.vectors, local.vectors)

@@ -1,4 +1,4 @@
-"""`--ray`: a local Ray on this machine embeds real images into the same cache, row for row, as the local path."""
+"""`--ray`: a local Ray on this machine embeds real images into the same store, image for image, as the local path."""
 
 import csv
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import store_rows, store_vectors
 
-from medprobe.embedding.cache import MANIFEST
 from medprobe.cli import main
 from medprobe.data.datasets import SPLITS, load_dataset
 from medprobe.embedding.embed import embed, load_pixels
@@ -68,7 +68,7 @@ def test_embedder_call_on_a_plain_batch_dict(ham):
 
 
 @pytest.mark.ray
-def test_ray_writes_the_local_cache_entry_row_by_row(local_ray, ham, tmp_path):
+def test_ray_fills_the_local_store_image_by_image(local_ray, ham, tmp_path):
     data = load_dataset(ham)
     encoder, transform = create_encoder(ENCODER)
     ham_local = embed(data, encoder, transform, options(tmp_path / "local"))
@@ -76,14 +76,19 @@ def test_ray_writes_the_local_cache_entry_row_by_row(local_ray, ham, tmp_path):
 
     assert on_ray.key == ham_local.key
     np.testing.assert_array_equal(on_ray.vectors, ham_local.vectors)
-    assert Path(on_ray.path).parts[-2:] == Path(ham_local.path).parts[-2:]  # <encoder>/<key[:24]>
-    for name in sorted(os.listdir(ham_local.path)):
-        if name.endswith(".parquet"):
-            ours, theirs = pq.read_table(Path(on_ray.path) / name), pq.read_table(Path(ham_local.path) / name)
-            assert ours.equals(theirs) and ours.schema.metadata == theirs.schema.metadata, name
+    assert Path(on_ray.path).parts[-2:] == Path(ham_local.path).parts[-2:]  # <encoder>/<recipe key[:24]>
+    ours, theirs = store_vectors(on_ray.path), store_vectors(ham_local.path)
+    assert ours.keys() == theirs.keys() == set(data.content_digests())
+    assert all(ours[d].tobytes() == theirs[d].tobytes() for d in theirs)
+    schemas = {pq.read_schema(f).metadata[b"medprobe.recipe"] for f in store_rows(tmp_path)["files"]}
+    assert len(schemas) == 1  # both stores' files carry the one recipe key
+    ray_rows = store_rows(on_ray.path)
+    assert np.isfinite(ray_rows["wall_s"]).all() and np.isnan(ray_rows["cpu_s"]).all()  # the workers' CPU is not seen
+    assert on_ray.cost["cpu_s"] is None and on_ray.cost["computed_now"] == len(ours)
 
-    again = embed(data, encoder, transform, options(tmp_path / "ray"))
-    assert again.from_cache and again.key == on_ray.key
+    again = embed(data, encoder, transform, options(tmp_path / "ray"))  # a Ray-filled store is a local cache hit
+    assert again.from_cache and again.key == on_ray.key and again.cost["computed_now"] == 0
+    np.testing.assert_array_equal(again.vectors, ham_local.vectors)
 
 
 @pytest.mark.ray
@@ -132,7 +137,7 @@ def _actor_pids():
 @pytest.mark.ray
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor through /proc")
 def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path):
-    # Three one-batch shards, so the kill lands mid-job; the local reference uses the same layout. (Batches
+    # Three one-batch chunks, so the kill lands mid-job; the local reference uses the same layout. (Batches
     # under ~32 rows are not bit-stable across thread counts in PyTorch's CPU kernels, and an actor has one thread.)
     layout = {"shard_size": 32, "batch_size": 32}
     data = load_dataset(ham)
@@ -140,12 +145,12 @@ def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path
     reference = embed(data, encoder, transform, options(use_cache=False, **layout)).vectors
     killed, replacement, late = [], [], []
 
-    def kill_after_first_shard():
+    def kill_after_first_chunk():
         deadline = time.monotonic() + 120
-        while not list(tmp_path.rglob("part-00000.parquet")) and time.monotonic() < deadline:
+        while not list(tmp_path.rglob("rows-*.parquet")) and time.monotonic() < deadline:
             time.sleep(0.05)
         victims = _actor_pids()
-        late.append(bool(list(tmp_path.rglob(MANIFEST))))
+        late.append(len(list(tmp_path.rglob("rows-*.parquet"))) >= 3)  # every chunk already appended: the job was done
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -153,7 +158,7 @@ def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path
             replacement.extend(_actor_pids() - set(killed))
             time.sleep(0.1)
 
-    killer = threading.Thread(target=kill_after_first_shard)
+    killer = threading.Thread(target=kill_after_first_chunk)
     killer.start()
     result = embed_on_ray(data, options(tmp_path, **layout), concurrency=1)
     killer.join()
@@ -164,15 +169,17 @@ def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path
     assert killed, "no encoder actor was found to kill"
     np.testing.assert_array_equal(result.vectors, reference)
 
-    # Resume: with the manifest and one shard gone (a job stopped there), only that shard is recomputed.
-    entry = Path(result.path)
-    (entry / MANIFEST).unlink()
-    (entry / "part-00001.parquet").unlink()
-    kept = {p.name: p.stat().st_mtime_ns for p in entry.glob("part-*.parquet")}
+    # Resume: with the middle chunk's file gone (a job stopped before appending it), only that chunk is recomputed.
+    store = Path(result.path)
+    assert len(store_vectors(store)) == 96  # the kill made no image be stored twice
+    middle = set(data.content_digests()[32:64])
+    (victim,) = [f for f in store.glob("rows-*.parquet") if set(pq.read_table(f, columns=["image_sha256"]).column(0).to_pylist()) & middle]
+    victim.unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in store.glob("rows-*.parquet")}
     resumed = embed_on_ray(data, options(tmp_path, **layout), concurrency=1)
-    assert not resumed.from_cache and (entry / MANIFEST).is_file()
-    assert {p.name: p.stat().st_mtime_ns for p in entry.glob("part-*.parquet") if p.name in kept} == kept
-    assert (entry / "part-00001.parquet").is_file()
+    assert not resumed.from_cache and resumed.cost["computed_now"] == 32 and resumed.cost["from_store"] == 64
+    assert {p.name: p.stat().st_mtime_ns for p in store.glob("rows-*.parquet") if p.name in kept} == kept
+    assert len(list(store.glob("rows-*.parquet"))) == len(kept) + 1 and len(store_vectors(store)) == 96
     np.testing.assert_array_equal(resumed.vectors, reference)
 
 

@@ -88,7 +88,23 @@ def _fuse(parts):
         from_cache=all(p.from_cache for p in parts),
         seconds=sum(p.seconds for p in parts),
         description={"fusion": "concatenate", "parts": [p.description for p in parts]},
+        cost=_fused_cost([p.cost for p in parts]),
     )
+
+
+def _fused_cost(costs):
+    """Every part's images were embedded once by its own encoder: the fused cost is the sum of the parts'."""
+    def total(name):
+        return sum(c[name] for c in costs) if all(c.get(name) is not None for c in costs) else None
+
+    return {
+        "wall_s": total("wall_s"),
+        "cpu_s": total("cpu_s"),
+        "n_images": max(c.get("n_images", 0) for c in costs),
+        "computed_now": sum(c.get("computed_now", 0) for c in costs),
+        "from_store": sum(c.get("from_store", 0) for c in costs),
+        "measured_in": "; ".join(sorted({c.get("measured_in", "") for c in costs})),
+    }
 
 
 def _record(spec, names, encoders, parts):

@@ -1,4 +1,4 @@
-"""The embedding step on Ray: the same cache shards, under the same key, from the same `embed_batch`.
+"""The embedding step on Ray: the same store, the same rows, from the same `embed_batch`.
 
 A thin adapter over `medprobe.embedding.embed`, in Ray Data's batch-inference pattern:
 
@@ -6,8 +6,8 @@ A thin adapter over `medprobe.embedding.embed`, in Ray Data's batch-inference pa
 
 `decode_batch` is a plain function over `medprobe.embedding.embed.load_pixels`; `Embedder` loads the encoder
 once per actor and calls `encoder.embed_batch`, exactly as the local path does. The driver hashes
-the images, works out the content key, skips every shard the cache already holds (so a stopped job
-resumes), and writes each remaining Parquet shard as soon as all its rows are back.
+the images, looks every digest up in the store (so a stopped job resumes), and appends each chunk of
+missing images to the store as soon as all its rows are back.
 """
 
 import time
@@ -48,12 +48,14 @@ class Embedder:
 
 
 def embed_on_ray(dataset, options=None, address=LOCAL, concurrency=None):
-    """`medprobe.embedding.embed.embed` on a Ray cluster: same vectors, same cache entry, same resume behaviour.
+    """`medprobe.embedding.embed.embed` on a Ray cluster: the same store, the same vectors, the same resume behaviour.
 
     `options` is the same EmbedOptions the local path takes (one encoder, not a fusion).
     `address` is "local" (a Ray started for this job), "auto" or "ray://head:10001"; when Ray is
     already initialised in this process that session is used. `concurrency` is the number of
     encoder actors (default: one per CPU of the cluster; each also decodes its own batches).
+    The cost recorded per image is the driver's wall time; the workers' CPU seconds are not
+    visible to it and are recorded as unknown.
 
     >>> embed_on_ray(load_dataset("ham.csv"), EmbedOptions("efficientnet_lite0"), address="auto").vectors.shape
     (2000, 1280)
@@ -63,53 +65,54 @@ def embed_on_ray(dataset, options=None, address=LOCAL, concurrency=None):
     options = options or EmbedOptions()
     started = time.perf_counter()
     ray = _import_ray()  # before hashing a million files, say that Ray is missing
-    # lazy: the driver builds the encoder for its config and cache key, but never runs it
+    # lazy: the driver builds the encoder for its config and the store's key, but never runs it
     model, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
     job = plan_job(dataset, model, transform, options)
-    shards, parts, size = job.shards, dict(job.cached), options.shard_size
-    n = len(dataset)
-
-    bar = tqdm(total=n, desc=f"embedding with {model.config.name} on Ray", unit="img", disable=not options.progress or None)
-    bar.update(n - job.computed)
+    bar = tqdm(total=len(job.digests), desc=f"embedding with {model.config.name} on Ray", unit="img", disable=not options.progress or None)
+    bar.update(len(job.digests) - len(job.todo))
     if job.todo:
-        embedder = {"options": options, "n_images": job.computed, "artifacts": job.artifacts}
-        done = np.zeros(n, dtype=bool)
+        chunk_of = {row: c for c, chunk in enumerate(job.chunks) for row in chunk}
+        waiting = [set(chunk) for chunk in job.chunks]
+        embedder = {"options": options, "n_images": len(job.todo), "artifacts": job.artifacts}
+        tick = time.perf_counter()
         with _session(ray, address):
-            batches = _pipeline(ray, dataset, job.digests, [shards[s] for s in job.todo], embedder, transform, concurrency, options.batch_size)
+            batches = _pipeline(ray, dataset, job.digests, job.chunks, embedder, transform, concurrency, options.batch_size)
             for batch in _raising_user_errors(batches):
-                index, vectors = batch["index"], batch["embedding"]
-                for shard in np.unique(index // size):
-                    start, stop = shards[shard]
-                    mine = index // size == shard
-                    part = parts.setdefault(shard, np.zeros((stop - start, vectors.shape[1]), np.float32))
-                    part[index[mine] - start] = vectors[mine]
-                    done[index[mine]] = True
-                    if done[start:stop].all():
-                        job.write_shard(dataset, shard, part)
-                bar.update(len(index))
-        missing = [s for s in job.todo if not done[slice(*shards[s])].all()]
+                rows, vectors = batch["index"].tolist(), batch["embedding"]
+                job.put(rows, vectors)
+                for row in rows:
+                    waiting[chunk_of[row]].discard(row)
+                for c in sorted({chunk_of[row] for row in rows}):
+                    if not waiting[c]:  # every row of the chunk is back: append it, in the chunk's own order
+                        now = time.perf_counter()
+                        chunk = job.chunks[c]
+                        job.commit(c, np.stack([job.computed[job.digests[r]][0] for r in chunk]), (now - tick) / len(chunk), float("nan"))
+                        waiting[c] = None
+                        tick = now
+                bar.update(len(rows))
+        missing = [c for c, rest in enumerate(waiting) if rest]
         if missing:
-            raise ClusterError(f"the Ray job ended without returning every row of shards {missing}; run it again to finish them")
+            raise ClusterError(f"the Ray job ended without returning every image of chunks {missing}; run it again to finish them")
     bar.close()
-    return job.result(np.concatenate([parts[shard] for shard in range(len(shards))]), options.use_cache, started)
+    return job.result(model.config.embed_dim, started)
 
 
-def _pipeline(ray, dataset, digests, ranges, embedder, transform, concurrency, batch_size):
+def _pipeline(ray, dataset, digests, chunks, embedder, transform, concurrency, batch_size):
     """The Ray Data plan: one block of records per local batch, then decode -> embed in a pool of actors."""
     import pyarrow as pa
 
     blocks = []
-    for start, stop in ranges:
+    for chunk in chunks:
         # Blocks are cut like the local path's batches and each is embedded whole (batch_size=None below):
         # CPU kernels may round differently for another batch size, and the output must match bit for bit.
-        for first in range(start, stop, batch_size):
-            rows = range(first, min(stop, first + batch_size))
+        for first in range(0, len(chunk), batch_size):
+            rows = chunk[first : first + batch_size]
             blocks.append(
                 pa.table(
                     {
                         "index": pa.array(rows, pa.int64()),
                         "path": [dataset.images.describe(i) for i in rows],  # for people reading the plan
-                        "sha256": digests[rows.start : rows.stop],
+                        "sha256": [digests[i] for i in rows],
                     }
                 )
             )
