@@ -91,14 +91,14 @@ def resolve_duplicates(dataset, policy="drop"):
     record = {
         "policy": policy, "identical_groups": len(groups), "rows_in_groups": sum(map(len, groups)),
         "across_splits": len(cross_split), "conflicting_labels": len(conflicting), "dropped": 0,
-        "examples": [_describe(dataset, rows) for rows in (conflicting + cross_split + groups)[:EXAMPLES]],
+        "examples": [_describe(dataset, rows) for rows in _worst_first(conflicting, cross_split, groups)[:EXAMPLES]],
     }
     dataset.info["duplicates"] = record
     if not groups:
         return dataset
-    summary = (f"{len(groups)} images occur more than once ({record['rows_in_groups']} rows): {len(cross_split)} across splits, "
-               f"{len(conflicting)} with different labels")
-    listing = "; ".join(_line(dataset, rows) for rows in (conflicting + cross_split + groups)[:EXAMPLES])
+    summary = (f"{len(groups)} image{'s occur' if len(groups) != 1 else ' occurs'} more than once ({record['rows_in_groups']} rows): "
+               f"{len(cross_split)} across splits, {len(conflicting)} with different labels")
+    listing = "; ".join(_line(dataset, rows) for rows in _worst_first(conflicting, cross_split, groups)[:EXAMPLES])
     if policy == "refuse":
         raise DatasetError(f"{dataset.name}: {summary}: {listing}. Remove the copies, or pass --duplicates drop (keep one copy, "
                            "train first) or --duplicates keep")
@@ -117,6 +117,16 @@ def resolve_duplicates(dataset, policy="drop"):
     log.warning("%s: %s; dropped %d rows so each image counts once (train copy kept; every copy of a contradictory image "
                 "dropped): %s. Pass --duplicates keep to keep them, or refuse to stop", dataset.name, summary, len(dropped), listing)
     return dataset.subset([r for r in range(len(dataset)) if r not in dropped], check=False)
+
+
+def _worst_first(conflicting, cross_split, groups):
+    """Each group once: contradictions, then copies across splits, then copies within a split."""
+    ordered, seen = [], set()
+    for rows in conflicting + cross_split + groups:
+        if rows[0] not in seen:
+            seen.add(rows[0])
+            ordered.append(rows)
+    return ordered
 
 
 def _describe(dataset, rows):
