@@ -160,19 +160,14 @@ def group_ids(dataset, column=None):
             i = parent[i]
         return i
 
-    keys = [("sha", d) for d in digests]
-    if column is not None:
-        values = column_values(dataset, column)
-        keys += [("group", v) for v in values if v]
-        rows = list(range(len(dataset))) + [r for r, v in enumerate(values) if v]
-    else:
-        rows = list(range(len(dataset)))
-    first = {}
-    for row, key in zip(rows, keys):
-        if key in first:
-            parent[find(row)] = find(first[key])
-        else:
-            first[key] = row
+    values = column_values(dataset, column) if column is not None else None
+    first = {}  # key -> the first row that had it; every later row with the key joins that row's group
+    for row, digest in enumerate(digests):
+        for key in [("sha", digest)] + ([("group", values[row])] if values is not None else []):
+            if key in first:
+                parent[find(row)] = find(first[key])
+            else:
+                first[key] = row
     return np.array([find(r) for r in range(len(dataset))])
 
 

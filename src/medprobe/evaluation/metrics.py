@@ -130,16 +130,17 @@ def evaluate(y_true, scores, task, label_names=None, n_boot=N_BOOTSTRAP, seed=BO
         balanced = np.mean([balanced_accuracy_score(y_true[:, j], predicted[:, j]) for j in range(y_true.shape[1])])
     else:
         balanced = balanced_accuracy_score(y_true, predicted)
-    scored = [name for name, (t, _) in zip(names, columns) if scorable(t)]
-    unscored = [name for name, (t, _) in zip(names, columns) if not scorable(t)]
+    per_class = {name: float(roc_auc_score(t, s)) for name, (t, s) in zip(names, columns) if scorable(t)}
+    unscored = [name for name in names if name not in per_class]
     metrics = {
-        "auc": medmnist_auc(y_true, scores, task) if scored else None,  # None: no class has both positives and negatives
+        # medmnist_auc's mean, from the per-class AUCs computed once; None: no class has both positives and negatives
+        "auc": float(np.mean(list(per_class.values()))) if per_class else None,
         "acc": medmnist_acc(y_true, scores, task),
         **bootstrap_ci(y_true, scores, task, n_boot, seed),
         "balanced_accuracy": float(balanced),
         "macro_f1": float(f1_score(y_true, predicted, average="macro", zero_division=0)),
-        "per_class_auc": {name: float(roc_auc_score(t, s)) for name, (t, s) in zip(names, columns) if scorable(t)},
-        "auc_over": scored,
+        "per_class_auc": per_class,
+        "auc_over": list(per_class),
         "images_per_class": _images_per_class(y_true, task, label_names, len(columns)),
         "n": int(len(y_true)),
     }

@@ -75,7 +75,8 @@ def predict(model_dir, inputs, options=None, on_error="fail"):
     data, report = scan_images(data, on_error, check=False)
     if len(data) == 0:
         return Predictions([], np.zeros((0, len(model.label_names))), [], model.label_names, report)
-    options = replace(options or EmbedOptions(), encoder=model.encoder_name, weights=(options and options.weights) or model.meta["encoder"]["weights"])
+    options = options or EmbedOptions()
+    options = replace(options, encoder=model.encoder_name, weights=options.weights or model.meta["encoder"]["weights"])
     encoder, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
     model.check_encoder(encoder, transform)
     vectors = embed(data, encoder, transform, options).vectors
