@@ -87,3 +87,32 @@ def probe_spec(args):
     from medprobe.probes.spec import ProbeSpec
 
     return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed)
+
+
+def add_study_args(parser, chooses=True):
+    """Operating points, calibration and subgroups; `chooses` is False where the model's saved choices are used (evaluate)."""
+    if chooses:
+        parser.add_argument(
+            "--operating-point", action="append", metavar="RULE",
+            help="threshold chosen on val, reported on test with CIs: youden (default), sensitivity=X, specificity=X; repeatable",
+        )
+        parser.add_argument(
+            "--calibrate", default="none", choices=("none", "auto", "temperature", "platt", "isotonic"),
+            help="post-hoc calibrator fitted on val: temperature (multi-class), platt or isotonic (binary), auto picks; "
+            "ECE and Brier are reported either way (default none)",
+        )
+    parser.add_argument("--subgroup", action="append", default=[], metavar="COLUMN",
+                        help="metadata column (sex, age, site...) to report AUC and operating points per value; repeatable")
+    parser.add_argument("--age-bands", default="0,40,60,80", metavar="EDGES",
+                        help="lower edges of the age bands for the --age-column subgroup (default 0,40,60,80: 0-39, 40-59, 60-79, 80+)")
+    parser.add_argument("--age-column", default="age", metavar="COLUMN", help="the metadata column banded by --age-bands (default age)")
+
+
+def study_options(args):
+    """The StudyOptions of a parsed command line (evaluate has no rules or calibrator of its own: the model's are used)."""
+    from medprobe.evaluation.study import StudyOptions
+    from medprobe.evaluation.subgroups import SubgroupOptions
+
+    subgroups = SubgroupOptions(tuple(args.subgroup), args.age_bands, args.age_column)
+    rules = tuple(getattr(args, "operating_point", None) or ("youden",))
+    return StudyOptions(rules, getattr(args, "calibrate", "none"), subgroups)

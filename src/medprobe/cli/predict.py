@@ -11,6 +11,8 @@ def add_commands(commands):
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default ./predictions.csv)")
     add_encoder_args(parser, choose_encoder=False)  # the model names its encoder; --weights overrides the recorded ones
     add_on_error(parser, "writes each to the output CSV, with its reason in the error column")
+    parser.add_argument("--decision", metavar="RULE",
+                        help="add a decision column at the model's saved threshold for this operating point (e.g. youden, sensitivity=0.9)")
 
 
 def cmd_predict(args):
@@ -18,7 +20,7 @@ def cmd_predict(args):
     from medprobe.workflows.predict import predict, write_predictions_csv
 
     check_writable_file(args.out)  # before any work: a folder or a read-only place would lose every prediction
-    result = predict(args.model, args.input, embed_options(args), on_error=args.on_error)
-    write_predictions_csv(args.out, result.paths, result.scores, result.labels, result.label_names, result.report.skipped)
+    result = predict(args.model, args.input, embed_options(args), on_error=args.on_error, decision=args.decision)
+    write_predictions_csv(args.out, result.paths, result.scores, result.labels, result.label_names, result.report.skipped, result.decisions)
     skipped = f"; {len(result.report.skipped)} unreadable files listed with their reason" if result.report.skipped else ""
     print(f"{len(result.paths)} images -> {args.out}{skipped}")

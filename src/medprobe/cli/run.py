@@ -1,6 +1,15 @@
 """`medprobe run` and `medprobe fit --save`: embed, fit a probe, report test AUC/ACC with 95 % CIs."""
 
-from medprobe.cli.args import add_data_args, add_encoder_args, add_probe_args, data_spec, embed_options, probe_spec
+from medprobe.cli.args import (
+    add_data_args,
+    add_encoder_args,
+    add_probe_args,
+    add_study_args,
+    data_spec,
+    embed_options,
+    probe_spec,
+    study_options,
+)
 
 
 def add_commands(commands):
@@ -12,6 +21,7 @@ def add_commands(commands):
     run.add_argument("--prompts", help="for --probe zeroshot: YAML or JSON file mapping each class name to a list of prompts")
     run.add_argument("--out", default="medprobe-run", help="results folder (default ./medprobe-run)")
     run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    add_study_args(run)
 
     fit = commands.add_parser("fit", help="embed, fit a probe and save it without pickle (--save MODEL_DIR)")
     fit.set_defaults(func=cmd_fit)
@@ -21,13 +31,16 @@ def add_commands(commands):
     fit.add_argument("--save", required=True, metavar="MODEL_DIR", help="folder for the saved probe")
     fit.add_argument("--out", help="also write a results folder (results.json, predictions.csv, summary.md)")
     fit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    add_study_args(fit)
 
 
 def _run(args, save=None):
     from medprobe.reporting.results import format_table, split_lines
+    from medprobe.reporting.study import study_text
     from medprobe.workflows.run import EvalOptions, run
 
-    result = run(data_spec(args), embed_options(args), probe_spec(args), EvalOptions(args.n_boot), out=args.out, save=save)
+    evaluation = EvalOptions(args.n_boot, study=study_options(args))
+    result = run(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, save=save)
     print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {args.encoder} · "
           f"{args.probe} {result.probe['params']}")
     print("\n".join(split_lines(result.dataset)))
@@ -35,6 +48,7 @@ def _run(args, save=None):
     if close.get("count"):
         print(f"near-duplicates: {close['count']} of {close['of']} test images have a train image at embedding cosine >= {close['threshold']}")
     print(format_table(result.metrics["test"]))
+    print(study_text(result.metrics["test"]))
     return result
 
 

@@ -17,7 +17,7 @@ types, not contents; a crafted kNN (a default-trusted type) crashed predict. See
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from medprobe.data.datasets import TASKS
 from medprobe.data.images import DECODING
 from medprobe.encoders import get_config
 from medprobe.encoders.transforms import make_transform
+from medprobe.evaluation.study import Decisions
 from medprobe.probes.fit import FittedProbe
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class SavedModel:
     probe: object  # medprobe.probes.FittedProbe
     meta: dict
     path: Path
+    decisions: Decisions = field(default_factory=Decisions)  # calibrator and operating-point thresholds chosen on val (empty for older models)
+
+    def predict_scores(self, vectors):
+        """The probe's probabilities, calibrated when the model carries a calibrator."""
+        return self.decisions.apply(self.probe.predict_scores(vectors))
 
     @property
     def encoder_name(self):
@@ -85,7 +91,7 @@ class SavedModel:
         _refuse_differences(self.path, "preprocessing", self.meta["preprocessing"], transform.policy)
 
 
-def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weights=None, metrics=None, seed=0):
+def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weights=None, metrics=None, seed=0, decisions=None):
     """Write a fitted probe and everything needed to use it on new images; return the folder.
 
     >>> save_model("models/derma", fitted, data, encoder, transform, "efficientnet_lite0")
@@ -95,6 +101,8 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
     folder = Path(folder)
     arrays = {}
     tree = _encode(fitted.estimator, arrays)
+    decided, decision_arrays = (decisions or Decisions()).to_saved()
+    arrays.update(decision_arrays)
     blob = save(arrays) if arrays else save({"_empty": np.zeros(0, np.float32)})
     meta = {
         "format": FORMAT,
@@ -110,6 +118,8 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         "probe": {"name": fitted.name, "params": _plain(fitted.params), "selection": _plain(fitted.selection)},
         "trained_on": {"dataset": _plain(dataset.describe()), "seed": seed, "test_metrics": _plain((metrics or {}).get("test"))},
         "estimator": tree,
+        # the calibrator (isotonic breakpoints in the arrays file) and each operating point's threshold, chosen on val
+        "decisions": _plain(decided),
         "arrays": {"file": ARRAYS, "sha256": hashlib.sha256(blob).hexdigest()},
     }
     text = (json.dumps(meta, indent=1, allow_nan=True) + "\n").encode()
@@ -160,7 +170,11 @@ def load_model(folder, check_encoder=True):
         versions = f"; it was saved with scikit-learn {meta.get('sklearn')} and this is {_sklearn_version()}, so refit it" if meta.get("sklearn") != _sklearn_version() else ""
         raise ModelError(f"{folder / MODEL_JSON}: the estimator description is malformed ({type(e).__name__}: {e}){versions}") from e
     _check_content(folder, meta, probe)
-    return SavedModel(probe, meta, folder)
+    try:
+        decisions = Decisions.from_saved(meta.get("decisions"), arrays, meta["task"], meta["label_names"])
+    except MedprobeError as e:
+        raise ModelError(f"{folder / MODEL_JSON}: {e}; refit the model") from e
+    return SavedModel(probe, meta, folder, decisions)
 
 
 def _check_content(folder, meta, probe):

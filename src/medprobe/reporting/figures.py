@@ -4,9 +4,10 @@ import io
 
 import numpy as np
 
+from medprobe.evaluation.calibration import N_BINS, reliability
 from medprobe.evaluation.metrics import binary_columns, predictions
 
-N_BINS = 10
+MARKERS = "o^sDvP*X"  # one per operating-point rule on the ROC figure
 
 
 def _figure(width=5.0, height=4.0):
@@ -31,8 +32,11 @@ def _colors(n):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def roc_figure(labels, scores, task, label_names, per_class_auc, title):
-    """One ROC curve per class (the positive class for binary); the legend's AUC is the saved one."""
+def roc_figure(labels, scores, task, label_names, per_class_auc, title, points=None):
+    """One ROC curve per class (the positive class for binary); the legend's AUC is the saved one.
+
+    `points` (results.json's operating_points.points) marks each rule's test point, at the threshold chosen on val.
+    """
     from sklearn.metrics import roc_curve
 
     fig = _figure()
@@ -43,6 +47,15 @@ def roc_figure(labels, scores, task, label_names, per_class_auc, title):
             fpr, tpr, _ = roc_curve(truth, score)
             auc = per_class_auc.get(name)
             ax.plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
+    colour_of = dict(zip(names, _colors(len(names))))
+    for rule, marker in zip(points or {}, MARKERS):
+        first = True
+        for name, entry in points[rule].items():
+            test = entry.get("test")
+            if test and test["sensitivity"] is not None and test["specificity"] is not None and name in colour_of:
+                ax.plot(1 - test["specificity"], test["sensitivity"], marker=marker, ms=8, mec="black", color=colour_of[name],
+                        ls="none", label=f"{rule} (threshold from val)" if first else None)
+                first = False
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title(title, fontsize=9)
@@ -75,31 +88,6 @@ def confusion_figure(labels, scores, task, label_names, title):
     return fig
 
 
-def reliability(labels, scores, task, n_bins=N_BINS):
-    """Per-bin (mean confidence, observed frequency, count) and the expected calibration error.
-
-    Binary and multi-label: the positive-class probability against the positive rate.
-    Multi-class: the top-class probability against accuracy. Empty bins are nan.
-    """
-    from sklearn.calibration import calibration_curve
-
-    if task == "binary":
-        confidence, hit = scores[:, -1], labels.astype(int)
-    elif task == "multi-label":
-        confidence, hit = scores.ravel(), labels.ravel().astype(int)
-    else:
-        confidence, hit = scores.max(axis=1), (predictions(scores, task) == labels).astype(int)
-    confidence = np.clip(confidence, 0.0, 1.0)
-    observed_nonempty, mean_nonempty = calibration_curve(hit, confidence, n_bins=n_bins, strategy="uniform")
-    # calibration_curve returns the non-empty bins only; count with its own binning rule to place them.
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    count = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=n_bins)
-    mean_conf, observed = np.full(n_bins, np.nan), np.full(n_bins, np.nan)
-    mean_conf[count > 0], observed[count > 0] = mean_nonempty, observed_nonempty
-    ece = float(np.nansum(count / count.sum() * np.abs(observed - mean_conf)))
-    return mean_conf, observed, count, ece
-
-
 def reliability_figure(labels, scores, task, title):
     mean_conf, observed, count, ece = reliability(labels, scores, task)
     fig = _figure(5.0, 4.6)
@@ -115,6 +103,29 @@ def reliability_figure(labels, scores, task, title):
     top.legend(fontsize=8, loc="upper left")
     bottom.bar(centres, count, width=1 / N_BINS, color="grey", edgecolor="black")
     bottom.set(xlabel=what, ylabel="images", xlim=(0, 1))
+    return fig
+
+
+def calibration_figure(calibration, task, title):
+    """Reliability before and after the val-fitted calibrator, side by side, from the bins saved in results.json."""
+    stages = [("before", "probe")] + ([("after", f"after {calibration['method']}")] if calibration.get("after") else [])
+    fig = _figure(4.2 * len(stages), 4.0)
+    axes = fig.subplots(1, len(stages), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, stages):
+        bins = calibration[key]["reliability"]
+        n = bins["bins"]
+        edges = np.linspace(0, 1, n + 1)
+        centres = (edges[:-1] + edges[1:]) / 2
+        observed = np.array([np.nan if v is None else v for v in bins["observed"]], dtype=float)
+        mean_conf = np.array([np.nan if v is None else v for v in bins["mean_confidence"]], dtype=float)
+        ax.bar(centres, np.nan_to_num(observed), width=1 / n, edgecolor="black", color="#4c72b0", alpha=0.8, label="observed")
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.plot(mean_conf, observed, "o-", color="#dd8452", ms=4, label="mean predicted")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-class probability" if task in ("multi-class", "ordinal") else "predicted probability (positive)",
+               ylabel="accuracy" if task in ("multi-class", "ordinal") else "fraction positive")
+        ax.set_title(f"{label} · ECE {calibration[key]['ece']:.3f} · Brier {calibration[key]['brier']:.3f}", fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=9)
     return fig
 
 

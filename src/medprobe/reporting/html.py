@@ -22,6 +22,7 @@ from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_bytes, atomic_write_text
 from medprobe.core.names import slug
 from medprobe.reporting.figures import (
+    calibration_figure,
     compute_figure,
     confusion_figure,
     curve_figure,
@@ -44,6 +45,7 @@ from medprobe.reporting.results import (
     read_result,
     split_lines,
 )
+from medprobe.reporting.study import calibration_html, operating_points_html, subgroups_html
 from medprobe.reporting.tables import MANIFEST, build_table
 
 log = logging.getLogger(__name__)
@@ -193,7 +195,8 @@ def _run_figures(page, folder, result, projection=True):
     _, labels, scores = read_predictions(folder / PREDICTIONS, names, task)
     stem = slug(title)
     figs = [
-        page.figure(roc_figure(labels, scores, task, names, test["per_class_auc"], f"ROC\n{title}"), f"ROC curves, {title}"),
+        page.figure(roc_figure(labels, scores, task, names, test["per_class_auc"], f"ROC\n{title}",
+                               (test.get("operating_points") or {}).get("points")), f"ROC curves, {title}"),
         page.figure(confusion_figure(labels, scores, task, names, f"Confusion matrix\n{title}"), f"Confusion matrix, {title}",
                     save_as=f"{stem}_confusion.png"),
         page.figure(reliability_figure(labels, scores, task, f"Reliability\n{title}"), f"Reliability diagram, {title}",
@@ -206,6 +209,21 @@ def _run_figures(page, folder, result, projection=True):
     else:
         figs.append(f"<p class='muted'>No {PROJECTION} in {_esc(folder)}; the embedding map needs a run made with this version.</p>")
     return "<div class='grid'>" + "\n".join(figs) + "</div>"
+
+
+def _study_section(page, result):
+    """Operating points, calibration before/after and subgroups, when the run recorded them."""
+    test = result.metrics["test"]
+    parts = []
+    if test.get("operating_points"):
+        parts += ["<h4>Operating points</h4>", operating_points_html(test)]
+    if test.get("calibration"):
+        parts += ["<h4>Calibration</h4>", calibration_html(test),
+                  page.figure(calibration_figure(test["calibration"], result.dataset["task"], f"Reliability · {result.title}"),
+                              f"Reliability before and after calibration, {result.title}")]
+    if test.get("subgroups"):
+        parts += ["<h4>Subgroups</h4>", subgroups_html(test)]
+    return "\n".join(parts)
 
 
 def _n_test(test):
@@ -319,6 +337,7 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
             page.add(f"<h3>{_esc(result.title)}</h3>")
             page.add(_caveats(result))
             page.add(_run_figures(page, folder, result))
+            page.add(_study_section(page, result))
     for folder, base in found["baselines"]:
         page.add(f"<h3>{_esc(base.title)}</h3>")
         page.add(_run_figures(page, folder, base, projection=False))

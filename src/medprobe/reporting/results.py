@@ -82,6 +82,7 @@ class RunResult(_Result):
     timings: dict
     seed: int = 0
     near_duplicates: dict = field(default_factory=dict)  # test images nearly identical to a train image (embedding cosine)
+    external: dict = field(default_factory=dict)  # `medprobe evaluate`: the saved model evaluated here, on which rows
     files: dict = field(default_factory=dict)  # SHA-256 of the folder's other files, written with this result
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__

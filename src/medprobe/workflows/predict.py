@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medprobe.core.errors import DatasetError
+from medprobe.core.errors import DatasetError, ModelError
 from medprobe.core.files import atomic_write_text
 from medprobe.data.datasets import Dataset
 from medprobe.data.images import is_image_file
@@ -21,6 +21,7 @@ from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
 from medprobe.evaluation.metrics import predictions
+from medprobe.evaluation.operating_points import Rule, decide
 from medprobe.probes.saved import load_model
 
 
@@ -56,18 +57,21 @@ class Predictions:
     labels: list  # predicted label per image
     label_names: list
     report: object  # medprobe.data.scan.ScanReport: skipped files and notes
+    decisions: list | None = None  # per image, the decision at the saved threshold of the rule asked for
 
 
-def predict(model_dir, inputs, options=None, on_error="fail"):
-    """Per-image class probabilities from a saved probe.
+def predict(model_dir, inputs, options=None, on_error="fail", decision=None):
+    """Per-image class probabilities from a saved probe (calibrated when the model carries a calibrator).
 
     Of `options` (an EmbedOptions) the encoder name is ignored: the model names its own. Its
-    weights default to those recorded in the model.
+    weights default to those recorded in the model. `decision` names a saved operating point
+    ('youden', 'sensitivity>=0.9'): each image then also gets the decision at its threshold.
 
     >>> predict("models/derma", "new_images/").labels[:2]
     ['nv', 'mel']
     """
     model = load_model(model_dir)
+    thresholds = saved_thresholds(model, decision) if decision is not None else None
     files = list_inputs(inputs)
     n = len(files)
     labels = np.zeros((n, len(model.label_names)) if model.task == "multi-label" else n, np.int64)  # unknown; unused
@@ -80,8 +84,23 @@ def predict(model_dir, inputs, options=None, on_error="fail"):
     encoder, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
     model.check_encoder(encoder, transform)
     vectors = embed(data, encoder, transform, options).vectors
-    scores = model.probe.predict_scores(vectors)
-    return Predictions(list(data.ids), scores, predicted_labels(scores, model.task, model.label_names), model.label_names, report)
+    scores = model.predict_scores(vectors)
+    decided = decide(scores, model.task, model.label_names, thresholds) if thresholds is not None else None
+    return Predictions(list(data.ids), scores, predicted_labels(scores, model.task, model.label_names), model.label_names, report, decided)
+
+
+def saved_thresholds(model, rule):
+    """{column: threshold} of the model's saved operating point `rule`; refused when it was not saved or not chosen."""
+    name = Rule.parse(rule).name
+    saved = model.decisions.thresholds
+    if name not in saved:
+        raise ModelError(f"{model.path} has no saved operating point {name!r}; it has {sorted(saved) or 'none'} "
+                         "(choose them when fitting, with --operating-point)")
+    unchosen = {column: choice.get("note") for column, choice in saved[name].items() if choice.get("threshold") is None}
+    if unchosen:
+        raise ModelError(f"{model.path}: operating point {name!r} has no threshold for {', '.join(map(repr, unchosen))} "
+                         f"({'; '.join(filter(None, unchosen.values())) or 'not chosen'})")
+    return {column: choice["threshold"] for column, choice in saved[name].items()}
 
 
 def predicted_labels(scores, task, label_names):
@@ -92,13 +111,14 @@ def predicted_labels(scores, task, label_names):
     return [label_names[i] for i in chosen]
 
 
-def write_predictions_csv(path, paths, scores, labels, label_names, skipped=()):
-    """path, predicted, p_<label>... at full precision (repr), then one row per skipped file with its error."""
+def write_predictions_csv(path, paths, scores, labels, label_names, skipped=(), decisions=None):
+    """path, predicted, p_<label>... at full precision (repr), [decision,] then one row per skipped file with its error."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["path", "predicted", *(f"p_{name}" for name in label_names), "error"])
-    for row_path, score, label in zip(paths, scores, labels):
-        writer.writerow([row_path, label, *(repr(float(s)) for s in score), ""])
+    extra = ["decision"] if decisions is not None else []
+    writer.writerow(["path", "predicted", *(f"p_{name}" for name in label_names), *extra, "error"])
+    for i, (row_path, score, label) in enumerate(zip(paths, scores, labels)):
+        writer.writerow([row_path, label, *(repr(float(s)) for s in score), *([decisions[i]] if extra else []), ""])
     for item in skipped:
-        writer.writerow([item["path"], "", *([""] * len(label_names)), item["reason"]])
+        writer.writerow([item["path"], "", *([""] * (len(label_names) + len(extra))), item["reason"]])
     atomic_write_text(path, out.getvalue())

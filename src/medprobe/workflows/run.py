@@ -2,7 +2,7 @@
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import ModelError
@@ -11,6 +11,8 @@ from medprobe.embedding.fusion import check_spec, embed_spec, split_spec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
+from medprobe.evaluation.study import StudyOptions, fit_decisions, score_decisions
+from medprobe.evaluation.subgroups import group_values
 from medprobe.probes.fit import fit_probe
 from medprobe.probes.saved import save_model
 from medprobe.probes.spec import ZEROSHOT, ProbeSpec
@@ -22,11 +24,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How a run is scored and drawn: bootstrap resamples for the CIs, the 2-D map's projection, the near-duplicate cosine."""
+    """How a run is scored and drawn: bootstrap resamples for the CIs, the 2-D map's projection, the near-duplicate cosine,
+    and the validation study (operating points, calibrator, subgroups)."""
 
     n_boot: int = N_BOOTSTRAP
     projection: str = "pca"
     near_duplicate_cosine: float = COSINE
+    study: StudyOptions = field(default_factory=StudyOptions)
 
 
 def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None):
@@ -53,6 +57,8 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     if save is not None and (probe_spec.name == ZEROSHOT or len(split_spec(options.encoder)) != 1):
         raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
     data, scanned = data_spec.load()
+    for column in evaluation.study.subgroups.columns:  # a misspelt subgroup column is refused before any embedding
+        group_values(data.columns, column, evaluation.study.subgroups, data.name)
     timings["scan_s"] = scanned.seconds
     timings["load_s"] = time.perf_counter() - started
     timings["load_cpu_s"] = cpu_seconds() - started_cpu
@@ -84,6 +90,11 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         split: evaluate(y[rows], scores[split], data.task, data.label_names, evaluation.n_boot, probe_spec.seed)
         for split, rows in (("val", val), ("test", test))
     }
+    # Calibrator and thresholds are decided on val and applied unchanged to test (and saved with the model).
+    decisions = fit_decisions(y[val], scores["val"], data.task, data.label_names, evaluation.study)
+    metrics["test"].update(score_decisions(y[test], scores["test"], data.task, data.label_names, decisions,
+                                           {k: v[test] for k, v in data.columns.items()}, evaluation.study, evaluation.n_boot,
+                                           probe_spec.seed, data.name))
     close = near_duplicates(X[test], X[train], data.ids[test], data.ids[train], evaluation.near_duplicate_cosine)
     if close["count"]:
         log.warning("%d of %d test images have a near-identical train image (embedding cosine >= %g), e.g. %s",
@@ -116,5 +127,6 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         xy = project_2d(X[test], evaluation.projection, probe_spec.seed)
         write_run_folder(out, result, data.ids[test], y[test], scores["test"], projection=(xy, evaluation.projection))
     if save is not None:
-        save_model(save, fitted, data, encoded.encoders[0], encoded.transforms[0], options.encoder, options.weights, metrics, probe_spec.seed)
+        save_model(save, fitted, data, encoded.encoders[0], encoded.transforms[0], options.encoder, options.weights, metrics, probe_spec.seed,
+                   decisions)
     return result

@@ -1,0 +1,146 @@
+"""From scores to a validation study: what is decided on val (calibrator, thresholds) and what is reported on test.
+
+`fit_decisions` fits the calibrator on the val scores and then chooses every operating point on
+the *calibrated* val scores (the scores `predict` will output); `score_decisions` applies those
+decisions, unchanged, to test rows: the operating-point metrics, the calibration before/after,
+and the subgroup table. An external evaluation (`medprobe evaluate`) uses the decisions saved
+with the model, so its thresholds are the ones chosen on the original val split.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medprobe.evaluation.calibration import (
+    CalibrationError,
+    Calibrator,
+    calibration_report,
+    resolve_method,
+)
+from medprobe.evaluation.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP
+from medprobe.evaluation.operating_points import (
+    DEFAULT_RULES,
+    OperatingPointError,
+    Rule,
+    bootstrap_weights,
+    choose_thresholds,
+    column_names,
+    score_thresholds,
+)
+from medprobe.evaluation.subgroups import SubgroupOptions, subgroup_report
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Operating-point rules, the calibrator to fit on val, and the subgroup columns; built once and passed whole.
+
+    >>> StudyOptions(("youden", "sensitivity=0.9"), calibrate="auto", subgroups=SubgroupOptions(("sex", "age")))
+    """
+
+    operating_points: tuple = DEFAULT_RULES
+    calibrate: str = "none"
+    subgroups: SubgroupOptions = field(default_factory=SubgroupOptions)
+
+    def __post_init__(self):
+        rules = tuple(r if isinstance(r, Rule) else Rule.parse(r) for r in self.operating_points)
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise OperatingPointError(f"operating points {names} name one rule twice")
+        object.__setattr__(self, "operating_points", rules)
+        resolve_method(self.calibrate, "binary")  # the name only; whether it fits the task is checked once the task is known
+
+
+@dataclass
+class Decisions:
+    """What was decided on val: the calibrator (or None) and the thresholds {rule: {column: choice}}."""
+
+    calibrator: Calibrator | None = None
+    thresholds: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    @property
+    def scores_label(self):
+        return f"{self.calibrator.method}-calibrated probabilities" if self.calibrator else "the probe's probabilities"
+
+    def apply(self, scores):
+        """The scores decisions are made on: calibrated when there is a calibrator."""
+        return self.calibrator.apply(scores) if self.calibrator else np.asarray(scores, dtype=np.float64)
+
+    def to_saved(self):
+        """(JSON record, arrays) for a saved model: thresholds with how they were chosen, the calibrator's numbers."""
+        record = {"thresholds": self.thresholds, "calibrator": None}
+        arrays = {}
+        if self.calibrator:
+            record["calibrator"] = {"method": self.calibrator.method, "scalars": self.calibrator.scalars(),
+                                    "arrays": sorted(self.calibrator.arrays())}
+            arrays = {f"calibrator.{k}": v for k, v in self.calibrator.arrays().items()}
+        return record, arrays
+
+    @classmethod
+    def from_saved(cls, record, arrays, task, label_names):
+        """Rebuild and check saved decisions: known columns, finite thresholds, a calibrator that fits the task."""
+        if record is None:
+            return cls()
+        if not isinstance(record, dict) or not isinstance(record.get("thresholds"), dict):
+            raise CalibrationError("the saved decisions must hold a thresholds table")
+        known = set(column_names(task, label_names))
+        for rule, per_column in record["thresholds"].items():
+            Rule.parse(rule)
+            if not isinstance(per_column, dict) or not set(per_column) <= known:
+                raise CalibrationError(f"saved operating point {rule!r} names columns {sorted(per_column) if isinstance(per_column, dict) else per_column!r}"
+                                       f", not among {sorted(known)}")
+            for name, choice in per_column.items():
+                threshold = choice.get("threshold") if isinstance(choice, dict) else "?"
+                if threshold is not None and (not isinstance(threshold, (int, float)) or not np.isfinite(threshold)):
+                    raise CalibrationError(f"saved operating point {rule!r} for {name!r} has threshold {threshold!r}; it must be a finite number")
+        calibrator = None
+        saved = record.get("calibrator")
+        if saved is not None:
+            if not isinstance(saved, dict):
+                raise CalibrationError(f"the saved calibrator must be a table, got {saved!r}")
+            names = saved.get("arrays", [])
+            missing = [n for n in names if f"calibrator.{n}" not in arrays]
+            if missing:
+                raise CalibrationError(f"the saved calibrator's arrays {missing} are missing from the arrays file")
+            calibrator = Calibrator.restore(saved.get("method"), saved.get("scalars", {}), {n: arrays[f"calibrator.{n}"] for n in names}, task)
+        return cls(calibrator, record["thresholds"])
+
+
+def fit_decisions(y_val, scores_val, task, label_names, options):
+    """Fit the calibrator on val, then choose each operating point on the calibrated val scores."""
+    y_val, scores_val = np.asarray(y_val), np.asarray(scores_val, dtype=np.float64)
+    method = resolve_method(options.calibrate, task)
+    notes, calibrator = [], None
+    if method != "none":
+        single = task != "multi-label" and len(np.unique(y_val)) < 2
+        if len(y_val) == 0 or single:
+            notes.append(f"not calibrated: {method} is fitted on val, and val has {'no images' if len(y_val) == 0 else 'a single class'}")
+        else:
+            calibrator = Calibrator.fit(method, y_val, scores_val, task)
+    decisions = Decisions(calibrator, notes=notes)
+    if len(y_val) == 0:
+        decisions.thresholds = {rule.name: {name: {"threshold": None, "val": None, "reached": False, "note": "no val split: no threshold chosen"}
+                                            for name in column_names(task, label_names)} for rule in options.operating_points}
+    else:
+        decisions.thresholds = choose_thresholds(y_val, decisions.apply(scores_val), task, label_names, options.operating_points)
+    return decisions
+
+
+def score_decisions(y, scores, task, label_names, decisions, columns=None, options=None, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED,
+                    where="the dataset"):
+    """{'operating_points', 'calibration', 'subgroups'}: the keys `metrics.test` gains, computed on these (test) rows."""
+    options = options or StudyOptions()
+    y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
+    weights = bootstrap_weights(len(y), n_boot, seed)
+    final = decisions.apply(scores)
+    calibration = calibration_report(y, scores, task, decisions.calibrator, weights=weights)
+    calibration["notes"] = decisions.notes + calibration["notes"]
+    out = {
+        "operating_points": {"on": decisions.scores_label, "chosen_on": "val", "positive_when": "score >= threshold",
+                             "points": score_thresholds(y, final, task, label_names, decisions.thresholds, weights=weights)},
+        "calibration": calibration,
+    }
+    if options.subgroups.columns:
+        out["subgroups"] = subgroup_report(y, final, task, label_names, columns or {}, options.subgroups, decisions.thresholds,
+                                           n_boot, seed, where)
+    return out
