@@ -101,6 +101,8 @@ def add_study_args(parser, chooses=True):
             help="post-hoc calibrator fitted on val: temperature (multi-class), platt or isotonic (binary), auto picks; "
             "ECE and Brier are reported either way (default none)",
         )
+        parser.add_argument("--positive", metavar="CLASS",
+                            help="binary: the class whose sensitivity the operating points mean (default the last class, e.g. --positive mel)")
     parser.add_argument("--subgroup", action="append", default=[], metavar="COLUMN",
                         help="metadata column (sex, age, site...) to report AUC and operating points per value; repeatable")
     parser.add_argument("--age-bands", default="0,40,60,80", metavar="EDGES",
@@ -115,4 +117,4 @@ def study_options(args):
 
     subgroups = SubgroupOptions(tuple(args.subgroup), args.age_bands, args.age_column)
     rules = tuple(getattr(args, "operating_point", None) or ("youden",))
-    return StudyOptions(rules, getattr(args, "calibrate", "none"), subgroups)
+    return StudyOptions(rules, getattr(args, "calibrate", "none"), subgroups, getattr(args, "positive", None))

@@ -32,7 +32,6 @@ from medprobe.core.errors import MedprobeError
 from medprobe.evaluation.metrics import (
     BOOTSTRAP_SEED,
     N_BOOTSTRAP,
-    binary_columns,
     scorable,
 )
 
@@ -81,9 +80,24 @@ class Rule:
         return cls(kind, target)
 
 
-def column_names(task, label_names):
-    """The name of each scored column: the positive class for binary, every class or label otherwise."""
-    return list(label_names)[-1:] if task == "binary" else list(label_names)
+def column_names(task, label_names, positive=None):
+    """The classes that get thresholds: for binary the positive class (`positive`, default the last, MedMNIST's
+    positive), every class or label otherwise."""
+    names = list(label_names)
+    if task != "binary":
+        return names
+    if positive is None:
+        return names[-1:]
+    if positive not in names:
+        raise OperatingPointError(f"positive class {positive!r} is not one of the classes {names}")
+    return [positive]
+
+
+def one_vs_rest(y, scores, task, label_names, name):
+    """(truth, score) of class or label `name` against the rest."""
+    j = list(label_names).index(name)
+    truth = y[:, j] if task == "multi-label" else (y == j)
+    return truth.astype(int), scores[:, j]
 
 
 def choose_threshold(truth, score, rule):
@@ -123,11 +137,11 @@ def choose_threshold(truth, score, rule):
             "reached": not (nothing or everything), "note": note}
 
 
-def choose_thresholds(y_val, scores_val, task, label_names, rules):
+def choose_thresholds(y_val, scores_val, task, label_names, rules, positive=None):
     """{rule name: {column name: choice}} on val, for every rule and every scored column."""
-    names = column_names(task, label_names)
-    columns = binary_columns(np.asarray(y_val), np.asarray(scores_val, dtype=np.float64), task)
-    return {rule.name: {name: choose_threshold(t, s, rule) for name, (t, s) in zip(names, columns)} for rule in rules}
+    y_val, scores_val = np.asarray(y_val), np.asarray(scores_val, dtype=np.float64)
+    columns = {name: one_vs_rest(y_val, scores_val, task, label_names, name) for name in column_names(task, label_names, positive)}
+    return {rule.name: {name: choose_threshold(t, s, rule) for name, (t, s) in columns.items()} for rule in rules}
 
 
 def confusion_counts(truth, positive, weights):
@@ -188,8 +202,6 @@ def score_thresholds(y, scores, task, label_names, chosen, n_boot=N_BOOTSTRAP, s
     `chosen` is what `choose_thresholds` returned (or a saved model's thresholds, which carry the same keys).
     """
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
-    names = column_names(task, label_names)
-    columns = dict(zip(names, binary_columns(y, scores, task)))
     weights = bootstrap_weights(len(y), n_boot, seed) if weights is None else weights
     out = {}
     for rule_name, per_column in chosen.items():
@@ -197,8 +209,8 @@ def score_thresholds(y, scores, task, label_names, chosen, n_boot=N_BOOTSTRAP, s
         for name, choice in per_column.items():
             entry = dict(choice)
             threshold = choice.get("threshold")
-            if threshold is not None and name in columns:
-                truth, score = columns[name]
+            if threshold is not None:
+                truth, score = one_vs_rest(y, scores, task, label_names, name)
                 entry["test"] = point_metrics(truth, score, threshold, weights)
             else:
                 entry["test"] = None
@@ -218,10 +230,10 @@ def decide(scores, task, label_names, thresholds):
     >>> decide(np.array([[.3, .7], [.8, .2]]), "binary", ["nv", "mel"], {"mel": 0.5})
     ['mel', 'nv']
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    names = column_names(task, label_names)
+    scores, names = np.asarray(scores, dtype=np.float64), list(label_names)
+    on = {name: scores[:, names.index(name)] >= threshold for name, threshold in thresholds.items()}
     if task == "binary":
-        positive = scores[:, -1] >= thresholds[names[0]]
-        return [label_names[-1] if p else label_names[0] for p in positive]
-    on = np.stack([scores[:, j] >= thresholds[name] for j, name in enumerate(names)], axis=1)
-    return [";".join(name for name, hit in zip(names, row) if hit) for row in on]
+        (positive, hit), = on.items()
+        negative = next(n for n in names if n != positive)
+        return [positive if h else negative for h in hit]
+    return [";".join(name for name in names if name in on and on[name][i]) for i in range(len(scores))]

@@ -40,6 +40,7 @@ class StudyOptions:
     operating_points: tuple = DEFAULT_RULES
     calibrate: str = "none"
     subgroups: SubgroupOptions = field(default_factory=SubgroupOptions)
+    positive: str | None = None  # binary: the class whose sensitivity is meant (default the last class, MedMNIST's positive)
 
     def __post_init__(self):
         rules = tuple(r if isinstance(r, Rule) else Rule.parse(r) for r in self.operating_points)
@@ -83,7 +84,7 @@ class Decisions:
             return cls()
         if not isinstance(record, dict) or not isinstance(record.get("thresholds"), dict):
             raise CalibrationError("the saved decisions must hold a thresholds table")
-        known = set(column_names(task, label_names))
+        known = set(label_names)
         for rule, per_column in record["thresholds"].items():
             Rule.parse(rule)
             if not isinstance(per_column, dict) or not set(per_column) <= known:
@@ -109,6 +110,7 @@ class Decisions:
 def fit_decisions(y_val, scores_val, task, label_names, options):
     """Fit the calibrator on val, then choose each operating point on the calibrated val scores."""
     y_val, scores_val = np.asarray(y_val), np.asarray(scores_val, dtype=np.float64)
+    column_names(task, label_names, options.positive)  # an unknown positive class is refused by name
     method = resolve_method(options.calibrate, task)
     notes, calibrator = [], None
     if method != "none":
@@ -120,9 +122,10 @@ def fit_decisions(y_val, scores_val, task, label_names, options):
     decisions = Decisions(calibrator, notes=notes)
     if len(y_val) == 0:
         decisions.thresholds = {rule.name: {name: {"threshold": None, "val": None, "reached": False, "note": "no val split: no threshold chosen"}
-                                            for name in column_names(task, label_names)} for rule in options.operating_points}
+                                            for name in column_names(task, label_names, options.positive)} for rule in options.operating_points}
     else:
-        decisions.thresholds = choose_thresholds(y_val, decisions.apply(scores_val), task, label_names, options.operating_points)
+        decisions.thresholds = choose_thresholds(y_val, decisions.apply(scores_val), task, label_names, options.operating_points,
+                                                 options.positive)
     return decisions
 
 

@@ -159,8 +159,6 @@ def subgroup_table(y, scores, task, label_names, groups, thresholds, n_boot=N_BO
         idx = np.flatnonzero(groups == name)
         yg, sg = y[idx], scores[idx]
         entry = {"group": name, "n": len(idx), "per_class": class_counts(yg, task, label_names)}
-        if task == "binary":
-            entry["positives"] = int(yg.sum())
         why = _too_small(yg, task, label_names)
         entry["flag"] = why
         if why is None:

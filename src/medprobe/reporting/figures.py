@@ -52,10 +52,14 @@ def roc_figure(labels, scores, task, label_names, per_class_auc, title, points=N
         first = True
         for name, entry in points[rule].items():
             test = entry.get("test")
-            if test and test["sensitivity"] is not None and test["specificity"] is not None and name in colour_of:
-                ax.plot(1 - test["specificity"], test["sensitivity"], marker=marker, ms=8, mec="black", color=colour_of[name],
-                        ls="none", label=f"{rule} (threshold from val)" if first else None)
-                first = False
+            if not test or test["sensitivity"] is None or test["specificity"] is None:
+                continue
+            x, y, curve = 1 - test["specificity"], test["sensitivity"], name
+            if task == "binary" and name != names[0]:  # the other class taken as positive: its point on the drawn curve
+                x, y, curve = 1 - test["sensitivity"], test["specificity"], names[0]
+            ax.plot(x, y, marker=marker, ms=8, mec="black", color=colour_of[curve], ls="none",
+                    label=f"{rule} ({name}; threshold from val)" if first else None)
+            first = False
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title(title, fontsize=9)

@@ -9,8 +9,10 @@ from medprobe.core.errors import ModelError
 from medprobe.core.files import check_writable_folder
 from medprobe.embedding.fusion import check_spec, embed_spec, split_spec
 from medprobe.embedding.options import EmbedOptions
+from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
+from medprobe.evaluation.operating_points import column_names
 from medprobe.evaluation.study import StudyOptions, fit_decisions, score_decisions
 from medprobe.evaluation.subgroups import group_values
 from medprobe.probes.fit import fit_probe
@@ -57,7 +59,10 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     if save is not None and (probe_spec.name == ZEROSHOT or len(split_spec(options.encoder)) != 1):
         raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
     data, scanned = data_spec.load()
-    for column in evaluation.study.subgroups.columns:  # a misspelt subgroup column is refused before any embedding
+    # A misspelt subgroup column, or a calibrator that does not fit the task, is refused before any embedding.
+    resolve_method(evaluation.study.calibrate, data.task)
+    column_names(data.task, data.label_names, evaluation.study.positive)
+    for column in evaluation.study.subgroups.columns:
         group_values(data.columns, column, evaluation.study.subgroups, data.name)
     timings["scan_s"] = scanned.seconds
     timings["load_s"] = time.perf_counter() - started
