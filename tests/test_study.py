@@ -147,6 +147,7 @@ def test_ece_and_brier_against_sklearn_and_repeated_rows():
     y3, s3 = multiclass_scores(200, 4, 4)
     onehot = np.eye(4)[y3]
     assert brier_score(y3, s3, "multi-class") == pytest.approx(np.mean(((s3 - onehot) ** 2).sum(axis=1)))
+    assert brier_score(y3, s3, "multi-class") == pytest.approx(brier_score_loss(y3, s3, labels=range(4)))
     assert reliability(y3, s3, "multi-class")[3] == pytest.approx(
         np.sum([abs(((s3.argmax(1) == y3)[m]).mean() - s3.max(1)[m].mean()) * m.mean()
                 for m in [(s3.max(1) > lo) & (s3.max(1) <= lo + 0.1) for lo in np.arange(10) / 10] if m.any()]))
