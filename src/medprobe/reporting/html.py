@@ -104,7 +104,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:2em}h3{margin-bottom:.3em}
 table{border-collapse:collapse;font-size:.85em;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.reference td{color:#666;font-style:italic}
-tr.baseline td{background:#fff4e5}.grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0}
+tr.baseline td{background:#fff4e5}tr.flagged td{color:#888}.grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0}
 figure img{max-width:540px;width:100%;border:1px solid #eee}figcaption{font-size:.75em;color:#666}
 .note{background:#fff8d6;border-left:4px solid #e0b400;padding:6px 10px;font-size:.9em}.muted{color:#777;font-size:.85em}
 """
@@ -218,9 +218,10 @@ def _study_section(page, result):
     if test.get("operating_points"):
         parts += ["<h4>Operating points</h4>", operating_points_html(test)]
     if test.get("calibration"):
-        parts += ["<h4>Calibration</h4>", calibration_html(test),
-                  page.figure(calibration_figure(test["calibration"], result.dataset["task"], f"Reliability · {result.title}"),
-                              f"Reliability before and after calibration, {result.title}")]
+        parts += ["<h4>Calibration</h4>", calibration_html(test)]
+        if test["calibration"].get("after"):  # without a calibrator the reliability diagram above is the whole story
+            parts.append(page.figure(calibration_figure(test["calibration"], result.dataset["task"], f"Reliability · {result.title}"),
+                                     f"Reliability before and after calibration, {result.title}"))
     if test.get("subgroups"):
         parts += ["<h4>Subgroups</h4>", subgroups_html(test)]
     return "\n".join(parts)
