@@ -267,3 +267,13 @@ def test_a_val_split_with_one_class_calibrates_nothing_and_says_so():
     decisions = fit_decisions(np.zeros(10, int), np.full((10, 2), 0.5), "binary", ["neg", "pos"], StudyOptions(calibrate="platt"))
     assert decisions.calibrator is None and "single class" in decisions.notes[0]
     assert decisions.thresholds["youden"]["pos"]["threshold"] is None
+
+
+def test_study_cis_use_the_very_resamples_of_the_auc_ci():
+    from medprobe.evaluation.metrics import bootstrap_ci
+    from medprobe.evaluation.subgroups import resampled_auc
+
+    y, s = binary_scores(11_000, 14)  # 11 million counts: drawn in two blocks, as bootstrap_ci draws them
+    weights = bootstrap_weights(len(y), 1000, 3)
+    tail = np.percentile(resampled_auc(y, s, "binary", weights), [2.5, 97.5])
+    assert bootstrap_ci(y, s, "binary", 1000, 3)["auc_ci"] == pytest.approx(tail.tolist(), abs=1e-6)

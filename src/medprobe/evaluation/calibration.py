@@ -94,7 +94,7 @@ def ece_resampled(labels, scores, task, weights, n_bins=N_BINS):
     for b in range(n_bins):
         inside = bins == b
         # Σ_rows weight * Σ_in-bin (hit - confidence): the bin's |observed - mean confidence| times its weighted count.
-        gap[:, b] = np.abs(weights @ np.where(inside, hit - confidence, 0.0).sum(axis=1))
+        gap[:, b] = np.abs(weights @ np.where(inside, hit - confidence, 0.0).sum(axis=1).astype(weights.dtype))
     return gap.sum(axis=1) / (weights.sum(axis=1) * per_image)
 
 
@@ -124,7 +124,7 @@ def brier_score(labels, scores, task):
 def calibration_metrics(labels, scores, task, weights):
     """ECE and Brier with CIs under `weights`, and the reliability bins the report draws."""
     mean_conf, observed, count, ece = reliability(labels, scores, task)
-    brier_resampled = weights @ brier_per_image(labels, scores, task) / weights.sum(axis=1)
+    brier_resampled = weights @ brier_per_image(labels, scores, task).astype(weights.dtype) / weights.sum(axis=1)
     def nan_to_none(values):
         return [None if not np.isfinite(v) else float(v) for v in values]
 

@@ -147,8 +147,8 @@ def choose_thresholds(y_val, scores_val, task, label_names, rules, positive=None
 def confusion_counts(truth, positive, weights):
     """(TP, FP, TN, FN), each shaped like `weights`' leading axis, under row weights (B, N) or (N,)."""
     truth, positive = truth.astype(bool), positive.astype(bool)
-    weights = np.asarray(weights, dtype=np.float64)
-    return tuple(weights @ (a & b).astype(np.float64) for a, b in
+    weights = np.asarray(weights)
+    return tuple(weights @ (a & b).astype(weights.dtype) for a, b in
                  ((positive, truth), (positive, ~truth), (~positive, ~truth), (~positive, truth)))
 
 
@@ -166,8 +166,15 @@ def rates(tp, fp, tn, fn):
 
 
 def bootstrap_weights(n, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
-    """(n_boot, n) resample counts, drawn as `metrics.bootstrap_ci` draws them (the same resamples while it uses one block)."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    """(n_boot, n) resample counts: the very resamples `metrics.bootstrap_ci` draws for the AUC's CI (same seed, same blocks).
+
+    float32 holds every count exactly and halves the memory (1,000 resamples of 47,000 test images: 190 MB).
+    """
+    rng = np.random.default_rng(seed)
+    weights = np.empty((n_boot, n), np.float32)
+    for block in np.array_split(np.arange(n_boot), max(1, n_boot * n // 5_000_000)):
+        weights[block] = rng.multinomial(n, np.full(n, 1.0 / n), size=len(block))
+    return weights
 
 
 def percentile_ci(values, level=0.95):
@@ -184,7 +191,7 @@ def point_metrics(truth, score, threshold, weights):
     """Counts and the five rates at `threshold` on these rows, each with its bootstrap CI under `weights` (B, N)."""
     truth = np.asarray(truth).astype(int)
     positive = np.asarray(score) >= threshold
-    ones = np.ones(len(truth))
+    ones = np.ones(len(truth), np.float32)
     tp, fp, tn, fn = (int(v) for v in confusion_counts(truth, positive, ones))
     point = rates(tp, fp, tn, fn)
     resampled = rates(*confusion_counts(truth, positive, weights))

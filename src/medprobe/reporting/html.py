@@ -215,6 +215,11 @@ def _study_section(page, result):
     """Operating points, calibration before/after and subgroups, when the run recorded them."""
     test = result.metrics["test"]
     parts = []
+    external = result.external
+    if external:
+        parts.append(f"<p class='note'>External evaluation of the saved model <code>{_esc(external['model'])}</code> (trained on "
+                     f"{_esc(external['trained_on'])}) on {_esc(external['rows'])} rows of {_esc(result.dataset['name'])}; its calibrator "
+                     "and thresholds are the saved ones, chosen on its original val split.</p>")
     if test.get("operating_points"):
         parts += ["<h4>Operating points</h4>", operating_points_html(test)]
     if test.get("calibration"):
