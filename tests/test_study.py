@@ -7,11 +7,17 @@ import pytest
 from scipy.special import log_softmax
 from sklearn.calibration import _sigmoid_calibration
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import brier_score_loss, confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    brier_score_loss,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from medprobe.evaluation.calibration import (
-    Calibrator,
     CalibrationError,
+    Calibrator,
     brier_score,
     calibration_report,
     ece_resampled,
@@ -27,8 +33,19 @@ from medprobe.evaluation.operating_points import (
     decide,
     point_metrics,
 )
-from medprobe.evaluation.study import Decisions, StudyOptions, fit_decisions, score_decisions
-from medprobe.evaluation.subgroups import SubgroupError, SubgroupOptions, age_band, band_labels, subgroup_table
+from medprobe.evaluation.study import (
+    Decisions,
+    StudyOptions,
+    fit_decisions,
+    score_decisions,
+)
+from medprobe.evaluation.subgroups import (
+    SubgroupError,
+    SubgroupOptions,
+    age_band,
+    band_labels,
+    subgroup_table,
+)
 
 
 def binary_scores(n, seed, shift=1.5):
@@ -61,7 +78,7 @@ def test_rules_parse_and_refuse_clearly():
 
 def test_youden_and_targets_match_roc_curve_on_val():
     y, s = binary_scores(300, 0)
-    fpr, tpr, thresholds = roc_curve(y, s[:, 1], drop_intermediate=False)
+    fpr, tpr, _ = roc_curve(y, s[:, 1], drop_intermediate=False)
     youden = choose_threshold(y, s[:, 1], Rule("youden"))
     best = np.max(tpr - fpr)
     # The chosen point is on val's ROC curve with the largest J, and the threshold reproduces it exactly.

@@ -98,7 +98,8 @@ def test_fit_predict_decision_and_evaluate_on_a_small_folder(tmp_path, medprobe)
     # predict: calibrated probabilities and the decision at the saved Youden threshold of class a.
     done = medprobe("predict", tmp_path / "model", tmp_path / "imgs", "--decision", "youden", "--out", tmp_path / "p.csv", "--quiet")
     assert done.returncode == 0, done.stderr
-    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     threshold = test["operating_points"]["points"]["youden"]["a"]["threshold"]
     assert all(r["decision"] == ("a" if float(r["p_a"]) >= threshold else "b") for r in rows)
     done = medprobe("predict", tmp_path / "model", tmp_path / "imgs", "--decision", "specificity=0.8", "--out", tmp_path / "q.csv")

@@ -26,8 +26,8 @@ def ham(tmp_path_factory, shared_data):
                  "--subgroup", "sex", "--subgroup", "age", *common]) == 0
     assert main(["evaluate", str(root / "model"), "--dataset", str(folder / "test"), "--out", str(root / "external"),
                  "--subgroup", "sex", "--subgroup", "age", *common]) == 0
-    read = lambda name: json.loads((root / name / "results.json").read_text())  # noqa: E731
-    return {"root": root, "fit": read("fit"), "external": read("external"), "folder": folder}
+    fit, external = (json.loads((root / name / "results.json").read_text()) for name in ("fit", "external"))
+    return {"root": root, "fit": fit, "external": external, "folder": folder}
 
 
 def test_operating_points_on_ham(ham):
@@ -65,8 +65,10 @@ def test_subgroups_by_sex_and_age_band_on_ham(ham):
             small = g["n"] < 30 or min(g["per_class"].values()) < 10
             assert (g["flag"] is not None) == small and ("auc" in g) != small
     # Each scored group's AUC is the AUC of its own test rows, read back from predictions.csv and the metadata.
-    metadata = {row["image_id"]: row for row in csv.DictReader(open(ham["folder"] / "metadata.csv"))}
-    rows = list(csv.DictReader(open(ham["root"] / "fit" / "predictions.csv")))
+    with open(ham["folder"] / "metadata.csv", newline="") as f:
+        metadata = {row["image_id"]: row for row in csv.DictReader(f)}
+    with open(ham["root"] / "fit" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     female = [r for r in rows if metadata[r["id"].split("/")[-1].rsplit(".", 1)[0]]["sex"] == "female"]
     expected = roc_auc_score([int(r["label"]) == 0 for r in female], [float(r["score_mel"]) for r in female])
     assert next(g for g in sex["groups"] if g["group"] == "female")["auc"] == pytest.approx(expected)
