@@ -12,6 +12,11 @@ def add_commands(commands):
     run.add_argument("--prompts", help="for --probe zeroshot: YAML or JSON file mapping each class name to a list of prompts")
     run.add_argument("--out", default="medprobe-run", help="results folder (default ./medprobe-run)")
     run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    run.add_argument(
+        "--seeds", type=int, metavar="N",
+        help="repeat with seeds SEED..SEED+N-1 (made splits, probe seeds, bootstrap) and report mean, SD and min-max; "
+        "the folder holds the first seed's run; embeddings are computed once",
+    )
 
     fit = commands.add_parser("fit", help="embed, fit a probe and save it without pickle (--save MODEL_DIR)")
     fit.set_defaults(func=cmd_fit)
@@ -24,10 +29,14 @@ def add_commands(commands):
 
 
 def _run(args, save=None):
-    from medprobe.reporting.results import format_table, split_lines
+    from medprobe.reporting.results import format_table, repeats_lines, split_lines
+    from medprobe.workflows.repeats import run_seeds
     from medprobe.workflows.run import EvalOptions, run
 
-    result = run(data_spec(args), embed_options(args), probe_spec(args), EvalOptions(args.n_boot), out=args.out, save=save)
+    if getattr(args, "seeds", None) is not None:
+        result = run_seeds(data_spec(args), embed_options(args), probe_spec(args), EvalOptions(args.n_boot), out=args.out, n_seeds=args.seeds)
+    else:
+        result = run(data_spec(args), embed_options(args), probe_spec(args), EvalOptions(args.n_boot), out=args.out, save=save)
     print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {args.encoder} · "
           f"{args.probe} {result.probe['params']}")
     print("\n".join(split_lines(result.dataset)))
@@ -35,6 +44,8 @@ def _run(args, save=None):
     if close.get("count"):
         print(f"near-duplicates: {close['count']} of {close['of']} test images have a train image at embedding cosine >= {close['threshold']}")
     print(format_table(result.metrics["test"]))
+    for line in repeats_lines(result.repeats):  # nothing for a single run
+        print(line)
     return result
 
 

@@ -82,6 +82,7 @@ class RunResult(_Result):
     timings: dict
     seed: int = 0
     near_duplicates: dict = field(default_factory=dict)  # test images nearly identical to a train image (embedding cosine)
+    repeats: dict = field(default_factory=dict)  # `run --seeds N`: the spread over seeds and what it measures (repeats_lines)
     files: dict = field(default_factory=dict)  # SHA-256 of the folder's other files, written with this result
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__
@@ -340,6 +341,20 @@ def format_table(metrics):
     return "\n".join(lines)
 
 
+def repeats_lines(repeats):
+    """The spread over `--seeds` runs, one line per metric, then what the spread measures; [] for a single run."""
+    if not repeats:
+        return []
+    seeds = repeats["seeds"]
+    lines = [f"repeated with {repeats['n']} seeds ({seeds[0]}-{seeds[-1]}): spread over seeds is {repeats['spread_is']}"]
+    for name, label in (("auc", "AUC"), ("acc", "ACC"), ("balanced_accuracy", "balanced ACC"), ("macro_f1", "macro F1")):
+        s = repeats["test"][name]
+        if s["mean"] is not None:
+            lines.append(f"  test {label:<13} mean {s['mean']:.3f}  SD {s['sd']:.3f}  min-max {s['min']:.3f}-{s['max']:.3f}")
+    lines.append(f"  {repeats['explanation']}")
+    return lines
+
+
 def summary_markdown(result):
     test = result.metrics["test"]
     dataset, encoder, probe, timings = result.dataset, result.encoder, result.probe, result.timings
@@ -360,6 +375,8 @@ def summary_markdown(result):
         f"probe fit {timings['fit_s']:.1f} s. Cache key `{result.cache['key'][:16]}`.",
         "",
     ]
+    if result.repeats:
+        lines += ["```", *repeats_lines(result.repeats), "```", ""]
     return "\n".join(lines)
 
 
