@@ -10,7 +10,7 @@ from conftest import store_vectors, write_npz
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.probes.spec import ProbeSpec
-from medprobe.workflows.repeats import SPREAD_METRICS
+from medprobe.reporting.repeats import SPREAD_METRICS
 from medprobe.workflows.run import EvalOptions, run
 
 
@@ -65,3 +65,17 @@ def test_one_seed_is_refused(tmp_path, medprobe):
     write_npz(tmp_path / "tiny.npz")
     done = medprobe("run", "--dataset", tmp_path / "tiny.npz", "--seeds", "1", "--out", tmp_path / "out")
     assert done.returncode == 2 and "--seeds must be at least 2" in done.stderr
+
+
+def test_report_shows_the_repeats_in_a_browser(tmp_path, medprobe):
+    import subprocess
+
+    from test_report import CHROMIUM_FLAGS, _chromium
+
+    write_npz(tmp_path / "tiny.npz", n_train=30, n_val=9, n_test=12, classes=3)
+    assert medprobe("run", "--dataset", tmp_path / "tiny.npz", "--probe", "svm", "--seeds", "2", "--out", tmp_path / "out", "--quiet",
+                    "--n-boot", "50").returncode == 0
+    assert medprobe("report", tmp_path / "out").returncode == 0
+    dom = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          (tmp_path / "out" / "report.html").resolve().as_uri()], check=True, capture_output=True, text=True, timeout=120).stdout
+    assert "<h2>Repeated runs</h2>" in dom and "Seeds 0, 1: the spread is" in dom and "test auc" in dom

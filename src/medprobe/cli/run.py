@@ -29,7 +29,8 @@ def add_commands(commands):
 
 
 def _run(args, save=None):
-    from medprobe.reporting.results import format_table, repeats_lines, split_lines
+    from medprobe.reporting.repeats import repeats_lines
+    from medprobe.reporting.results import format_table, split_lines
     from medprobe.workflows.repeats import run_seeds
     from medprobe.workflows.run import EvalOptions, run
 

@@ -21,6 +21,7 @@ import numpy as np
 from medprobe import __version__
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_text, file_digest
+from medprobe.reporting.repeats import repeats_lines
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.csv"
@@ -341,20 +342,6 @@ def format_table(metrics):
     return "\n".join(lines)
 
 
-def repeats_lines(repeats):
-    """The spread over `--seeds` runs, one line per metric, then what the spread measures; [] for a single run."""
-    if not repeats:
-        return []
-    seeds = repeats["seeds"]
-    lines = [f"repeated with {repeats['n']} seeds ({seeds[0]}-{seeds[-1]}): spread over seeds is {repeats['spread_is']}"]
-    for name, label in (("auc", "AUC"), ("acc", "ACC"), ("balanced_accuracy", "balanced ACC"), ("macro_f1", "macro F1")):
-        s = repeats["test"][name]
-        if s["mean"] is not None:
-            lines.append(f"  test {label:<13} mean {s['mean']:.3f}  SD {s['sd']:.3f}  min-max {s['min']:.3f}-{s['max']:.3f}")
-    lines.append(f"  {repeats['explanation']}")
-    return lines
-
-
 def summary_markdown(result):
     test = result.metrics["test"]
     dataset, encoder, probe, timings = result.dataset, result.encoder, result.probe, result.timings
@@ -375,7 +362,7 @@ def summary_markdown(result):
         f"probe fit {timings['fit_s']:.1f} s. Cache key `{result.cache['key'][:16]}`.",
         "",
     ]
-    if result.repeats:
+    if result.repeats:  # `run --seeds N`: the same lines the terminal shows
         lines += ["```", *repeats_lines(result.repeats), "```", ""]
     return "\n".join(lines)
 
