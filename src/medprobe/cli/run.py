@@ -14,7 +14,8 @@ def add_commands(commands):
     run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     run.add_argument(
         "--seeds", type=int, metavar="N",
-        help="repeat with seeds SEED..SEED+N-1 (made splits, probe seeds, bootstrap) and report mean, SD and min-max; "
+        help="repeat with seeds SEED..SEED+N-1 (splits medprobe draws, probe seeds, bootstrap) and report mean, SD, min-max and "
+        "which variance that is; "
         "the folder holds the first seed's run; embeddings are computed once",
     )
 

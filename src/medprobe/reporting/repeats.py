@@ -51,12 +51,12 @@ def what_varied(distinct, auc):
             "bootstrap CI, not this")
     if auc["max"] is not None and auc["max"] > auc["min"]:
         return "method variance", (
-            "the splits are fixed (the dataset's own): the spread is the method's own variance (the probe's seed: the svm's "
-            "internal folds, CV folds when there is no val split); the test set's sampling variance is the bootstrap CI, not this")
+            "the splits are fixed (the dataset's own): the spread is the method's own variance (the probe's seed: CV folds when "
+            "there is no usable val split, the svm's random_state); the test set's sampling variance is the bootstrap CI, not this")
     return "none", (
         "no spread: the splits are fixed (the dataset's own) and nothing the seed moves changed the result (it moves splits "
-        "medprobe draws, the svm's internal folds, and CV folds when there is no val split; logreg and knn do not use it); the "
-        "test set's sampling variance is the bootstrap CI")
+        "medprobe draws, CV folds when there is no usable val split, and the svm's random_state, which rarely changes its "
+        "optimum; logreg and knn do not use it); the test set's sampling variance is the bootstrap CI")
 
 
 def repeats_lines(repeats):

@@ -1,8 +1,8 @@
 """Repeated runs (`medprobe run --seeds N`): the random parts redone with seeds s..s+N-1, and their spread.
 
 What a seed moves: the splits medprobe draws (missing val/test splits, or all three with
-`--resplit`), the probe's seed (the svm's internal folds, CV folds when there is no usable val
-split), and the bootstrap's draws. The dataset's own splits never move, and logreg and knn are
+`--resplit`), the probe's seed (CV folds when there is no usable val split, LinearSVC's
+random_state), and the bootstrap's draws. The dataset's own splits never move, and logreg and knn are
 deterministic given their data. So which variance the spread measures depends on the run, and
 the record says which: sampling variance (the test set itself was drawn anew), method variance
 on a fixed test set, or none at all.
@@ -28,10 +28,10 @@ def run_seeds(data_spec, options=None, probe_spec=None, evaluation=None, out=Non
     """Run the experiment with seeds probe_spec.seed + 0..n_seeds-1; the first seed's run is the result (and the folder),
     with `repeats` added.
 
-    >>> result = run_seeds(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), EmbedOptions(), ProbeSpec("svm"),
-    ...                    out="runs/retina_svm", n_seeds=5)
-    >>> result.repeats["test"]["auc"]          # {'mean': ..., 'sd': ..., 'min': ..., 'max': ...}
-    >>> result.repeats["spread_is"]            # 'method variance' here: RetinaMNIST's splits are its own
+    >>> spec = DataSpec("ham10000_melnv", metadata="metadata.csv", group="lesion_id", resplit=True)
+    >>> result = run_seeds(spec, EmbedOptions(), ProbeSpec("logreg"), out="runs/ham_seeds", n_seeds=5)
+    >>> result.repeats["test"]["auc"]          # {'mean': ..., 'sd': ..., 'min': ..., 'max': ..., 'n': 5}
+    >>> result.repeats["spread_is"]            # 'sampling and method variance': every seed drew its own test set
     """
     if n_seeds < 2:
         raise MedprobeError(f"--seeds must be at least 2 to measure a spread, got {n_seeds}")
