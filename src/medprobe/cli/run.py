@@ -22,6 +22,12 @@ def add_commands(commands):
     run.add_argument("--out", default="medprobe-run", help="results folder (default ./medprobe-run)")
     run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     add_study_args(run)
+    run.add_argument(
+        "--seeds", type=int, metavar="N",
+        help="repeat with seeds SEED..SEED+N-1 (splits medprobe draws, probe seeds, bootstrap) and report mean, SD, min-max and "
+        "which variance that is; "
+        "the folder holds the first seed's run; embeddings are computed once",
+    )
 
     fit = commands.add_parser("fit", help="embed, fit a probe and save it without pickle (--save MODEL_DIR)")
     fit.set_defaults(func=cmd_fit)
@@ -35,12 +41,17 @@ def add_commands(commands):
 
 
 def _run(args, save=None):
+    from medprobe.reporting.repeats import repeats_lines
     from medprobe.reporting.results import format_table, split_lines
     from medprobe.reporting.study import study_text
+    from medprobe.workflows.repeats import run_seeds
     from medprobe.workflows.run import EvalOptions, run
 
     evaluation = EvalOptions(args.n_boot, study=study_options(args))
-    result = run(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, save=save)
+    if getattr(args, "seeds", None) is not None:
+        result = run_seeds(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, n_seeds=args.seeds)
+    else:
+        result = run(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, save=save)
     print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {args.encoder} · "
           f"{args.probe} {result.probe['params']}")
     print("\n".join(split_lines(result.dataset)))
@@ -49,6 +60,8 @@ def _run(args, save=None):
         print(f"near-duplicates: {close['count']} of {close['of']} test images have a train image at embedding cosine >= {close['threshold']}")
     print(format_table(result.metrics["test"]))
     print(study_text(result.metrics["test"]))
+    for line in repeats_lines(result.repeats):  # nothing for a single run
+        print(line)
     return result
 
 

@@ -71,3 +71,7 @@ class ClusterError(MedprobeError):
 
 class BenchConfigError(MedprobeError):
     """The bench config file is missing, unreadable, or names something unknown."""
+
+
+class ComparisonError(MedprobeError):
+    """Two results cannot be compared pairwise: different test images, labels, task or label names."""

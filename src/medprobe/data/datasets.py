@@ -18,7 +18,7 @@ from medprobe.data.leakage import DUPLICATES, group_ids, join_metadata, record_s
 from medprobe.data.medmnist import medmnist_file, medmnist_table
 from medprobe.data.scan import ON_ERROR, scan_images
 from medprobe.data.sources import ArrayImages, FileImages, ImageSource, content_digests
-from medprobe.data.splits import make_missing_splits
+from medprobe.data.splits import SPLIT_SEED, make_missing_splits
 
 SPLITS = ("train", "val", "test")
 TASKS = ("binary", "multi-class", "ordinal", "multi-label")
@@ -75,7 +75,8 @@ class DataSpec:
     pre-scans, de-duplicates and splits its data the same way. `metadata` is a CSV joined on the
     image file name (its `metadata_key` column, default image_id); `group` names a column
     (patient, lesion, study) whose images must stay in one split; `resplit` ignores the dataset's
-    own splits and draws all three by group.
+    own splits and draws all three by group. `split_seed` draws the splits that are made (missing
+    ones, or all three with `resplit`); the dataset's own splits never change with it.
 
     >>> data, scanned = DataSpec("ham10000_melnv", metadata="metadata.csv", group="lesion_id").load()
     """
@@ -89,6 +90,7 @@ class DataSpec:
     group: str | None = None
     resplit: bool = False
     duplicates: str = "drop"
+    split_seed: int = SPLIT_SEED
 
     def __post_init__(self):
         # A path is kept as its string, as on the command line, so specs compare (and round-trip through JSON) equal.
@@ -116,7 +118,7 @@ class DataSpec:
             if self.resplit:
                 data.info["resplit"] = {"by": self.group, "given_splits_ignored": {s: int((data.splits == s).sum()) for s in SPLITS}}
                 data.splits = np.full(len(data), "", dtype=object)
-        prepare(data, group_ids(data, self.group), self.group)
+        prepare(data, group_ids(data, self.group), self.group, self.split_seed)
         if self.group:
             record_straddling(data, self.group)
         return data, scanned
@@ -142,9 +144,9 @@ def read_dataset(spec, data_dir=None, size=28, download=True):
     return _from_medmnist(spec.lower(), data_dir, size, download)
 
 
-def prepare(dataset, groups=None, group_name=None):
-    """Make the missing splits (by group when given) and check the label layout."""
-    make_missing_splits(dataset, groups, group_name)
+def prepare(dataset, groups=None, group_name=None, seed=SPLIT_SEED):
+    """Make the missing splits (by group when given, drawn with `seed`) and check the label layout."""
+    make_missing_splits(dataset, groups, group_name, seed)
     _check(dataset)
     return dataset
 

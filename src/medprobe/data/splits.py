@@ -1,6 +1,8 @@
 """Missing val and test splits, drawn from train: stratified by class, and by group when images share a patient,
 a lesion or their exact content, so no group ever straddles two splits. What was done is recorded as done."""
 
+import hashlib
+
 import numpy as np
 
 from medprobe.core.errors import DatasetError
@@ -11,11 +13,12 @@ VAL_FRACTION = 0.1
 TEST_FRACTION = 0.2
 
 
-def make_missing_splits(dataset, groups=None, group_name=None):
-    """Fill missing test, then val, from train (seed SPLIT_SEED) and record how in `dataset.info["made_splits"]`.
+def make_missing_splits(dataset, groups=None, group_name=None, seed=SPLIT_SEED):
+    """Fill missing test, then val, from train (drawn with `seed`) and record how in `dataset.info["made_splits"]`.
 
     `groups` (one id per row, or None) keeps every group on one side. Rows with an empty split are
-    train rows. The record says "stratified" only when the draw was.
+    train rows. The record says "stratified" only when the draw was, and holds the SHA-256 of the
+    drawn ids (sorted, one per line), so two draws can be told apart without the ids.
     """
     splits = np.where(dataset.splits == "", "train", dataset.splits).astype(object)
     made = {}
@@ -25,11 +28,13 @@ def make_missing_splits(dataset, groups=None, group_name=None):
         train = np.flatnonzero(splits == "train")
         fraction_of_train = fraction / (1 - TEST_FRACTION) if split == "val" and "test" in made else fraction
         if groups is None:
-            taken, how = _draw_rows(dataset, train, fraction_of_train, split)
+            taken, how = _draw_rows(dataset, train, fraction_of_train, split, seed)
         else:
-            taken, how = _draw_groups(dataset, train, groups[train], fraction_of_train, split, group_name)
+            taken, how = _draw_groups(dataset, train, groups[train], fraction_of_train, split, group_name, seed)
         splits[taken] = split
-        made[split] = {"images": int(len(taken)), "from": "train", "seed": SPLIT_SEED, "method": how}
+        ids = "\n".join(sorted(str(i) for i in dataset.ids[taken]))
+        made[split] = {"images": int(len(taken)), "from": "train", "seed": seed, "method": how,
+                       "ids_sha256": hashlib.sha256(ids.encode("utf-8", errors="backslashreplace")).hexdigest()}
     dataset.splits = splits.astype(str)
     if made:
         dataset.info["made_splits"] = made
@@ -43,7 +48,7 @@ def _too_few(dataset, n_train, split):
     )
 
 
-def _draw_rows(dataset, train, fraction, split):
+def _draw_rows(dataset, train, fraction, split, seed):
     from sklearn.model_selection import train_test_split
 
     n_taken = max(1, round(fraction * len(train)))
@@ -54,11 +59,11 @@ def _draw_rows(dataset, train, fraction, split):
         counts = np.bincount(strata)[np.unique(strata)]
         if counts.min() < 2 or n_taken < len(counts):
             strata = None  # too few images to stratify; a plain seeded draw is the honest fallback
-    _, taken = train_test_split(train, test_size=n_taken, random_state=SPLIT_SEED, stratify=strata)
+    _, taken = train_test_split(train, test_size=n_taken, random_state=seed, stratify=strata)
     return taken, "stratified by class" if strata is not None else "random (too few images per class to stratify)"
 
 
-def _draw_groups(dataset, train, groups, fraction, split, group_name):
+def _draw_groups(dataset, train, groups, fraction, split, group_name, seed):
     """One fold of StratifiedGroupKFold with 1/fraction folds: whole groups, class balance kept where the groups allow."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
@@ -69,7 +74,7 @@ def _draw_groups(dataset, train, groups, fraction, split, group_name):
         raise _too_few(dataset, len(train), split)
     labels = dataset.labels[train]
     if labels.ndim == 1 and n_groups >= n_folds:
-        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=SPLIT_SEED)
+        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         import warnings
 
         with warnings.catch_warnings():
@@ -80,7 +85,7 @@ def _draw_groups(dataset, train, groups, fraction, split, group_name):
         # Stratified "where possible": say so only if every class of train is on both sides.
         both = set(labels.tolist()) == set(dataset.labels[kept].tolist()) == set(dataset.labels[taken].tolist())
         return taken, f"{by}, stratified by class (StratifiedGroupKFold)" if both else f"{by}, stratified where groups allowed (some class is on one side only)"
-    draw = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=SPLIT_SEED)
+    draw = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     _, held = next(draw.split(train, groups=groups))
     if len(held) == 0 or len(held) == len(train):
         raise _too_few(dataset, len(train), split)

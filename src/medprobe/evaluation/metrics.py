@@ -84,21 +84,30 @@ def weighted_auc(truth, score, weights):
         return (positives * (below + 0.5 * negatives)).sum(axis=1) / pairs
 
 
+def resample_counts(n, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
+    """The seeded bootstrap resamples of `n` rows, as blocks of count vectors (B, n): how often each row was drawn.
+
+    Every bootstrap in medprobe draws through here, so two analyses with the same seed resample the same rows
+    (a paired comparison's per-run intervals are those the runs reported).
+    """
+    rng = np.random.default_rng(seed)
+    for block in np.array_split(np.arange(n_boot), max(1, n_boot * n // 5_000_000)):
+        yield rng.multinomial(n, np.full(n, 1.0 / n), size=len(block)).astype(np.float64)
+
+
 def bootstrap_ci(y_true, scores, task, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED, level=0.95):
     """Percentile CIs for AUC and ACC over `n_boot` seeded resamples of the rows.
 
     A resample in which a scored class is absent (or alone) has no AUC and is left out of the AUC
     interval; how many were usable is recorded, and the interval is None when none were.
     """
-    rng = np.random.default_rng(seed)
     n = len(y_true)
     columns = [(t, s) for t, s in binary_columns(y_true, scores, task) if scorable(t)]
     correct = _correct(y_true, scores, task)
     aucs, accs = [], []
-    for block in np.array_split(np.arange(n_boot), max(1, n_boot * n // 5_000_000)):
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=len(block)).astype(np.float64)
+    for counts in resample_counts(n, n_boot, seed):
         per_class = [weighted_auc(t, s, counts) for t, s in columns]
-        aucs.append(np.mean(per_class, axis=0) if per_class else np.full(len(block), np.nan))
+        aucs.append(np.mean(per_class, axis=0) if per_class else np.full(len(counts), np.nan))
         accs.append(counts @ correct / n)
     tail = 100 * (1 - level) / 2
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)

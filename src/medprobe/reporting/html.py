@@ -143,8 +143,8 @@ def _run_metrics_table(runs):
     return "\n".join(rows)
 
 
-def _bench_table(bench_root, manifest):
-    rows = build_table(bench_root)
+def _bench_table(bench_root, manifest, rows=None):
+    rows = build_table(bench_root) if rows is None else rows
     parts = []
     for dataset in manifest["config"]["datasets"]:
         mine = [r for r in rows if r["dataset"] == dataset["name"]]
@@ -321,12 +321,16 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
              "definitions; intervals are 95 % bootstrap CIs over test images.</p>")
 
     page.add("<h2>Summary</h2>")
+    rows = build_table(root) if bench else None
     if bench:
-        page.add(_bench_table(root, bench))
+        page.add(_bench_table(root, bench, rows))
     if found["runs"] and not bench:
         page.add(_run_metrics_table(found["runs"]))
     if found["baselines"] and not bench:
         page.add(_baseline_table(found["baselines"]))
+
+    page.add(_comparisons_section(bench, rows) if bench else "")
+    page.add(_repeats_section(found["runs"]))
 
     shown = found["runs"] if all_runs or len(found["runs"]) <= 1 else _featured(found["runs"])
     if bench:  # in the config's dataset order
@@ -370,6 +374,66 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
     atomic_write_text(out, text)
     log.info("report %s: %d figures, %d bytes", out, page.n_images, len(text))
     return out
+
+
+def _comparisons_section(manifest, rows):
+    """Paired comparisons of a bench: each cell against its dataset's best cell and the trained baseline, and the spread across seeds."""
+    parts = []
+    for dataset in manifest["config"]["datasets"]:
+        probes = [r for r in rows if r["dataset"] == dataset["name"] and r["kind"] == "probe" and r.get("auc") is not None]
+        spread = [r for r in rows if r["dataset"] == dataset["name"] and r["kind"] == "seeds"]
+        if not probes:
+            continue
+        has_base = any(r.get("p_baseline") is not None or r.get("delta_auc_baseline_lo") is not None for r in probes)
+        parts.append(f"<h3>{_esc(dataset['name'])}</h3>")
+        header = "<tr><th>method</th><th>seed</th><th>AUC</th><th>ΔAUC vs best [paired 95 % CI]</th><th>DeLong p</th>"
+        header += "<th>ΔAUC vs trained here [paired 95 % CI]</th><th>DeLong p</th></tr>" if has_base else "</tr>"
+        body = []
+        for r in probes:
+            cells = [_esc(r["method"]), _esc(r["seed"]), _fmt(r["auc"]), *_paired_cells(r, "best")]
+            if has_base:
+                cells += _paired_cells(r, "baseline")
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append("<table>" + header + "\n".join(body) + "</table>")
+        notes = [f"<li>{_esc(r['method'])} (seed {_esc(r['seed'])}): {_esc(r['paired_note'])}</li>" for r in probes if r.get("paired_note")]
+        if notes:
+            parts.append("<ul class='note'>" + "".join(notes) + "</ul>")
+        if spread:
+            parts.append("<table><tr><th>method</th><th>seeds</th><th>test AUC mean ± SD</th><th>min–max</th><th>ACC mean ± SD</th>"
+                         "<th>the spread is</th></tr>" + "".join(
+                             f"<tr><td>{_esc(r['method'])}</td><td>{r['n_seeds']}</td><td>{r['auc']:.3f} ± {r['auc_sd']:.3f}</td>"
+                             f"<td>{r['auc_min']:.3f}–{r['auc_max']:.3f}</td><td>{r['acc']:.3f} ± {r['acc_sd']:.3f}</td>"
+                             f"<td>{_esc(r['spread_is'])}</td></tr>" for r in spread) + "</table>")
+    if not parts:
+        return ""
+    return ("<h2>Paired comparisons</h2><p class='muted'>Each cell against the cell with the highest test AUC on its dataset (same "
+            "seed) and against the baseline trained here, on the same test images: the AUC difference with a paired bootstrap 95 % CI "
+            "and DeLong's two-sided p (multi-class: the one-vs-rest mean; see <code>medprobe compare</code>). Not corrected for the "
+            "number of comparisons.</p>" + "\n".join(parts))
+
+
+def _paired_cells(row, name):
+    delta, lo, hi, p = (row.get(k) for k in (f"delta_auc_{name}", f"delta_auc_{name}_lo", f"delta_auc_{name}_hi", f"p_{name}"))
+    if name == "best" and row.get("best_method") == row["method"] and delta == 0:
+        return ["best", ""]
+    interval = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else ""
+    return [_fmt(delta, signed=True) + interval, "–" if p is None else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"]
+
+
+def _repeats_section(runs):
+    """Runs made with `--seeds N`: the spread of each metric across seeds and which variance it is."""
+    parts = []
+    for _, result in runs:
+        repeats = result.repeats
+        if not repeats:
+            continue
+        rows = "".join(f"<tr><td>test {_esc(name)}</td><td>{s['mean']:.3f}</td><td>{s['sd']:.3f}</td><td>{s['min']:.3f}–{s['max']:.3f}</td></tr>"
+                       for name, s in repeats["test"].items() if s["mean"] is not None)
+        seeds = ", ".join(str(s) for s in repeats["seeds"])
+        parts.append(f"<h3>{_esc(result.title)}</h3><p>Seeds {_esc(seeds)}: the spread is <b>{_esc(repeats['spread_is'])}</b>. "
+                     f"{_esc(repeats['explanation'])}.</p><table><tr><th>metric</th><th>mean</th><th>SD</th><th>min–max</th></tr>"
+                     f"{rows}</table>")
+    return "<h2>Repeated runs</h2>" + "\n".join(parts) if parts else ""
 
 
 def _baseline_table(baselines):

@@ -21,6 +21,7 @@ import numpy as np
 from medprobe import __version__
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_text, file_digest
+from medprobe.reporting.repeats import repeats_lines
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.csv"
@@ -83,6 +84,7 @@ class RunResult(_Result):
     seed: int = 0
     near_duplicates: dict = field(default_factory=dict)  # test images nearly identical to a train image (embedding cosine)
     external: dict = field(default_factory=dict)  # `medprobe evaluate`: the saved model evaluated here, on which rows
+    repeats: dict = field(default_factory=dict)  # `run --seeds N`: the spread over seeds and what it measures (repeats_lines)
     files: dict = field(default_factory=dict)  # SHA-256 of the folder's other files, written with this result
     versions: dict = field(default_factory=lambda: package_versions())
     medprobe: str = __version__
@@ -361,6 +363,8 @@ def summary_markdown(result):
         f"probe fit {timings['fit_s']:.1f} s. Cache key `{result.cache['key'][:16]}`.",
         "",
     ]
+    if result.repeats:  # `run --seeds N`: the same lines the terminal shows
+        lines += ["```", *repeats_lines(result.repeats), "```", ""]
     return "\n".join(lines)
 
 

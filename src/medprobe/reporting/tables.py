@@ -9,6 +9,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from medprobe.core.errors import ComparisonError
+from medprobe.evaluation.metrics import N_BOOTSTRAP
+from medprobe.reporting.compare import compare_folders
+from medprobe.reporting.repeats import summarize
 from medprobe.reporting.results import RESULTS, read_result
 
 MANIFEST = "bench.json"
@@ -53,8 +57,10 @@ def build_table(out):
         here = [(folder, b) for folder, b in baselines if b.dataset["name"] in data_names]
         refs = [r for r in references if r["dataset"] == dataset["reference"]]
         context = {"dataset": name, "reference": dataset["reference"] or "", "reference_comparable": dataset["comparable"]}
-        for cell in mine:
-            rows.append({**context, **_probe_row(cell, here, refs)})
+        probe_rows = [{**context, **_probe_row(cell, here, refs)} for cell in mine]
+        add_paired_columns(probe_rows, Path(out), here, manifest["config"].get("n_boot", N_BOOTSTRAP))
+        rows += probe_rows
+        rows += seed_spread_rows(mine, context)
         for folder, base in here:
             rows.append({**context, **_baseline_row(folder, base)})
         for ref in refs:
@@ -103,6 +109,56 @@ def _baseline_row(folder, base):
     }
 
 
+def add_paired_columns(probe_rows, out, baselines, n_boot=N_BOOTSTRAP):
+    """Each probe cell against the best cell of its dataset and seed (by test AUC) and against the first baseline, paired.
+
+    Adds `best_method`, `delta_auc_best` with its paired bootstrap CI (`_lo`, `_hi`) and DeLong `p_best`, and
+    `delta_auc_baseline_lo`/`_hi` and `p_baseline`; a pair that cannot be compared gets a `paired_note` instead.
+    """
+    done = [r for r in probe_rows if r.get("auc") is not None]
+    for seed in {r["seed"] for r in done}:
+        same_seed = [r for r in done if r["seed"] == seed]
+        best = max(same_seed, key=lambda r: r["auc"])
+        for row in same_seed:
+            row["best_method"] = best["method"]
+            if row is best:
+                row.update(delta_auc_best=0.0)
+                continue
+            _paired(row, out / row["path"], out / best["path"], "best", n_boot)
+    if baselines:
+        folder, _ = baselines[0]
+        for row in done:
+            _paired(row, out / row["path"], folder, "baseline", n_boot)
+
+
+def _paired(row, folder, other, name, n_boot):
+    try:
+        c = compare_folders(folder, other, n_boot)
+    except ComparisonError as e:
+        row["paired_note"] = (row.get("paired_note", "") + f"; vs {name}: {e}").lstrip("; ")
+        return
+    lo, hi = c["difference_ci"] or [None, None]
+    row.update({f"delta_auc_{name}": c["difference"], f"delta_auc_{name}_lo": lo, f"delta_auc_{name}_hi": hi,
+                f"p_{name}": c["delong"]["p"]})
+
+
+def seed_spread_rows(cells, context):
+    """One row per (encoder, probe) run with more than one seed: test AUC and ACC mean, SD and min-max across seeds,
+    and what that spread measures (the same summary as `medprobe run --seeds`)."""
+    rows = []
+    for method in dict.fromkeys((c["encoder"], c["probe"]) for c in cells):
+        done = [c for c in cells if (c["encoder"], c["probe"]) == method and c["result"] is not None]
+        if len(done) < 2:
+            continue
+        summary = summarize([c["seed"] for c in done], [c["result"] for c in done])
+        auc, acc = summary["test"]["auc"], summary["test"]["acc"]
+        rows.append({**context, "kind": "seeds", "method": " + ".join(method), "encoder": method[0], "probe": method[1],
+                     "seed": f"{summary['n']} seeds", "n_seeds": summary["n"], "auc": auc["mean"], "auc_sd": auc["sd"],
+                     "auc_min": auc["min"], "auc_max": auc["max"], "acc": acc["mean"], "acc_sd": acc["sd"],
+                     "spread_is": summary["spread_is"]})
+    return rows
+
+
 def _ref_key(method):
     return "".join(ch if ch.isalnum() else "_" for ch in method.lower()).strip("_").replace("__", "_")
 
@@ -110,7 +166,10 @@ def _ref_key(method):
 _CSV_COLUMNS = ["dataset", "kind", "method", "encoder", "probe", "seed", "status", "auc", "auc_lo", "auc_hi", "acc", "acc_lo",
                 "acc_hi", "embed_cpu_s", "fit_cpu_s", "cpu_s", "wall_s", "epochs_done", "protocol_epochs", "embed_cost_source",
                 "baseline", "delta_auc_baseline", "delta_acc_baseline", "compute_ratio", "reference", "reference_comparable",
-                "n_test", "path", "error"]
+                "n_test", "path", "error",
+                # paired comparisons (DeLong p, paired bootstrap CI of the AUC difference) and the spread across seeds
+                "best_method", "delta_auc_best", "delta_auc_best_lo", "delta_auc_best_hi", "p_best", "delta_auc_baseline_lo",
+                "delta_auc_baseline_hi", "p_baseline", "paired_note", "n_seeds", "auc_sd", "auc_min", "auc_max", "acc_sd", "spread_is"]
 
 
 def table_csv(rows):
@@ -135,6 +194,18 @@ def _ci(row, metric):
     return f"{row[metric]:.3f} [{row[f'{metric}_lo']:.3f}, {row[f'{metric}_hi']:.3f}]"
 
 
+def paired_text(row, name):
+    """'+0.012 [-0.010, +0.035] p=0.31' for a paired delta, 'best' for the best cell itself, '–' when there is none."""
+    delta = row.get(f"delta_auc_{name}")
+    if delta is None:
+        return "–"
+    if name == "best" and row.get("best_method") == row.get("method") and delta == 0:
+        return "best"
+    lo, hi, p = row.get(f"delta_auc_{name}_lo"), row.get(f"delta_auc_{name}_hi"), row.get(f"p_{name}")
+    interval = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else ""
+    return f"{delta:+.3f}{interval}" + (f" p={p:.2g}" if p is not None and p < 0.001 else f" p={p:.3f}" if p is not None else "")
+
+
 def _ratio(value):
     return "–" if value is None else f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
 
@@ -150,7 +221,9 @@ def table_markdown(rows, manifest):
         "Test AUC and ACC exactly as MedMNIST defines them, with 95 % bootstrap CIs. "
         "CPU s = embedding (all images, measured when computed) + probe fit (incl. hyper-parameter search). "
         "Compute ratio = CPU seconds of the conventional training measured here / CPU s of the probe. "
-        "Δ = probe − other (AUC / ACC).",
+        "Δ = probe − other (AUC / ACC). ΔAUC vs best: against the cell with the highest test AUC on the dataset (same seed), "
+        "paired on the same test images, with a paired bootstrap 95 % CI and DeLong's two-sided p (not corrected for the "
+        "number of comparisons; `medprobe compare` gives the details). The baseline delta is paired the same way.",
         "",
     ]
     for dataset in manifest["config"]["datasets"]:
@@ -169,7 +242,7 @@ def table_markdown(rows, manifest):
         elif not refs:
             lines += ["No MedMNIST v2 reference exists for this dataset.", ""]
         ref_cols = [(r["method"].removeprefix("MedMNIST v2 "), _ref_key(r["method"].removeprefix("MedMNIST v2 "))) for r in refs]
-        header = ["method", "seed", "AUC [95 % CI]", "ACC [95 % CI]", "CPU s"]
+        header = ["method", "seed", "AUC [95 % CI]", "ACC [95 % CI]", "CPU s", "ΔAUC vs best [paired CI], DeLong p"]
         if bases:
             header += ["ΔAUC vs trained here", "compute ratio"]
         header += [f"Δ {label}" + ("" if dataset["comparable"] else " (n/c)") for label, _ in ref_cols]
@@ -179,9 +252,9 @@ def table_markdown(rows, manifest):
             if r.get("auc") is None:
                 lines.append(f"| {r['method']} | {r['seed']} | failed: {r.get('error', '')} |" + " |" * (len(header) - 3))
                 continue
-            cells_ = [r["method"], str(r["seed"]), _ci(r, "auc"), _ci(r, "acc"), _cpu(r.get("cpu_s"))]
+            cells_ = [r["method"], str(r["seed"]), _ci(r, "auc"), _ci(r, "acc"), _cpu(r.get("cpu_s")), paired_text(r, "best")]
             if bases:
-                cells_ += [_num(r.get("delta_auc_baseline"), signed=True), _ratio(r.get("compute_ratio"))]
+                cells_ += [paired_text(r, "baseline"), _ratio(r.get("compute_ratio"))]
             cells_ += [f"{_num(r.get(f'delta_auc_{k}'), signed=True)} / {_num(r.get(f'delta_acc_{k}'), signed=True)}" for _, k in ref_cols]
             lines.append("| " + " | ".join(cells_) + " |")
         for r in bases:
@@ -204,6 +277,13 @@ def table_markdown(rows, manifest):
             cells_ += [""] * (len(header) - len(cells_))
             lines.append("| " + " | ".join(cells_) + " |")
         lines += ["", *notes] if notes else []
+        lines += [f"Not paired: {r['method']} (seed {r['seed']}): {r['paired_note']}" for r in probes if r.get("paired_note")]
+        spread = [r for r in mine if r["kind"] == "seeds"]
+        if spread:
+            lines += ["", "Across seeds (test AUC / ACC: mean, SD, min–max; what the spread measures: see `medprobe run --seeds`):", "",
+                      "| method | seeds | AUC mean ± SD | AUC min–max | ACC mean ± SD | spread is |", "|---|---|---|---|---|---|"]
+            lines += [f"| {r['method']} | {r['n_seeds']} | {r['auc']:.3f} ± {r['auc_sd']:.3f} | {r['auc_min']:.3f}–{r['auc_max']:.3f} | "
+                      f"{r['acc']:.3f} ± {r['acc_sd']:.3f} | {r['spread_is']} |" for r in spread]
         lines.append("")
     counts = manifest["counts"]
     lines += [f"Cells: {counts['ran']} ran, {counts['skipped']} skipped (already done), {counts['failed']} failed.", ""]

@@ -108,7 +108,7 @@ def resolve_config(raw, base=".", name="bench"):
         "datasets": datasets,
         "encoders": [str(e) for e in raw["encoders"]],
         "probes": [str(p) for p in raw["probes"]],
-        "seeds": [int(s) for s in raw.get("seeds", [0])],
+        "seeds": _seeds(raw.get("seeds", [0])),
         "class_weight": raw.get("class_weight"),
         "n_boot": int(raw.get("n_boot", 1000)),
         "batch_size": int(raw.get("batch_size", 64)),
@@ -118,6 +118,18 @@ def resolve_config(raw, base=".", name="bench"):
         "baselines": [_resolve_path(p, base) for p in raw.get("baselines", [])],
         "out": _resolve_path(raw.get("out"), base),
     }
+
+
+def _seeds(value):
+    """`seeds: [0, 3]` lists them; `seeds: 5` means 0..4, the same seeds as `medprobe run --seeds 5`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise BenchConfigError(f"bench config: 'seeds' must be a positive count or a list of seeds, got {value}")
+        return list(range(value))
+    try:
+        return [int(s) for s in value]
+    except (TypeError, ValueError) as e:
+        raise BenchConfigError(f"bench config: 'seeds' must be a positive count or a list of integer seeds, got {value!r}") from e
 
 
 def _check_keys(mapping, allowed, where):
@@ -190,15 +202,18 @@ def cells(config):
                     }
                     if config.get("runtime"):
                         spec["runtime"] = config["runtime"]
+                    if seed:  # splits medprobe draws follow the seed; seed-0 cells keep the spec (and splits) they always had
+                        spec["split_seed"] = seed
                     spec.update(dataset.get("data_options", {}))
                     folder = Path("cells") / slug(dataset["name"]) / slug(encoder) / slug(probe) / f"seed-{seed}"
                     yield dataset["name"], folder, spec
 
 
 def data_spec(entry):
-    """The DataSpec of a resolved dataset entry or a cell spec."""
+    """The DataSpec of a resolved dataset entry or a cell spec; a cell's seed also draws the splits medprobe makes."""
     options = entry.get("data_options", entry)
-    return DataSpec(entry["dataset"], entry["data_dir"], entry["size"], **{k: options[k] for k in _DATA_OPTIONS if k in options})
+    return DataSpec(entry["dataset"], entry["data_dir"], entry["size"], **{k: options[k] for k in _DATA_OPTIONS if k in options},
+                    split_seed=entry.get("split_seed", 0))
 
 
 def cell_done(folder, spec):
