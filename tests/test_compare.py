@@ -109,3 +109,15 @@ def test_a_folder_without_predictions_or_results_is_refused(two_runs, tmp_path, 
     (folder / "predictions.csv").unlink()
     done = medprobe("compare", two_runs / "logreg", folder)
     assert done.returncode == 2 and "no predictions.csv" in done.stderr
+
+
+def test_report_over_two_runs_pairs_them_as_compare_does(two_runs, tmp_path):
+    from medprobe.reporting.html import write_report
+
+    page = write_report(two_runs, out=tmp_path / "report.html").read_text()
+    logreg, knn = (read_result(two_runs / name).metrics["test"]["auc"] for name in ("logreg", "knn"))
+    worse, best = ("logreg", "knn") if logreg < knn else ("knn", "logreg")
+    expected = compare_folders(two_runs / worse, two_runs / best)
+    section = page.split("<h2>Paired comparisons</h2>")[1]
+    assert f"{expected['difference']:+.3f} [{expected['difference_ci'][0]:.3f}, {expected['difference_ci'][1]:.3f}]" in section
+    assert f"{expected['delong']['p']:.3g}" in section

@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 from medprobe import __version__
-from medprobe.core.errors import MedprobeError
+from medprobe.core.errors import ComparisonError, MedprobeError
 from medprobe.core.files import atomic_write_bytes, atomic_write_text
 from medprobe.core.names import slug
 from medprobe.reporting.figures import (
@@ -45,6 +45,7 @@ from medprobe.reporting.results import (
     read_result,
     split_lines,
 )
+from medprobe.reporting.compare import compare_folders
 from medprobe.reporting.study import calibration_html, operating_points_html, subgroups_html
 from medprobe.reporting.tables import MANIFEST, build_table
 
@@ -329,7 +330,7 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
     if found["baselines"] and not bench:
         page.add(_baseline_table(found["baselines"]))
 
-    page.add(_comparisons_section(bench, rows) if bench else "")
+    page.add(_comparisons_section(bench, rows) if bench else _run_comparisons_section(found["runs"] + found["baselines"]))
     page.add(_repeats_section(found["runs"]))
 
     shown = found["runs"] if all_runs or len(found["runs"]) <= 1 else _featured(found["runs"])
@@ -410,6 +411,39 @@ def _comparisons_section(manifest, rows):
             "seed) and against the baseline trained here, on the same test images: the AUC difference with a paired bootstrap 95 % CI "
             "and DeLong's two-sided p (multi-class: the one-vs-rest mean; see <code>medprobe compare</code>). Not corrected for the "
             "number of comparisons.</p>" + "\n".join(parts))
+
+
+def _run_comparisons_section(runs):
+    """Outside a bench: every run or baseline folder against the best one on the same test images (`medprobe compare`)."""
+    by_dataset = {}
+    for folder, result in runs:
+        if result.metrics["test"].get("auc") is not None:
+            by_dataset.setdefault(result.dataset["name"], []).append((folder, result))
+    parts = []
+    for dataset, group in by_dataset.items():
+        if len(group) < 2:
+            continue
+        best_folder, best = max(group, key=lambda run: run[1].metrics["test"]["auc"])
+        rows = []
+        for folder, result in group:
+            if folder == best_folder:
+                continue
+            try:
+                c = compare_folders(folder, best_folder)
+            except ComparisonError as e:  # e.g. another split of the same data: no pairing, say why
+                rows.append(f"<tr><td>{_esc(result.title)}</td><td colspan='3' class='note'>not paired: {_esc(e)}</td></tr>")
+                continue
+            p = "–" if c["delong"]["p"] is None else f"{c['delong']['p']:.3g}"
+            rows.append(f"<tr><td>{_esc(result.title)}</td><td>{c['auc_a']:.3f}</td>"
+                        f"<td>{c['difference']:+.3f} {ci_text(c['difference_ci'])}</td><td>{p}</td></tr>")
+        parts.append(f"<h3>{_esc(dataset)}: against {_esc(best.title)} (AUC {best.metrics['test']['auc']:.3f})</h3>"
+                     "<table><tr><th>run</th><th>AUC</th><th>ΔAUC vs best [paired 95 % CI]</th><th>DeLong p</th></tr>"
+                     + "".join(rows) + "</table>")
+    if not parts:
+        return ""
+    return ("<h2>Paired comparisons</h2><p class='muted'>Each run against the run with the highest test AUC on the same dataset, "
+            "on the same test images matched by id: the AUC difference with a paired bootstrap 95 % CI and DeLong's two-sided p "
+            "(see <code>medprobe compare</code>). Not corrected for the number of comparisons.</p>" + "\n".join(parts))
 
 
 def _paired_cells(row, name):
