@@ -66,9 +66,11 @@ class ArrayImages:
         return ArrayImages(self.arrays, self.rows[np.asarray(rows, dtype=np.int64)])
 
 
-# Decoded pixels the pre-scan may keep for embedding: ~7,800 HAM10000 images (150 px RGB), or 128 2048 px X-rays.
+# Decoded pixels the pre-scan may keep for embedding: ~3,900 HAM10000 images (150 px RGB), or 64 2048 px X-rays.
 # Within it a file is decoded once; beyond it the scan decodes JPEGs at reduced scale and embedding decodes again.
-KEEP_BYTES = 512 * 2**20
+# Images whose embedding is already stored are never asked for, so a cache-hit run holds them until the data set
+# is dropped: the budget bounds that too.
+KEEP_BYTES = 256 * 2**20
 
 
 class KeptImages:
