@@ -8,6 +8,7 @@ The exported .onnx files live in the cache folder (`_onnx/`), keyed by the encod
 a fingerprint of the weights, so they are built once per machine and never committed.
 """
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -90,7 +91,7 @@ def export_onnx(module, config, path):
     import torch
 
     example = torch.zeros(1, config.channels, config.input_size, config.input_size)
-    with atomic_target(path) as partial, warnings.catch_warnings():
+    with atomic_target(path) as partial, warnings.catch_warnings(), plain_attention():
         warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about deprecations and constant folding
         torch.onnx.export(
             module,
@@ -103,6 +104,20 @@ def export_onnx(module, config, path):
             dynamo=False,  # the TorchScript exporter is several times quicker to export than dynamo here
         )
     return path
+
+
+@contextlib.contextmanager
+def plain_attention():
+    """nn.MultiheadAttention's fused inference kernel (`_native_multi_head_attention`) has no ONNX export, so every
+    CLIP ViT fell back to PyTorch eager; traced without it, the graph is plain linear/softmax/matmul ops."""
+    import torch
+
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def ort_session(path, threads=None):
