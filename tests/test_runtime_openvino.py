@@ -71,3 +71,21 @@ def test_without_openvino_asking_for_it_is_a_clear_error_before_any_work(runtime
     assert done.returncode != 0 and "needs OpenVINO" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.rglob("rows-*.parquet")), "nothing may run"
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "openvino-bf16"])
+def test_an_export_or_compile_failure_falls_back_to_eager_with_a_one_line_notice(real, runtime, caplog, monkeypatch):  # noqa: F811
+    from medprobe.encoders import runtimes
+
+    _, pixels, reference, _ = real
+    encoder = fresh(real, runtime)
+
+    def fail(*args):
+        raise RuntimeError("Unsupported operation: SomeOp\nlong trace")
+
+    monkeypatch.setattr(runtimes, "openvino_model", fail)
+    with caplog.at_level(logging.WARNING):
+        out = encoder.embed_batch(pixels[:2])
+    assert "OpenVINO cannot run efficientnet_lite0 (RuntimeError: Unsupported operation: SomeOp); embedding with PyTorch eager" in caplog.text
+    assert encoder.backend.startswith("torch eager fp32")
+    np.testing.assert_allclose(out, reference[:2], rtol=1e-5, atol=1e-6)
