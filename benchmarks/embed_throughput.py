@@ -271,7 +271,7 @@ def cosines(a, b):
 def auc_runs(runtimes, folder, printer=print):
     """Test AUC with 95 % CI of each runtime on the three real data sets (`medprobe run`, logreg), one cache per runtime."""
     rows = {}
-    printer(f"\ntest AUC [95 % CI] by runtime (medprobe run, efficientnet_lite0 + logreg); * = outside the first runtime's CI:")
+    printer("\ntest AUC [95 % CI] by runtime (medprobe run, efficientnet_lite0 + logreg); * = outside the first runtime's CI:")
     printer(f"{'runtime':<15}" + "".join(f"{name:>30}" for name in AUC_DATASETS) + f"{'embed img/s':>13}")
     for runtime in runtimes:
         cells, rates = {}, []
