@@ -1,7 +1,12 @@
 """Embedding throughput: a plain PyTorch loop against medprobe's default path and each runtime, side by side.
 
-    python benchmarks/embed_throughput.py                      # 2,000 HAM10000 JPEGs, all variants, RSS, cold run
-    python benchmarks/embed_throughput.py --images 256 --no-rss --no-cold-run   # a quick look
+    python benchmarks/embed_throughput.py                      # everything below, in one run (see docs/speed.md)
+    python benchmarks/embed_throughput.py --images 256 --no-rss --no-cold-run --no-auc --no-heavy   # a quick look
+
+Sections: (1) the variants below on the same images, each with its pure-inference rate measured in the
+same subprocess; (2) test AUC with 95 % CI of each `--auc-runtimes` on RetinaMNIST, PneumoniaMNIST
+(balanced) and HAM10000 mel/nv (`medprobe run`, logreg); (3) the heavy encoders (benchmarks/heavy_encoders.py);
+(4) peak RSS at two sizes; (5) a cold `medprobe run`.
 
 Every variant embeds the same real images with the same encoder (EfficientNet-Lite0, real weights,
 224 px) in its own subprocess, one after another, so each has its own peak RSS and none inherits
@@ -12,7 +17,14 @@ keeps each one's best.
 (a) `plain`: the method as usually coded: torchvision Resize/CenterCrop/ToTensor/Normalize, PIL
     decoding in the loop, batches of 64, `torch.no_grad()`, fp32 eager, torch's default threads.
 (b) `default`: `medprobe.embedding.embed.embed()` as `medprobe run` calls it (runtime "auto"), hashing included.
-(c) each runtime forced through the same `embed()`: torch (fp32 eager), onnx (fp32), bf16, int8.
+    `run`: the same after the pre-scan (`scan_images`), as `medprobe run` does it: the scan decodes each
+    file once and embedding reuses the pixels (decode once); its time is included.
+(c) each runtime forced through the same `embed()`: torch (fp32 eager), onnx, openvino (fp32), openvino-bf16,
+    bf16 (torch autocast), int8 (ONNX Runtime).
+
+`pure` is the same encoder object's `embed_batch` on pixels decoded beforehand (the inference limit of that
+runtime), alternated with the end-to-end pass in the same subprocess, best of two each; `e2e/pure` is
+the figure issue 15 asks to be >= 0.85.
 
 One-time costs (loading weights, exporting to ONNX, quantising) are reported as `setup s` and left out
 of img/s; the cold `medprobe run` at the end pays all of them.
@@ -40,7 +52,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ENCODER = "efficientnet_lite0"
-VARIANTS = ("plain", "default", "torch", "onnx", "bf16", "int8")
+VARIANTS = ("plain", "default", "run", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8")
+AUC_DATASETS = {  # name -> `medprobe run` arguments
+    "retinamnist": ["--dataset", "retinamnist", "--data-dir", str(SHARED / "medmnist")],
+    "pneumoniamnist_balanced": ["--dataset", str(SHARED / "medmnist" / "pneumoniamnist_balanced.npz")],
+    "ham10000_melnv": ["--dataset", str(SHARED / "ham10000_melnv")],
+}
 
 
 # --- the images ----------------------------------------------------------------------------------
@@ -117,8 +134,10 @@ def run_plain(data, n, batch_size):
     return np.concatenate(out), setup, time.perf_counter() - tick, {"backend": f"torch {torch.__version__} eager fp32"}
 
 
-def run_medprobe(data, n, batch_size, runtime):
-    """(b) and (c): embed() exactly as the CLI calls it, with the runtime chosen (None: the default)."""
+def run_medprobe(data, n, batch_size, runtime, scan=False):
+    """(b) and (c): embed() exactly as the CLI calls it, with the runtime chosen (None: the default),
+    alternated with pure inference of the same encoder on pre-decoded pixels; best of two each."""
+    from medprobe.data.scan import scan_images
     from medprobe.embedding.embed import embed
     from medprobe.embedding.options import EmbedOptions
     from medprobe.encoders import create_encoder
@@ -127,12 +146,24 @@ def run_medprobe(data, n, batch_size, runtime):
     encoder, transform = create_encoder(ENCODER, runtime=runtime or "auto")
     # Pay the one-time costs (weights, ONNX export, quantisation, guard) before the clock starts.
     encoder.prepare(n_images=n, artifacts=Path(os.environ["MEDPROBE_CACHE"]))
-    warm = dataset(data, batch_size)
-    encoder.embed_batch(np.stack([transform(warm.images.load(i)) for i in range(batch_size)]))
+    warm = dataset(data, min(n, 256))
+    pixels = np.stack([transform(warm.images.load(i)) for i in range(len(warm))])  # the pure pass cycles through these
+    encoder.embed_batch(pixels[:batch_size])
     setup = time.perf_counter() - tick
-    tick = time.perf_counter()
-    result = embed(dataset(data, n), encoder, transform, EmbedOptions(ENCODER, use_cache=False, batch_size=batch_size, progress=False))
-    return result.vectors, setup, time.perf_counter() - tick, encoder.runtime_info()
+    options = EmbedOptions(ENCODER, use_cache=False, batch_size=batch_size, progress=False)
+    pure = end_to_end = float("inf")
+    for _ in range(2):
+        tick = time.perf_counter()
+        for start in range(0, n, batch_size):
+            encoder.embed_batch(pixels[np.arange(start, min(start + batch_size, n)) % len(pixels)])
+        pure = min(pure, time.perf_counter() - tick)
+        tick = time.perf_counter()
+        images = dataset(data, n)
+        if scan:
+            images, _ = scan_images(images, check=False)
+        vectors = embed(images, encoder, transform, options).vectors
+        end_to_end = min(end_to_end, time.perf_counter() - tick)
+    return vectors, setup, end_to_end, {**encoder.runtime_info(), "pure_s": pure}
 
 
 def worker(args):
@@ -140,7 +171,8 @@ def worker(args):
     if args.worker == "plain":
         vectors, setup, seconds, info = run_plain(args.data, args.images, args.batch_size)
     else:
-        vectors, setup, seconds, info = run_medprobe(args.data, args.images, args.batch_size, None if args.worker == "default" else args.worker)
+        runtime = None if args.worker in ("default", "run") else args.worker
+        vectors, setup, seconds, info = run_medprobe(args.data, args.images, args.batch_size, runtime, scan=args.worker == "run")
     np.save(args.out + ".npy", vectors)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(args.out + ".json").write_text(json.dumps({"setup": setup, "seconds": seconds, "rss": peak, "info": info}, default=str))
@@ -236,16 +268,49 @@ def cosines(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def auc_runs(runtimes, folder, printer=print):
+    """Test AUC with 95 % CI of each runtime on the three real data sets (`medprobe run`, logreg), one cache per runtime."""
+    rows = {}
+    printer("\ntest AUC [95 % CI] by runtime (medprobe run, efficientnet_lite0 + logreg); * = outside the first runtime's CI:")
+    printer(f"{'runtime':<15}" + "".join(f"{name:>30}" for name in AUC_DATASETS) + f"{'embed img/s':>13}")
+    for runtime in runtimes:
+        cells, rates = {}, []
+        for name, spec in AUC_DATASETS.items():
+            out, cache = folder / f"auc-{name}-{runtime}", folder / f"auc-cache-{runtime}"
+            command = [sys.executable, "-m", "medprobe.cli", "run", *spec, "--runtime", runtime, "--cache-dir", str(cache), "--out", str(out), "--quiet"]
+            done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, MEDPROBE_CACHE=str(cache)), check=False)
+            if done.returncode:
+                sys.exit(f"medprobe run {name} --runtime {runtime} failed:\n{done.stderr[-3000:]}")
+            result = json.loads((out / "results.json").read_text())
+            test = result["metrics"]["test"]
+            cells[name] = {"auc": test["auc"], "auc_ci": test["auc_ci"], "n_test": result["dataset"]["n"]["test"],
+                           "embed_s": result["timings"]["embed_s"], "backend": result.get("encoder", {}).get("runtime", {})}
+            rates.append(sum(result["dataset"]["n"].values()) / result["timings"]["embed_s"])
+        rows[runtime] = cells
+        reference = rows[runtimes[0]]
+        line = f"{runtime:<15}"
+        for name, cell in cells.items():
+            low, high = reference[name]["auc_ci"]
+            flag = "" if low <= cell["auc"] <= high else "*"
+            line += f"{cell['auc']:>13.3f}{flag:1}[{cell['auc_ci'][0]:.3f}, {cell['auc_ci'][1]:.3f}]"
+        printer(line + f"{np.mean(rates):>13.1f}")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=2000, help="images per variant (default 2000)")
+    parser.add_argument("--images", type=int, default=512, help="images per variant (default 512)")
     parser.add_argument("--data", default="ham", help="ham (HAM10000 JPEGs), retinamnist or pneumoniamnist_balanced")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=1, help="alternate all variants this many times; keep each one's best")
     parser.add_argument("--rss-sizes", default="1000,10000", help="image counts for the peak-RSS comparison")
+    parser.add_argument("--auc-runtimes", default="auto,openvino-bf16", help="runtimes whose test AUCs are compared (first: the reference)")
+    parser.add_argument("--heavy-images", type=int, default=64, help="images per heavy encoder and runtime")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-cold-run", action="store_true")
+    parser.add_argument("--no-auc", action="store_true")
+    parser.add_argument("--no-heavy", action="store_true")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rss-worker", action="store_true", help=argparse.SUPPRESS)
@@ -256,16 +321,20 @@ def main():
     if args.rss_worker:
         return rss_worker(args)
 
+    started = time.perf_counter()
     variants = [v for v in args.variants.split(",") if v]
-    if "plain" not in variants:
-        variants.insert(0, "plain")
-    report = {"images": args.images, "data": args.data, "batch_size": args.batch_size, "cores": len(os.sched_getaffinity(0))}
+    for needed in ("default", "plain"):
+        if needed not in variants:
+            variants.insert(0, needed)
+    report = {"images": args.images, "data": args.data, "batch_size": args.batch_size, "cores": len(os.sched_getaffinity(0)),
+              "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="medprobe-bench-") as tmp:
         folder = Path(tmp)
         peak32, peak16 = measured_peak("float32"), measured_peak("bfloat16")
         flops = flops_per_image()
         report.update(peak_fp32_gflops=peak32, peak_bf16_gflops=peak16, gflop_per_image=flops / 1e9)
-        print(f"{args.images} {args.data} images, {ENCODER} at 224 px, batch {args.batch_size}, {report['cores']} cores")
+        print(f"{args.images} {args.data} images, {ENCODER} at 224 px, batch {args.batch_size}, {report['cores']} cores, "
+              f"load average {report['load_average_at_start'][0]:.1f}")
         print(f"measured peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s (best of 3 4096^2 matmuls); "
               f"{flops / 1e9:.3f} GFLOP per image (FlopCounterMode: conv + matmul)\n")
 
@@ -279,22 +348,38 @@ def main():
 
         reference = results["plain"][0]
         base = args.images / results["plain"][1]["seconds"]
-        print(f"{'variant':<10}{'img/s':>8}{'x (a)':>7}{'min cos':>10}{'peak RSS':>10}{'GFLOP/s':>9}{'of peak':>9}{'setup s':>9}  backend")
+        default = args.images / results["default"][1]["seconds"]
+        print(f"{'variant':<18}{'img/s':>7}{'pure':>7}{'e2e/pure':>9}{'x (a)':>7}{'x (b)':>7}{'min cos':>9}{'mean cos':>9}"
+              f"{'peak RSS':>10}{'GFLOP/s':>8}{'of peak':>8}{'setup s':>8}  backend")
         rows = {}
         for variant in variants:
             vectors, stats = results[variant]
             speed = args.images / stats["seconds"]
-            gflops = speed * flops / 1e9
-            cos = float(cosines(vectors, reference).min())
             info = stats["info"]
+            pure = args.images / info["pure_s"] if "pure_s" in info else None
+            gflops = speed * flops / 1e9
+            cos = cosines(vectors, reference)
             backend = info.get("backend", "")
             if info.get("guard"):
                 backend += f"; guard min cos {info['guard']['min_cosine']}"
-            label = {"plain": "(a) plain", "default": "(b) default"}.get(variant, f"(c) {variant}")
-            print(f"{label:<12}{speed:>6.1f}{speed / base:>7.2f}{cos:>10.5f}{stats['rss'] / 2**20:>8.0f}MB{gflops:>9.1f}{gflops / peak32:>8.1%}{stats['setup']:>9.1f}  {backend}")
-            rows[variant] = {"img_per_s": speed, "ratio": speed / base, "min_cosine": cos, "peak_rss_mb": stats["rss"] / 2**20,
-                             "gflops": gflops, "fraction_of_fp32_peak": gflops / peak32, "setup_s": stats["setup"], "info": info}
+            label = {"plain": "(a) plain", "default": "(b) default", "run": "(b) run (scan+embed)"}.get(variant, f"(c) {variant}")
+            pure_text = f"{pure:>7.1f}{speed / pure:>9.3f}" if pure else f"{'':>7}{'':>9}"
+            print(f"{label:<18}{speed:>7.1f}{pure_text}{speed / base:>7.2f}{speed / default:>7.2f}{cos.min():>9.5f}{cos.mean():>9.5f}"
+                  f"{stats['rss'] / 2**20:>8.0f}MB{gflops:>8.1f}{gflops / peak32:>8.1%}{stats['setup']:>8.1f}  {backend}")
+            rows[variant] = {"img_per_s": speed, "pure_img_per_s": pure, "end_to_end_over_pure": speed / pure if pure else None,
+                             "ratio": speed / base, "ratio_to_default": speed / default, "min_cosine": float(cos.min()),
+                             "mean_cosine": float(cos.mean()), "peak_rss_mb": stats["rss"] / 2**20, "gflops": gflops,
+                             "fraction_of_fp32_peak": gflops / peak32, "setup_s": stats["setup"], "info": info}
         report["variants"] = rows
+
+        if not args.no_auc:
+            report["auc"] = auc_runs(args.auc_runtimes.split(","), folder)
+
+        if not args.no_heavy:
+            import heavy_encoders
+
+            report["heavy"] = heavy_encoders.run_all(heavy_encoders.MODELS, heavy_encoders.RUNTIMES, args.heavy_images, 32, folder,
+                                                     peak32, peak16)
 
         if not args.no_rss:
             sizes = [int(s) for s in args.rss_sizes.split(",")]
@@ -314,6 +399,9 @@ def main():
             parts = ", ".join(f"{k[:-2]} {v:.1f}" for k, v in timings.items() if k in ("load_s", "embed_s", "fit_s", "evaluate_s"))
             print(f"\ncold `medprobe run --dataset retinamnist` (empty cache, ONNX export included): {seconds:.1f} s wall "
                   f"(seconds: {parts}; the rest is start-up and writing results), test AUC {report['cold_run']['test_auc']:.3f}; target <= 45 s")
+    report["benchmark_s"] = time.perf_counter() - started
+    report["load_average_at_end"] = os.getloadavg()
+    print(f"\nwhole benchmark: {report['benchmark_s'] / 60:.1f} min; load average at the end {report['load_average_at_end'][0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
 

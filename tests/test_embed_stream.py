@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from medprobe.data.datasets import load_dataset
-from medprobe.embedding.embed import embed, prefetch
+from medprobe.embedding.embed import decoded_batches, embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import Encoder, EncoderConfig, create_encoder
 from medprobe.encoders.torch_encoder import TorchEncoder
@@ -70,30 +70,40 @@ def test_store_files_are_appended_as_each_chunk_completes(tmp_path):
 
 
 def test_decoding_runs_at_most_a_couple_of_batches_ahead():
-    """Memory stays O(batch): the decode thread waits for the encoder instead of filling memory."""
-    images = ArrayImages([np.zeros((400, 8, 8), np.uint8)])
-    transform = make_transform(Recorder.config)
+    """Memory stays O(batch): with a GPU, decoding runs ahead of the encoder but waits for it instead of filling memory."""
     decoded = []
-    original = embed_module.load_pixels
 
-    def counting(images, transform, index):
-        decoded.append(index)
-        return original(images, transform, index)
+    class Counting(ArrayImages):
+        def load(self, index):
+            decoded.append(index)
+            return super().load(index)
 
-    embed_module.load_pixels = counting
-    try:
-        ahead = []
-        batches = [(0, list(range(b, b + 10))) for b in range(0, 400, 10)]
-        for (_, rows), pixels in prefetch(images, transform, batches):
-            time.sleep(0.005)  # a slow encoder
-            ahead.append(len(decoded) - (rows[-1] + 1))
-            assert pixels.shape == (10, 3, 8, 8)
-    finally:
-        embed_module.load_pixels = original
-    assert max(ahead) <= (embed_module.PREFETCH + 1) * 10
+    images = Counting([np.zeros((400, 8, 8), np.uint8)])
+    ahead = []
+    batches = [(0, list(range(b, b + 10))) for b in range(0, 400, 10)]
+    for (_, rows), pixels in decoded_batches(images, make_transform(Recorder.config), batches, overlap=True):
+        time.sleep(0.005)  # a slow encoder
+        ahead.append(len(decoded) - (rows[-1] + 1))
+        assert pixels.shape == (10, 3, 8, 8)
+    assert 0 < max(ahead) <= (embed_module.PREFETCH + 1) * 10
 
 
-def test_a_decoding_error_reaches_the_caller_and_stops_the_thread(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_batches_hold_exactly_what_the_transform_gives_each_image(overlap):
+    """Decoding in a pool, straight into the batch, changes nothing: every row equals transform(load(i)) bit for bit."""
+    rng = np.random.default_rng(0)
+    images = ArrayImages([rng.integers(0, 256, (30, 20, 12, 3), dtype=np.uint8)])
+    config = EncoderConfig(name="t", family="t", arch="t", embed_dim=1, input_size=16, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
+    transform = make_transform(config)
+    batches = [(0, [5, 3, 29, 0]), (1, list(range(7, 20)))]
+    got = list(decoded_batches(images, transform, batches, overlap=overlap))
+    assert [batch for batch, _ in got] == batches
+    for (_, rows), pixels in got:
+        np.testing.assert_array_equal(pixels, np.stack([transform(images.load(i)) for i in rows]))
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_decoding_error_reaches_the_caller_and_stops_the_threads(overlap):
     from medprobe.core.errors import ImageError
 
     class Broken(ArrayImages):
@@ -104,16 +114,19 @@ def test_a_decoding_error_reaches_the_caller_and_stops_the_thread(tmp_path):
 
     images = Broken([np.zeros((40, 8, 8), np.uint8)])
     with pytest.raises(ImageError, match="#13"):
-        for _ in prefetch(images, make_transform(Recorder.config), [(0, list(range(b, b + 4))) for b in range(0, 40, 4)]):
+        for _ in decoded_batches(images, make_transform(Recorder.config), [(0, list(range(b, b + 4))) for b in range(0, 40, 4)], overlap=overlap):
             pass
-    assert not [t for t in threading.enumerate() if t.name == "medprobe-decode"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("medprobe-decode")]
 
 
-def test_stopping_early_stops_the_decode_thread():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_stopping_early_stops_the_decode_threads(overlap):
     images = ArrayImages([np.zeros((400, 8, 8), np.uint8)])
-    for _ in prefetch(images, make_transform(Recorder.config), [(0, list(range(b, b + 4))) for b in range(0, 400, 4)]):
+    batches = decoded_batches(images, make_transform(Recorder.config), [(0, list(range(b, b + 4))) for b in range(0, 400, 4)], overlap=overlap)
+    for _ in batches:
         break
-    assert not [t for t in threading.enumerate() if t.name == "medprobe-decode"]
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("medprobe-decode")]
 
 
 def test_normalisation_matches_the_textbook_formula():

@@ -93,6 +93,18 @@ def read_image(path, fast=False):
     return decoded
 
 
+def decoded_bytes(path):
+    """Bytes of the 8-bit image `read_image` returns, from the header alone; None when Pillow cannot tell (DICOM, junk)."""
+    Image.MAX_IMAGE_PIXELS = None  # as in _read_pillow: our own limit applies, in read_image
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            gray = image.mode in ("1", "L", "LA", "La", "F") or image.mode.startswith("I")
+    except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file; here it only cannot be kept
+        return None
+    return width * height * (1 if gray else 3)
+
+
 def decode_image(path):
     """The decoded image alone (see `read_image`)."""
     return read_image(path).image

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from medprobe.core.errors import DatasetError, ImageError
-from medprobe.data.images import read_image
+from medprobe.data.images import decoded_bytes, read_image
 from medprobe.data.sources import FileImages
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ class ScanReport:
 def scan_images(dataset, on_error="fail", workers=4, check=True):
     """Decode every file-based image of `dataset` in threads; return (dataset without bad rows, ScanReport).
 
-    Arrays (MedMNIST npz) need no scan. JPEGs are decoded at reduced scale, which still reads every byte.
+    Arrays (MedMNIST npz) need no scan. What is decoded is kept for embedding up to a memory budget
+    (`FileImages.kept`), so those files are decoded once; beyond it JPEGs are decoded at reduced scale,
+    which still reads every byte, and embedding decodes them again.
 
     >>> data, report = scan_images(load_dataset("scans/"), on_error="skip")
     >>> report.skipped
@@ -47,7 +49,7 @@ def scan_images(dataset, on_error="fail", workers=4, check=True):
     if not isinstance(images, FileImages):
         return dataset, ScanReport(on_error, len(dataset))
     with ThreadPoolExecutor(workers) as pool:
-        outcomes = list(pool.map(_check_one, images.paths))
+        outcomes = list(pool.map(lambda path: _check_one(path, images.kept), images.paths))
     bad = [(row, outcome) for row, outcome in enumerate(outcomes) if isinstance(outcome, ImageError)]
     notes = [{"path": str(images.paths[row]), "note": note} for row, outcome in enumerate(outcomes) if isinstance(outcome, list) for note in outcome]
     for note in notes:
@@ -68,9 +70,19 @@ def scan_images(dataset, on_error="fail", workers=4, check=True):
     return dataset, ScanReport(on_error, len(images), skipped, notes, time.perf_counter() - started)
 
 
-def _check_one(path):
-    """The decode notes of one file, or its ImageError (returned, not raised, so every file gets scanned)."""
+def _check_one(path, kept):
+    """The decode notes of one file, or its ImageError (returned, not raised, so every file gets scanned).
+
+    A file whose pixels fit in `kept` is decoded in full and kept; the others only checked (JPEGs at reduced scale).
+    """
+    nbytes = decoded_bytes(path)
+    keep = nbytes is not None and kept.reserve(nbytes)
     try:
-        return read_image(path, fast=True).notes
+        decoded = read_image(path, fast=not keep)
     except ImageError as e:
+        if keep:
+            kept.release(nbytes)
         return e
+    if keep:
+        kept.put(path, decoded.image, nbytes)
+    return decoded.notes

@@ -1,6 +1,7 @@
 """Image sources: where a dataset's images come from. Both kinds implement `ImageSource`."""
 
 import hashlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -65,17 +66,71 @@ class ArrayImages:
         return ArrayImages(self.arrays, self.rows[np.asarray(rows, dtype=np.int64)])
 
 
-class FileImages:
-    """Images stored as files; `content` is the raw file bytes, so a changed file changes the cache key."""
+# Decoded pixels the pre-scan may keep for embedding: ~3,900 HAM10000 images (150 px RGB), or 64 2048 px X-rays.
+# Within it a file is decoded once; beyond it the scan decodes JPEGs at reduced scale and embedding decodes again.
+# Images whose embedding is already stored are never asked for, so a cache-hit run holds them until the data set
+# is dropped: the budget bounds that too.
+KEEP_BYTES = 256 * 2**20
 
-    def __init__(self, paths):
+
+class KeptImages:
+    """Images decoded by the pre-scan, held until embedding asks for each once, within a byte budget (thread-safe).
+
+    Pickles as an empty cache, so a Ray task never carries the pixels.
+    """
+
+    def __init__(self, budget=KEEP_BYTES):
+        self.budget = budget
+        self.used = 0
+        self._images = {}  # str(path) -> (image, bytes reserved)
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return KeptImages, (self.budget,)
+
+    def __len__(self):
+        return len(self._images)
+
+    def reserve(self, nbytes):
+        """Count `nbytes` against the budget and return True, or return False when they do not fit."""
+        with self._lock:
+            if self.used + nbytes > self.budget:
+                return False
+            self.used += nbytes
+            return True
+
+    def release(self, nbytes):
+        with self._lock:
+            self.used -= nbytes
+
+    def put(self, path, image, nbytes):
+        with self._lock:
+            self._images[str(path)] = (image, nbytes)
+
+    def pop(self, path):
+        """The kept image of `path` (forgotten now: each file is embedded once), or None."""
+        with self._lock:
+            image, nbytes = self._images.pop(str(path), (None, 0))
+            self.used -= nbytes
+        return image
+
+
+class FileImages:
+    """Images stored as files; `content` is the raw file bytes, so a changed file changes the cache key.
+
+    `kept` holds what the pre-scan decoded (shared by every subset), so `load` decodes only what it lacks.
+    """
+
+    def __init__(self, paths, kept=None):
         self.paths = [Path(p) for p in paths]
+        self.kept = kept if kept is not None else KeptImages()
 
     def __len__(self):
         return len(self.paths)
 
     def load(self, index):
-        return decode_image(self.paths[index])
+        image = self.kept.pop(self.paths[index])
+        return image if image is not None else decode_image(self.paths[index])
 
     def content(self, index):
         try:
@@ -87,7 +142,7 @@ class FileImages:
         return str(self.paths[index])
 
     def subset(self, rows):
-        return FileImages([self.paths[i] for i in rows])
+        return FileImages([self.paths[i] for i in rows], self.kept)
 
 
 def content_digests(images, workers=4):

@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field
 
 from medprobe.core.errors import MedprobeError
-from medprobe.encoders.runtimes import RUNTIMES
+from medprobe.encoders.runtimes import RUNTIMES, check_installed
 
 # Rows per committed cache shard: the most work a kill can lose.
 DEFAULT_SHARD_SIZE = 512
@@ -36,6 +36,7 @@ class EmbedOptions:
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise MedprobeError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        check_installed(self.runtime)  # before the images are read
         for name in ("batch_size", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise MedprobeError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
