@@ -53,10 +53,15 @@ def add_cache_args(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_probe_args(parser, probes="logreg, svm, knn, or zeroshot (CLIP text prompts, no training; needs --prompts)"):
+def add_probe_args(parser, probes="logreg, svm, knn, pca_logreg, lda, ridge, or zeroshot (CLIP text prompts, no training; needs --prompts)"):
     parser.add_argument("--probe", default="logreg", help=f"{probes}; see `medprobe probes`")
     parser.add_argument("--class-weight", choices=("balanced",), help="reweight classes inversely to their frequency (logreg, svm)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--selection", choices=("val", "cv"), default="val",
+        help="how the probe's hyper-parameter is chosen: 'val' (default; MedMNIST's rule: best val AUC, fitted on train) or 'cv' "
+        "(repeated stratified CV over train+val, one-standard-error rule, fitted on train+val; val metrics are then not held out)",
+    )
 
 
 def data_spec(args, size=None):
@@ -86,4 +91,4 @@ def embed_options(args):
 def probe_spec(args):
     from medprobe.probes.spec import ProbeSpec
 
-    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed)
+    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed, getattr(args, "selection", "val"))

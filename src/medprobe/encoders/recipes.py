@@ -22,6 +22,7 @@ RECIPES = {
     "tta8": "mean embedding over the 8 flips and right-angle rotations (8 passes; for fundus, skin, pathology)",
     "pad": "images smaller than the input are centred on a black canvas, not upsampled (MedMNIST+)",
 }
+TOKEN_BLOCKS = 4  # the @tokens recipe reads the last 4 transformer blocks, as DINOv2's linear evaluation does
 VIEW_RECIPES = {"tta": 2, "tta8": 8}  # recipe -> encoder passes per image
 GENERIC = ("tta", "tta8", "pad")
 
@@ -88,3 +89,20 @@ def with_views(module, config):
             return out.reshape(n, pixels.shape[0], out.shape[-1]).mean(dim=0)
 
     return ViewAverage(module)
+
+
+def token_features(block_outputs, norm):
+    """The @tokens vector: for each of the last TOKEN_BLOCKS blocks' (B, 1 + patches, D) outputs, the final
+    layer norm's class token and mean patch token, oldest block first: (B, 2 * TOKEN_BLOCKS * D).
+
+    The last block's class token is the plain pooled embedding, so a probe can only gain columns.
+    """
+    import torch
+
+    if len(block_outputs) < TOKEN_BLOCKS:
+        raise EncoderError(f"@tokens reads the last {TOKEN_BLOCKS} transformer blocks; this model has {len(block_outputs)}")
+    parts = []
+    for hidden in block_outputs[-TOKEN_BLOCKS:]:
+        normed = norm(hidden)
+        parts += [normed[:, 0], normed[:, 1:].mean(dim=1)]
+    return torch.cat(parts, dim=1)

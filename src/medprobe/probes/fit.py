@@ -37,9 +37,10 @@ GRIDS = {
     "knn": {"n_neighbors": [5, 10, 20, 50]},
     "pca_logreg": {"C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]},
     "lda": {"shrinkage": [0.01, 0.03, 0.1, 0.3, 0.6, 0.9]},
-    "ridge": {"alpha": [1e-1, 1.0, 10.0, 1e2, 1e3, 1e4]},
+    "ridge": {"alpha": [1.0, 10.0, 1e2, 1e3, 1e4, 1e5]},
 }
 PROBES = tuple(GRIDS)
+SAVABLE = ("logreg", "svm", "knn")  # the probes `fit --save` can write without pickle (medprobe.probes.saved)
 DESCRIPTIONS = {
     "logreg": "standardised logistic regression (L2); C chosen by val AUC",
     "svm": "standardised linear SVM, Platt-calibrated on 3 internal folds; C chosen by val AUC",

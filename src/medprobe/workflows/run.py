@@ -11,7 +11,7 @@ from medprobe.embedding.fusion import check_spec, embed_spec, split_spec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
-from medprobe.probes.fit import fit_probe
+from medprobe.probes.fit import SAVABLE, fit_probe
 from medprobe.probes.saved import save_model
 from medprobe.probes.spec import ZEROSHOT, ProbeSpec
 from medprobe.probes.zeroshot import fit_zeroshot
@@ -50,7 +50,7 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         check_writable_folder(out)
     if save is not None:
         check_writable_folder(save, "--save")
-    if save is not None and (probe_spec.name == ZEROSHOT or len(split_spec(options.encoder)) != 1):
+    if save is not None and (probe_spec.name not in SAVABLE or len(split_spec(options.encoder)) != 1):
         raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
     data, scanned = data_spec.load()
     timings["scan_s"] = scanned.seconds
@@ -74,7 +74,7 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         fitted = fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, X[train], y[train])
     else:
         fitted = fit_probe(probe_spec.name, X[train], y[train], X[val], y[val], data.task, probe_spec.class_weight, probe_spec.seed,
-                           data.label_names)
+                           data.label_names, probe_spec.selection)
     timings["fit_s"] = time.perf_counter() - tick
     timings["fit_cpu_s"] = cpu_seconds() - tick_cpu
 
