@@ -108,6 +108,13 @@ class FittedProbe:
     params: dict
     selection: dict = field(default_factory=dict)  # each grid point's score and how it was measured
 
+    def selected_auc(self):
+        """The AUC the protocol chose by (the best CV mean, or the best val AUC); -inf when nothing could be scored."""
+        if "best_auc" in self.selection:
+            return self.selection["best_auc"]
+        scores = [s for s in self.selection.get("scores", {}).values() if s is not None]
+        return max(scores) if scores else float("-inf")
+
     def predict_scores(self, X):
         """Per-class (or per-label) probabilities; columns follow the encoded classes 0..K-1."""
         return self.estimator.predict_proba(X)
@@ -254,7 +261,7 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     estimator = make_probe(name, task, class_weight, seed, calibration, **{param: chosen}).fit(X, y)
     selection = {
         "protocol": "cv",
-        "criterion": f"{folds}-fold CV AUC x {CV_REPEATS} repeats on {fit_on}, one-standard-error rule",
+        "criterion": f"{folds}-fold CV AUC on {fit_on} ({CV_REPEATS} repeats), one-standard-error rule",
         "fit_on": fit_on,
         "folds": folds,
         "repeats": CV_REPEATS,
