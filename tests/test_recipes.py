@@ -172,3 +172,21 @@ def test_tokens_on_a_resnet_clip_tower_is_refused(tiny):
     encoder, transform = create_encoder("clip_rn50@tokens", weights=tiny("clip_rn50"), runtime="torch")
     with pytest.raises(EncoderError, match="needs open_clip's own ViT"):
         encoder.embed_batch(_pixels(1))
+
+
+def test_run_chooses_among_recipes_by_the_selection_protocol_and_records_it(tmp_path, medprobe):
+    import json
+
+    from conftest import write_npz
+
+    npz = write_npz(tmp_path / "t.npz", n_train=30, n_val=12, n_test=12, classes=2)
+    out = tmp_path / "out"
+    spec = "efficientnet_lite0|efficientnet_lite0@stages"
+    done = medprobe("run", "--dataset", npz, "--encoder", spec, "--selection", "val", "--out", out, "--quiet", "--runtime", "torch")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "results.json").read_text())
+    choice = result["probe"]["selection"]["encoder_choice"]
+    assert set(choice["scores"]) == {"efficientnet_lite0", "efficientnet_lite0@stages"} and choice["by"] == "val AUC"
+    assert choice["chosen"] == max(choice["scores"], key=choice["scores"].get) == result["encoder"]["name"]
+    assert choice["scores"][choice["chosen"]] == max(s for s in result["probe"]["selection"]["scores"].values() if s is not None)
+    assert result["timings"]["embedded_now"] == 2 * 54  # both candidates were embedded and their cost counted

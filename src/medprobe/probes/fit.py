@@ -111,7 +111,7 @@ class FittedProbe:
     def selected_auc(self):
         """The AUC the protocol chose by (the best CV mean, or the best val AUC); -inf when nothing could be scored."""
         if "best_auc" in self.selection:
-            return self.selection["best_auc"]
+            return self.selection["best_auc"] if self.selection["best_auc"] is not None else float("-inf")
         scores = [s for s in self.selection.get("scores", {}).values() if s is not None]
         return max(scores) if scores else float("-inf")
 
@@ -198,6 +198,8 @@ def _widen(grid, best, name, n_train):
     """Two more steps past the edge the best value sits at (the grid unchanged when it is inside or at a bound)."""
     low, high = BOUNDS.get(name, (0.0, np.inf))
     high = min(high, n_train - 1) if name == "knn" else high
+    if len(grid) < 2:
+        return grid
     if best == grid[0]:
         ratio = grid[0] / grid[1]
         extra = [grid[0] * ratio, grid[0] * ratio**2]
@@ -228,7 +230,8 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
             probe = make_probe(name, task, class_weight, seed, calibration, **{param: value})
             fold_aucs[value] = np.array([selection_auc(y[held], clone(probe).fit(X[train], y[train]).predict_proba(X[held]), task)
                                          for train, held in splits])
-            means[value] = float(np.nanmean(fold_aucs[value]))
+            finite = fold_aucs[value][np.isfinite(fold_aucs[value])]
+            means[value] = float(finite.mean()) if len(finite) else float("-inf")  # -inf: never the best
         return means[value]
 
     grid = sorted(_tidy(v, name) for v in values if name != "knn" or v < n_train) or [max(1, n_train - 1)]
@@ -254,10 +257,11 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
         score(_tidy(np.sqrt(best * neighbour), name))  # half a step towards each neighbour
     evaluated = sorted(fold_aucs)
     best = max(evaluated, key=means.get)
-    ses = {v: float(np.nanstd(a, ddof=1) / np.sqrt(np.isfinite(a).sum())) for v, a in fold_aucs.items()}
+    ses = {v: float(np.nanstd(a, ddof=1) / np.sqrt(np.isfinite(a).sum())) if np.isfinite(a).sum() > 1 else 0.0
+           for v, a in fold_aucs.items()}
     # The one-standard-error rule: the simplest model whose CV AUC is within one SE of the best one's;
     # it trades a statistically invisible loss for a probe less tuned to these particular folds.
-    chosen = SIMPLER[name](v for v in evaluated if means[v] >= means[best] - ses[best])
+    chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
     estimator = make_probe(name, task, class_weight, seed, calibration, **{param: chosen}).fit(X, y)
     selection = {
         "protocol": "cv",
@@ -266,9 +270,9 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
         "folds": folds,
         "repeats": CV_REPEATS,
         "best": best,
-        "best_auc": means[best],
+        "best_auc": means[best] if np.isfinite(means[best]) else None,
         "best_se": ses[best],
-        "scores": {str(v): means[v] for v in evaluated},
+        "scores": {str(v): (means[v] if np.isfinite(means[v]) else None) for v in evaluated},
         "grid_widened": evaluated[0] < min(values) or evaluated[-1] > max(values),
     }
     if name in ("svm", "ridge") and calibration < CALIBRATION_FOLDS:
