@@ -7,6 +7,13 @@ their real on-disk formats and loaded through the real loaders.
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import (
+    go_offline,
+    vit_clip_cfg,
+    write_dinov2,
+    write_open_clip,
+    write_tiny,
+)
 
 from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import describe_job
@@ -14,7 +21,6 @@ from medprobe.encoders import create_encoder, get_config
 from medprobe.encoders.efficientnet_lite import HEAD_DIM, STAGE_CHANNELS, STAGES
 from medprobe.encoders.recipes import TOKEN_BLOCKS
 from medprobe.encoders.transforms import make_transform
-from tiny_models import go_offline, vit_clip_cfg, write_dinov2, write_open_clip, write_tiny
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +157,7 @@ def test_vit_tokens_hold_the_plain_class_token(name, plain_suffix, tiny):
 # recipe, and the exactness guard's fallback to eager already covers it.
 @pytest.mark.parametrize("name", ["dinov2_vits14"])
 def test_vit_recipes_export_to_onnx(name, tiny, tmp_path):
-    encoder, transform = create_encoder(f"{name}@tokens,tta", weights=tiny(name), runtime="onnx")
+    encoder, _ = create_encoder(f"{name}@tokens,tta", weights=tiny(name), runtime="onnx")
     encoder.prepare(2, tmp_path)
     pixels = _pixels(2, encoder.config.input_size)
     out = encoder.embed_batch(pixels)
@@ -169,7 +175,7 @@ def test_clip_feature_choice_and_recipes_combine():
 
 
 def test_tokens_on_a_resnet_clip_tower_is_refused(tiny):
-    encoder, transform = create_encoder("clip_rn50@tokens", weights=tiny("clip_rn50"), runtime="torch")
+    encoder, _ = create_encoder("clip_rn50@tokens", weights=tiny("clip_rn50"), runtime="torch")
     with pytest.raises(EncoderError, match="needs open_clip's own ViT"):
         encoder.embed_batch(_pixels(1))
 

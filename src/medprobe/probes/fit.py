@@ -19,7 +19,12 @@ from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import KFold, RepeatedKFold, RepeatedStratifiedKFold, StratifiedKFold
+from sklearn.model_selection import (
+    KFold,
+    RepeatedKFold,
+    RepeatedStratifiedKFold,
+    StratifiedKFold,
+)
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
@@ -191,7 +196,7 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
 
 
 def _tidy(value, name):
-    return int(round(value)) if name == "knn" else float(f"{value:.3g}")
+    return round(value) if name == "knn" else float(f"{value:.3g}")
 
 
 def _widen(grid, best, name, n_train):
