@@ -96,11 +96,20 @@ def test_cv_scores_are_an_independent_repeated_cv():
     assert fitted.selection["scores"][str(C)] == pytest.approx(expected, abs=1e-12)
 
 
-def test_cv_grid_widens_past_an_edge():
-    X, y = _blobs(n=120, classes=2, shift=6.0)  # separable: every C scores AUC 1, so the best sits at the simple edge
+def test_cv_grid_widens_past_an_edge_within_bounds():
+    from medprobe.probes.fit import _widen
+
+    assert _widen([1e-4, 1e-3, 1e-2], 1e-4, "logreg", 100) == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
+    assert _widen([1e-4, 1e-3, 1e-2], 1e-3, "logreg", 100) == [1e-4, 1e-3, 1e-2]  # inside: unchanged
+    assert _widen([0.3, 0.6, 0.9], 0.9, "lda", 100) == [0.3, 0.6, 0.9]  # a shrinkage cannot pass 1
+    assert _widen([10, 20, 50], 50, "knn", 80) == [10, 20, 50]  # k = 125 would exceed the training folds
+    assert _widen([10, 20, 50], 10, "knn", 80) == [2, 5, 10, 20, 50]  # halving twice, rounded
+
+
+def test_flat_cv_curve_does_not_widen():
+    X, y = _blobs(n=120, classes=2, shift=6.0)  # separable: every C scores AUC 1
     fitted = fit_probe("logreg", X, y, *_blobs(n=40, classes=2, seed=1, shift=6.0), task="binary", selection="cv")
-    evaluated = [float(k) for k in fitted.selection["scores"]]
-    assert fitted.selection["grid_widened"] and min(evaluated) < 1e-4
+    assert not fitted.selection["grid_widened"] and fitted.params["C"] == 1e-4
 
 
 def test_unknown_selection_is_refused():

@@ -250,6 +250,8 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     for _ in range(MAX_WIDENINGS):
         evaluated = sorted(fold_aucs)
         best = max(evaluated, key=means.get)
+        if len(evaluated) > 1 and means[best] == min(means.values()):
+            break  # a flat curve (every value ties, e.g. separable data): nothing to find past the edge
         wider = _widen(evaluated, best, name, n_train)
         if wider == evaluated:
             break
