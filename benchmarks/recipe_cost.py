@@ -24,12 +24,12 @@ def main():
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runtime", default="onnx")
-    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--recipes", default=";".join(RECIPES), help="encoder names joined by ;")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     encoders = {}
     with tempfile.TemporaryDirectory() as folder:
-        for name in args.recipes.split(","):
+        for name in args.recipes.split(";"):
             encoder, _ = create_encoder(name, runtime=args.runtime)
             encoder.prepare(args.images, Path(folder))
             size = encoder.config.input_size
