@@ -142,6 +142,11 @@ def _ratio(value):
     return "–" if value is None else f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
 
 
+def _md(text):
+    """Text for a Markdown table cell: an 'a|b' encoder choice must not split the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def _cpu(value):
     return "–" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
@@ -180,9 +185,9 @@ def table_markdown(rows, manifest):
         lines.append("|" + "---|" * len(header))
         for r in probes:
             if r.get("auc") is None:
-                lines.append(f"| {r['method']} | {r['seed']} | failed: {r.get('error', '')} |" + " |" * (len(header) - 3))
+                lines.append(f"| {_md(r['method'])} | {r['seed']} | failed: {r.get('error', '')} |" + " |" * (len(header) - 3))
                 continue
-            cells_ = [r["method"], str(r["seed"]), _ci(r, "auc"), _ci(r, "acc"), _cpu(r.get("cpu_s"))]
+            cells_ = [_md(r["method"]), str(r["seed"]), _ci(r, "auc"), _ci(r, "acc"), _cpu(r.get("cpu_s"))]
             if bases:
                 cells_ += [_num(r.get("delta_auc_baseline"), signed=True), _ratio(r.get("compute_ratio"))]
             cells_ += [f"{_num(r.get(f'delta_auc_{k}'), signed=True)} / {_num(r.get(f'delta_acc_{k}'), signed=True)}" for _, k in ref_cols]
