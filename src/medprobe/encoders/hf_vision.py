@@ -1,7 +1,8 @@
 """Vision transformers through transformers' own `AutoModel`: DINOv2 ViT-S/14 and ViT-B/14, RAD-DINO.
 
 Features: `pooler_output`, the layer-normed class token (what RAD-DINO's model card uses for
-classification). Preprocessing follows the model folder's `preprocessor_config.json` when it has
+classification); `@tokens` gives the class and mean patch tokens of the last 4 blocks instead (see
+medprobe.encoders.recipes). Preprocessing follows the model folder's `preprocessor_config.json` when it has
 one (shorter side, centre crop, rescale, normalise, exactly as the transformers image processor
 does it), else the registry's copy of it. Weights are found offline first (see weights.py).
 """

@@ -5,7 +5,9 @@ Features: by default the image embedding *after* the projection into the shared 
 Append `@pre` to the name (`clip_vit_b16@pre`) for the pooled features *before* the projection:
 for ViTs the layer-normed class token (768 / 1024-d), for RN50 the global average of the last
 feature map (2048-d, instead of the attention pool), for timm towers (BiomedCLIP) the trunk's
-pooled output. The choice is `extra["features"]` in the config, so results and the cache key record it.
+pooled output. `@tokens` (ViT towers) gives the class and mean patch tokens of the last 4 blocks, and
+the generic recipes (`tta`, `tta8`, `pad`) combine with either: `clip_vit_b16@pre,tta`. The choice
+is `extra["features"]` (and `extra["recipe"]`) in the config, so results and the cache key record it.
 
 A model folder in open_clip's Hugging Face layout (`open_clip_config.json` beside
 `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`) describes itself: it is loaded with
