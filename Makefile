@@ -14,7 +14,7 @@ chromium:
 		|| echo "could not install chromium (needs root): the HTML report screenshot test will fail"
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/medprobe run --dataset retinamnist --data-dir $(DATA) --encoder efficientnet_lite0 --probe logreg --out runs/retinamnist
+	$(VENV)/bin/medprobe run --dataset retinamnist --data-dir $(DATA) --probe logreg --out runs/retinamnist
 
 test: $(VENV)/.installed chromium
 	$(VENV)/bin/python -m pytest

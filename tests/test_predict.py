@@ -39,7 +39,8 @@ def fitted_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     folder = real_folder(root / "train", "train", per_class=10)
     cache = root / "cache"
-    args = ["fit", "--dataset", str(folder), "--save", str(root / "model"), "--cache-dir", str(cache), "--quiet", "--n-boot", "10"]
+    args = ["fit", "--dataset", str(folder), "--save", str(root / "model"), "--cache-dir", str(cache), "--quiet", "--n-boot", "10",
+            "--encoder", "efficientnet_lite0", "--selection", "val"]  # what the in-process comparison below rebuilds
     assert main(args) == 0
     return root, folder, cache
 

@@ -98,9 +98,9 @@ def test_cli_ray_on_a_retinamnist_slice(local_ray, shared_data, tmp_path, capsys
     npz = tmp_path / "retina_slice.npz"
     np.savez(npz, **{f"{s}_{k}": real[f"{s}_{k}"][:n] for s, n in (("train", 24), ("val", 4), ("test", 8)) for k in ("images", "labels")})
 
-    assert main(["embed", "--dataset", str(npz), "--ray", "--ray-actors", "1", "--quiet"]) == 0
+    assert main(["embed", "--dataset", str(npz), "--ray", "--ray-actors", "1", "--quiet", "--encoder", ENCODER]) == 0
     assert "computed" in capsys.readouterr().out
-    assert main(["embed", "--dataset", str(npz), "--quiet"]) == 0
+    assert main(["embed", "--dataset", str(npz), "--quiet", "--encoder", ENCODER]) == 0
     assert "cache hit" in capsys.readouterr().out
 
     data = load_dataset(npz)

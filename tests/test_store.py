@@ -76,7 +76,8 @@ def test_fixing_one_skipped_file_embeds_exactly_that_file(tmp_path, medprobe):
 def test_two_processes_filling_one_store_at_once_stay_correct(tmp_path):
     folder = write_image_folder(tmp_path / "imgs", per_class=12)
     env = dict(os.environ, MEDPROBE_CACHE=str(tmp_path / "cache"), MEDPROBE_SHARD_SIZE="4")
-    command = [sys.executable, "-m", "medprobe.cli", "embed", "--dataset", str(folder), "--quiet", "--runtime", "torch"]
+    command = [sys.executable, "-m", "medprobe.cli", "embed", "--dataset", str(folder), "--quiet", "--runtime", "torch",
+               "--encoder", "efficientnet_lite0"]
     both = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE) for _ in range(2)]
     assert [p.wait() for p in both] == [0, 0], [p.stderr.read().decode()[-1000:] for p in both]
     (store,) = list_stores(tmp_path / "cache")
@@ -132,8 +133,9 @@ def test_a_damaged_store_file_is_never_returned(tmp_path, caplog):
 def test_the_cache_command_lists_verifies_and_prunes(tmp_path, medprobe):
     folder = write_image_folder(tmp_path / "imgs", per_class=6)
     env = {"MEDPROBE_CACHE": tmp_path / "cache"}
-    assert medprobe("embed", "--dataset", folder, "--quiet", env=env).returncode == 0
-    assert medprobe("embed", "--dataset", folder, "--quiet", "--runtime", "bf16", env=env).returncode == 0
+    lite0 = ("--encoder", "efficientnet_lite0")
+    assert medprobe("embed", "--dataset", folder, "--quiet", *lite0, env=env).returncode == 0
+    assert medprobe("embed", "--dataset", folder, "--quiet", "--runtime", "bf16", *lite0, env=env).returncode == 0
     listing = medprobe("cache", env=env)
     assert listing.returncode == 0 and "2 store(s)" in listing.stdout and "fp32" in listing.stdout and "bf16" in listing.stdout
     (store,) = [s for s in list_stores(tmp_path / "cache") if s["runtime"] == "bf16"]

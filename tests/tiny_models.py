@@ -44,8 +44,8 @@ def write_open_clip(folder, model_cfg, preprocess_cfg=OPENAI_PREPROCESS, seed=0)
     return folder
 
 
-def vit_clip_cfg(patch_size=32, quick_gelu=True):
-    vision = {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": patch_size}
+def vit_clip_cfg(patch_size=32, quick_gelu=True, layers=1):
+    vision = {"image_size": 224, "layers": layers, "width": 32, "head_width": 16, "patch_size": patch_size}
     return {"embed_dim": 16, "quick_gelu": quick_gelu, "vision_cfg": vision, "text_cfg": CLIP_TEXT}
 
 
@@ -77,12 +77,12 @@ def write_biomedclip(folder, seed=0):
     return folder
 
 
-def write_dinov2(folder, crop=224, short=256, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed=0):
+def write_dinov2(folder, crop=224, short=256, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), seed=0, layers=1):
     import torch
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=crop)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=crop)
     Dinov2Model(config).save_pretrained(folder)
     BitImageProcessor(
         do_resize=True,

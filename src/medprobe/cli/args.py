@@ -2,6 +2,7 @@
 
 from medprobe.data.leakage import DUPLICATES
 from medprobe.data.scan import ON_ERROR
+from medprobe.embedding.options import DEFAULT_ENCODER
 from medprobe.encoders.runtimes import RUNTIMES
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -34,8 +35,10 @@ def add_on_error(parser, records):
 def add_encoder_args(parser, choose_encoder=True):
     if choose_encoder:
         parser.add_argument(
-            "--encoder", default="efficientnet_lite0",
-            help="registered encoder name (see `medprobe encoders`); a+b concatenates several; clip_*@pre: features before the projection",
+            "--encoder", default=DEFAULT_ENCODER,
+            help=f"registered encoder name (see `medprobe encoders`), default {DEFAULT_ENCODER}; name@recipe,recipe: feature recipes "
+            "(stages, tta, tta8, pad; ViTs: tokens; clip_*@pre: before the projection); a+b concatenates several; "
+            "a|b embeds with each and lets the probe's selection choose",
         )
     parser.add_argument("--weights", help="local weights file or model folder, instead of the default source")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; cuda without a usable GPU is an error")
@@ -54,10 +57,16 @@ def add_cache_args(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_probe_args(parser, probes="logreg, svm, knn, or zeroshot (CLIP text prompts, no training; needs --prompts)"):
+def add_probe_args(parser, probes="logreg, svm, knn, pca_logreg, lda, ridge, or zeroshot (CLIP text prompts, no training; needs --prompts)"):
     parser.add_argument("--probe", default="logreg", help=f"{probes}; see `medprobe probes`")
     parser.add_argument("--class-weight", choices=("balanced",), help="reweight classes inversely to their frequency (logreg, svm)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--selection", choices=("cv", "val"), default="cv",
+        help="how the probe's hyper-parameter is chosen: 'cv' (default: repeated stratified CV over train+val, one-standard-error "
+        "rule, fitted on train+val; val metrics are then not held out) or 'val' (MedMNIST's rule: best val AUC, fitted on train; "
+        "use it to compare with MedMNIST's published rows)",
+    )
 
 
 def data_spec(args, size=None):
@@ -87,7 +96,7 @@ def embed_options(args):
 def probe_spec(args):
     from medprobe.probes.spec import ProbeSpec
 
-    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed)
+    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed, getattr(args, "selection", "cv"))
 
 
 def add_study_args(parser, chooses=True):

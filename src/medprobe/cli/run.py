@@ -52,8 +52,11 @@ def _run(args, save=None):
         result = run_seeds(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, n_seeds=args.seeds)
     else:
         result = run(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, save=save)
-    print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {args.encoder} · "
-          f"{args.probe} {result.probe['params']}")
+    selection = result.probe["selection"]
+    chosen = f" (chosen by {selection['criterion']})" if "encoder_choice" in selection else ""
+    protocol = f" · selection {selection['protocol']}" if "protocol" in selection else ""
+    print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {result.encoder['name']}{chosen} · "
+          f"{args.probe} {result.probe['params']}{protocol}")
     print("\n".join(split_lines(result.dataset)))
     close = result.near_duplicates
     if close.get("count"):

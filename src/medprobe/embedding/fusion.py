@@ -15,6 +15,20 @@ from medprobe.embedding.embed import Embeddings, embed
 from medprobe.encoders import create_encoder, get_config
 
 FUSE = "+"
+CHOOSE = "|"  # 'a|b': embed with each and let the probe's selection protocol choose (never test)
+
+
+def split_choices(spec):
+    """'a@stages|a@stages,pad' -> ['a@stages', 'a@stages,pad']; a spec without '|' -> [spec].
+
+    >>> split_choices("efficientnet_lite0@stages|efficientnet_lite0@stages,pad")
+    ['efficientnet_lite0@stages', 'efficientnet_lite0@stages,pad']
+    """
+    choices = [part.strip() for part in str(spec).split(CHOOSE)]
+    if not all(choices) or len(set(choices)) != len(choices):
+        raise EncoderError(f"--encoder {spec!r}: an empty or repeated choice; write distinct encoders joined by '|', "
+                           f"e.g. efficientnet_lite0@stages|efficientnet_lite0@stages,pad")
+    return choices
 
 
 def split_spec(spec):
@@ -33,8 +47,9 @@ def split_spec(spec):
 
 def check_spec(spec):
     """Every part's name is known; call before any work, so a typo never costs an embedding pass."""
-    for name in split_spec(spec):
-        get_config(name)
+    for choice in split_choices(spec):
+        for name in split_spec(choice):
+            get_config(name)
 
 
 @dataclass

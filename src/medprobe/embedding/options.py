@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from medprobe.core.errors import MedprobeError
 from medprobe.encoders.runtimes import RUNTIMES, check_installed
 
+# The default encoder: EfficientNet-Lite0 with its 7 stages pooled beside the head (the @stages recipe). It beat the
+# plain head on RetinaMNIST, PneumoniaMNIST and HAM10000 alike, at the same embedding cost (docs/recipes.md).
+DEFAULT_ENCODER = "efficientnet_lite0@stages"
 # Rows per committed cache shard: the most work a kill can lose.
 DEFAULT_SHARD_SIZE = 512
 
@@ -23,7 +26,7 @@ class EmbedOptions:
     >>> encoded = embed_spec(dataset, options)
     """
 
-    encoder: str = "efficientnet_lite0"
+    encoder: str = DEFAULT_ENCODER
     weights: str | None = None
     device: str = "cpu"
     runtime: str = "auto"

@@ -25,7 +25,8 @@ class EncoderConfig:
     std: tuple = (0.5, 0.5, 0.5)
     interpolation: str = "bicubic"
     # "resize_crop": shorter side to input_size / crop_pct, then centre crop (ImageNet eval);
-    # "squash": resize straight to input_size x input_size (used for tiny images such as 28 px MedMNIST).
+    # "squash": resize straight to input_size x input_size (used for tiny images such as 28 px MedMNIST);
+    # "pad": images smaller than the input centred on a black canvas, larger ones as "resize_crop" (the @pad recipe).
     resize_mode: str = "resize_crop"
     crop_pct: float = 1.0
     # How "resize_crop" rounds, matching the library the weights were trained with: "medprobe",

@@ -1,7 +1,8 @@
 """Vision transformers through transformers' own `AutoModel`: DINOv2 ViT-S/14 and ViT-B/14, RAD-DINO.
 
 Features: `pooler_output`, the layer-normed class token (what RAD-DINO's model card uses for
-classification). Preprocessing follows the model folder's `preprocessor_config.json` when it has
+classification); `@tokens` gives the class and mean patch tokens of the last 4 blocks instead (see
+medprobe.encoders.recipes). Preprocessing follows the model folder's `preprocessor_config.json` when it has
 one (shorter side, centre crop, rescale, normalise, exactly as the transformers image processor
 does it), else the registry's copy of it. Weights are found offline first (see weights.py).
 """
@@ -10,6 +11,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from medprobe.encoders import recipes
 from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.weights import complete, hf_cached_folder, hf_download, is_offline, missing_weights, model_folder, user_path
@@ -67,6 +69,16 @@ def find_folder(config, weights=None):
     return hf_cached_folder(config.weights, NEEDED)
 
 
+def variant(config, suffix):
+    """`dinov2_vitb14@tokens,tta`: the recipes of `medprobe.encoders.recipes` (tokens, tta, tta8, pad)."""
+    config, _ = recipes.parse(config, suffix, ("tokens",))
+    return replace(config, embed_dim=_width_to_dim(config, config.embed_dim))
+
+
+def _width_to_dim(config, width):
+    return width * 2 * recipes.TOKEN_BLOCKS if "tokens" in recipes.recipe_of(config) else width
+
+
 def availability(config):
     return "available offline" if find_folder(config) else "needs download"
 
@@ -74,7 +86,7 @@ def availability(config):
 def load(config, weights=None, device="cpu", runtime="auto"):
     folder = find_folder(config, weights) or _download(config)
     config = config_from_folder(config, folder)
-    return TorchEncoder(config, lambda: _build(folder), device, runtime, weights)
+    return TorchEncoder(config, lambda: _build(config, folder), device, runtime, weights)
 
 
 def _download(config):
@@ -91,11 +103,18 @@ def config_from_folder(config, folder):
     """The registry config updated with what the folder says: its width, and its image processor's settings."""
     folder = Path(folder)
     model = json.loads((folder / "config.json").read_text())
-    changes = {"embed_dim": int(model.get("hidden_size", config.embed_dim)), "arch": (model.get("architectures") or [config.arch])[0]}
+    width = int(model["hidden_size"]) if "hidden_size" in model else _registry_width(config)
+    changes = {"embed_dim": _width_to_dim(config, width), "arch": (model.get("architectures") or [config.arch])[0]}
     processor_file = folder / "preprocessor_config.json"
     if processor_file.is_file():
         changes.update(_preprocessing(json.loads(processor_file.read_text()), processor_file))
+        if config.resize_mode == "pad":  # the @pad recipe outranks the folder's resize, not its sizes
+            changes["resize_mode"] = "pad"
     return replace(config, **changes)
+
+
+def _registry_width(config):
+    return _MODELS[config.name.partition("@")[0]][1]
 
 
 def _preprocessing(processor, where):
@@ -117,7 +136,7 @@ def _preprocessing(processor, where):
     return fields
 
 
-def _build(folder):
+def _build(config, folder):
     import torch
     from transformers import AutoModel
 
@@ -134,5 +153,11 @@ def _build(folder):
         def forward(self, pixels):
             return self.net(pixel_values=pixels).pooler_output
 
-    return PooledOutput(model)
+    class TokenOutput(PooledOutput):
+        def forward(self, pixels):
+            hidden = self.net(pixel_values=pixels, output_hidden_states=True).hidden_states
+            return recipes.token_features(hidden[1:], self.net.layernorm)  # [0] is the patch embedding, not a block
+
+    tokens = "tokens" in recipes.recipe_of(config)
+    return recipes.with_views(TokenOutput(model) if tokens else PooledOutput(model), config)
 

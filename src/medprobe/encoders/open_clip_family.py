@@ -5,7 +5,9 @@ Features: by default the image embedding *after* the projection into the shared 
 Append `@pre` to the name (`clip_vit_b16@pre`) for the pooled features *before* the projection:
 for ViTs the layer-normed class token (768 / 1024-d), for RN50 the global average of the last
 feature map (2048-d, instead of the attention pool), for timm towers (BiomedCLIP) the trunk's
-pooled output. The choice is `extra["features"]` in the config, so results and the cache key record it.
+pooled output. `@tokens` (ViT towers) gives the class and mean patch tokens of the last 4 blocks, and
+the generic recipes (`tta`, `tta8`, `pad`) combine with either: `clip_vit_b16@pre,tta`. The choice
+is `extra["features"]` (and `extra["recipe"]`) in the config, so results and the cache key record it.
 
 A model folder in open_clip's Hugging Face layout (`open_clip_config.json` beside
 `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`) describes itself: it is loaded with
@@ -17,6 +19,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from medprobe.encoders import recipes
 from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.weights import hf_cached_folder, hf_download, is_offline, missing_weights, model_folder, user_path
@@ -74,14 +77,30 @@ CONFIGS = tuple(
 
 
 def variant(config, suffix):
-    """`clip_vit_b16@pre`: features before the projection; `@proj` is the default spelled out."""
-    if suffix not in FEATURES:
-        raise EncoderError(f"{config.name}@{suffix}: unknown feature choice; use @pre (before the projection) or @proj (after it, the default)")
-    if suffix == "proj":
-        return config
-    return replace(config, name=f"{config.name}@pre", embed_dim=_PRE_DIMS[config.name], extra={**config.extra, "features": "pre"})
+    """`clip_vit_b16@pre`: features before the projection (`@proj`, the default, spelled out); `@tokens` (ViT towers):
+    class and mean patch tokens of the last blocks, before the projection; and the generic recipes (tta, tta8, pad).
 
-
+    >>> get_config("clip_vit_b16@pre,tta").extra
+    {'features': 'pre', 'recipe': ['tta']}
+    """
+    parts = [p.strip() for p in suffix.split(",")]
+    chosen = [p for p in parts if p in FEATURES]
+    rest = [p for p in parts if p not in FEATURES]
+    if len(chosen) > 1 or (chosen and "tokens" in rest):
+        raise EncoderError(f"{config.name}@{suffix}: give one feature choice: @pre (before the projection), @proj (after it, "
+                           f"the default) or @tokens (ViT tokens, before the projection)")
+    base = config.name
+    features = "tokens" if "tokens" in rest else (chosen[0] if chosen else "proj")
+    recipe = ()
+    if rest:
+        try:
+            config, recipe = recipes.parse(config, ",".join(rest), ("tokens",))
+        except EncoderError as e:
+            raise EncoderError(f"{e}; or a feature choice: @pre (before the projection) or @proj (after it, the default)") from e
+    shown = (["pre"] if features == "pre" else []) + list(recipe)
+    dims = {"proj": config.embed_dim, "pre": _PRE_DIMS[base], "tokens": _PRE_DIMS[base] * 2 * recipes.TOKEN_BLOCKS}
+    return replace(config, name=f"{base}@{','.join(shown)}" if shown else base, embed_dim=dims[features],
+                   extra={**config.extra, "features": features})
 
 
 def _source_in(folder, config):
@@ -168,14 +187,16 @@ def config_from_folder(config, data):
     if resize_mode not in ("shortest", "squash"):
         raise EncoderError(f"{config.name}: open_clip resize_mode {resize_mode!r} is not supported (only 'shortest' and 'squash')")
     features = config.extra["features"]
+    width = _pre_dim(vision)
+    dims = {"proj": int(model_cfg["embed_dim"]), "pre": width, "tokens": width * 2 * recipes.TOKEN_BLOCKS}
     return replace(
         config,
-        embed_dim=int(model_cfg["embed_dim"]) if features == "proj" else _pre_dim(vision),
+        embed_dim=dims[features],
         input_size=int(size),
         mean=tuple(preprocess.get("mean", OPENAI_MEAN)),
         std=tuple(preprocess.get("std", OPENAI_STD)),
         interpolation=preprocess.get("interpolation", "bicubic"),
-        resize_mode="squash" if resize_mode == "squash" else "resize_crop",
+        resize_mode="pad" if config.resize_mode == "pad" else "squash" if resize_mode == "squash" else "resize_crop",
         crop_pct=1.0,
     )
 
@@ -230,7 +251,7 @@ class ClipEncoder(TorchEncoder):
 
     def _build_image_module(self):
         self._clip = _create(self.config, self.source, self.text_folder)
-        return image_features(self._clip, self.config.extra["features"])
+        return recipes.with_views(image_features(self._clip, self.config.extra["features"]), self.config)
 
     @property
     def clip(self):
@@ -284,8 +305,12 @@ def _create(config, source, text_folder):
 
 
 def image_features(clip, features):
-    """The image half of `clip` as a module: pixels -> features after (or before) the projection."""
+    """The image half of `clip` as a module: pixels -> features after (or before) the projection, or ViT tokens."""
     import torch
+    from open_clip.transformer import VisionTransformer
+
+    if features == "tokens" and not isinstance(clip.visual, VisionTransformer):
+        raise EncoderError(f"@tokens needs open_clip's own ViT image tower; this model has a {type(clip.visual).__name__}: use @pre")
 
     class _ImageFeatures(torch.nn.Module):
         def __init__(self):
@@ -295,6 +320,8 @@ def image_features(clip, features):
         def forward(self, pixels):
             if features == "proj":
                 return self.clip.encode_image(pixels)
+            if features == "tokens":
+                return vit_tokens(self.clip.visual, pixels)
             return before_projection(self.clip.visual, pixels)
 
     return _ImageFeatures()
@@ -316,3 +343,15 @@ def before_projection(visual, pixels):
     pooled, _ = visual._pool(visual.transformer(visual._embeds(pixels)))
     return pooled
 
+
+
+def vit_tokens(visual, pixels):
+    """The @tokens vector of an open_clip VisionTransformer: every block run by hand, the last ones' tokens kept."""
+    transformer = visual.transformer
+    x = visual._embeds(pixels)
+    x = x if transformer.batch_first else x.transpose(0, 1)
+    hidden = []
+    for block in transformer.resblocks:
+        x = block(x)
+        hidden.append(x if transformer.batch_first else x.transpose(0, 1))
+    return recipes.token_features(hidden, visual.ln_post)  # ln_post then the class token is what _pool gives

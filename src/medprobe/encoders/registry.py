@@ -57,7 +57,7 @@ def get_config(name):
     if not suffix:
         return config
     if config.family not in _VARIANTS:
-        raise EncoderError(f"{base} has no '@' variants; '@pre' selects features before the projection of CLIP-style encoders only")
+        raise EncoderError(f"{base} has no '@' recipes; EfficientNet-Lite, DINOv2 and CLIP-style encoders have them (e.g. efficientnet_lite0@stages,tta)")
     return _VARIANTS[config.family](config, suffix)
 
 

@@ -15,7 +15,8 @@ class Transform:
     """PIL image -> float32 (C, H, W) array, following `config` exactly.
 
     Images smaller than the input size (28 px MedMNIST) are upsampled with the same
-    interpolation; `policy` records that in the results.
+    interpolation, or, with resize_mode "pad", centred on a black canvas (larger images are
+    resized and cropped as usual); `policy` records which in the results.
     """
 
     def __init__(self, config):
@@ -40,7 +41,8 @@ class Transform:
             "std": list(c.std),
             "channels": c.channels,
             "grayscale": "replicated to 3 channels" if c.channels == 3 else "kept single-channel",
-            "small_images": f"upsampled to {c.input_size} px with {c.interpolation} interpolation",
+            "small_images": (f"centred on a black {c.input_size} px canvas, not resized" if c.resize_mode == "pad"
+                             else f"upsampled to {c.input_size} px with {c.interpolation} interpolation"),
         }
 
     def __call__(self, image):
@@ -52,6 +54,11 @@ class Transform:
         size = self.config.input_size
         if self.config.resize_mode == "squash":
             image = image.resize((size, size), self.resample)
+        elif self.config.resize_mode == "pad" and max(image.size) <= size:
+            # MedMNIST+ zero-pads 28 px images to 224 rather than inventing pixels by upsampling
+            canvas = Image.new(image.mode, (size, size))
+            canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+            image = canvas
         else:
             convention = self.config.resize_convention
             width, height = scaled_size(image.size, size, self.config.crop_pct, convention)

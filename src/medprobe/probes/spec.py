@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-from medprobe.probes.fit import make_probe
+from medprobe.core.errors import ProbeError
+from medprobe.probes.fit import SELECTIONS, make_probe
 from medprobe.probes.zeroshot import read_prompts
 
 ZEROSHOT = "zeroshot"
@@ -10,7 +11,8 @@ ZEROSHOT = "zeroshot"
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """A probe name (logreg, svm, knn or zeroshot), its class weighting, prompt file and seed.
+    """A probe name (logreg, svm, knn, pca_logreg, lda, ridge or zeroshot), its class weighting, prompt file, seed
+    and hyper-parameter selection protocol ("val": MedMNIST's rule; "cv": repeated CV over train+val, see probes.fit).
 
     >>> ProbeSpec("knn", class_weight="balanced").check()
     ProbeError: the knn probe has no class_weight; ...
@@ -20,9 +22,12 @@ class ProbeSpec:
     class_weight: str | None = None
     prompts: str | None = None
     seed: int = 0
+    selection: str = "cv"  # the measured best; "val" is MedMNIST's rule (see probes.fit)
 
     def check(self):
         """Raise now for anything that would only fail after the embedding pass."""
+        if self.selection not in SELECTIONS:
+            raise ProbeError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
         if self.name == ZEROSHOT:
             read_prompts(self.prompts)
         else:

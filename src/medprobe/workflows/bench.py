@@ -1,4 +1,4 @@
-"""`medprobe bench CONFIG`: a grid of datasets x encoders x probes x seeds, one run folder per cell.
+"""`medprobe bench CONFIG`: a grid of datasets x encoders x probes x selections x seeds, one run folder per cell.
 
 Each cell is an ordinary `medprobe run` output folder (results.json, predictions.csv,
 embedding_2d.csv, summary.md) plus `cell.json`, the spec it was run with. A cell whose
@@ -10,7 +10,7 @@ Layout of the output folder:
 
     bench.json                         the resolved config and every cell's status
     table.md, table.csv                the comparison table
-    cells/<dataset>/<encoder>/<probe>/seed-<n>/   one run folder per cell
+    cells/<dataset>/<encoder>/<probe>[-cv]/seed-<n>/   one run folder per cell (-cv: selected by --selection cv)
     curves/<dataset>/<encoder>/        data-efficiency curves (when the config asks for them)
     baselines/<anything>/              `medprobe baseline --out` folders found automatically
 """
@@ -26,7 +26,7 @@ from medprobe.core.files import atomic_write_text, check_writable_folder
 from medprobe.core.names import did_you_mean, slug
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
-from medprobe.probes.fit import GRIDS
+from medprobe.probes.fit import GRIDS, SELECTIONS
 from medprobe.probes.spec import ProbeSpec
 from medprobe.reporting.html import REPORT, write_report
 from medprobe.reporting.results import RESULTS, write_json
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 CELL_SPEC = "cell.json"
 
 _TOP_KEYS = {"name", "datasets", "encoders", "probes", "seeds", "data_dir", "size", "class_weight", "n_boot", "batch_size",
-             "projection", "runtime", "curve", "baselines", "out"}
+             "projection", "runtime", "curve", "baselines", "out", "selections"}
 # How a dataset's images are chosen and split (DataSpec's fields); set per dataset, recorded in each cell's spec.
 _DATA_OPTIONS = ("metadata", "metadata_key", "group", "resplit", "duplicates")
 _DATASET_KEYS = {"dataset", "name", "data_dir", "size", "reference", "comparable", "note", *_DATA_OPTIONS}
@@ -85,6 +85,10 @@ def resolve_config(raw, base=".", name="bench"):
     for key in ("datasets", "encoders", "probes"):
         if not raw.get(key):
             raise BenchConfigError(f"bench config: '{key}' must list at least one entry")
+    selections = [str(s) for s in raw.get("selections", ["val"])]
+    for selection in selections:
+        if selection not in SELECTIONS:
+            raise BenchConfigError(f"bench config: unknown selection {selection!r}; choose from {', '.join(SELECTIONS)}")
     for probe in raw["probes"]:
         if probe not in GRIDS:
             raise BenchConfigError(f"bench config: unknown probe {probe!r}{did_you_mean(probe, GRIDS)} (probes: {', '.join(GRIDS)})")
@@ -109,6 +113,7 @@ def resolve_config(raw, base=".", name="bench"):
         "encoders": [str(e) for e in raw["encoders"]],
         "probes": [str(p) for p in raw["probes"]],
         "seeds": _seeds(raw.get("seeds", [0])),
+        "selections": selections,
         "class_weight": raw.get("class_weight"),
         "n_boot": int(raw.get("n_boot", 1000)),
         "batch_size": int(raw.get("batch_size", 64)),
@@ -187,7 +192,7 @@ def cells(config):
     """Every (dataset, encoder, probe, seed) cell, ordered so each embedding is computed once and then reused."""
     for dataset in config["datasets"]:
         for encoder in config["encoders"]:
-            for probe in config["probes"]:
+            for probe, selection in ((p, s) for p in config["probes"] for s in config.get("selections", ["val"])):
                 for seed in config["seeds"]:
                     spec = {
                         "dataset": dataset["dataset"],
@@ -204,8 +209,11 @@ def cells(config):
                         spec["runtime"] = config["runtime"]
                     if seed:  # splits medprobe draws follow the seed; seed-0 cells keep the spec (and splits) they always had
                         spec["split_seed"] = seed
+                    if selection != "val":  # MedMNIST's rule stays implicit, so cells run before --selection existed still match
+                        spec["selection"] = selection
                     spec.update(dataset.get("data_options", {}))
-                    folder = Path("cells") / slug(dataset["name"]) / slug(encoder) / slug(probe) / f"seed-{seed}"
+                    method = probe if selection == "val" else f"{probe}-{selection}"
+                    folder = Path("cells") / slug(dataset["name"]) / slug(encoder) / slug(method) / f"seed-{seed}"
                     yield dataset["name"], folder, spec
 
 
@@ -241,7 +249,8 @@ def run_bench(config, out, force=False, options=None, extra_baselines=(), report
     statuses, counts = [], {"ran": 0, "skipped": 0, "failed": 0}
     for dataset_name, folder, spec in cells(config):
         target = out / folder
-        status = {"dataset": dataset_name, "path": str(folder), **{k: spec[k] for k in ("encoder", "probe", "seed")}}
+        status = {"dataset": dataset_name, "path": str(folder), **{k: spec[k] for k in ("encoder", "probe", "seed")},
+                  "selection": spec.get("selection", "val")}
         if not force and cell_done(target, spec):
             counts["skipped"] += 1
             statuses.append({**status, "status": "done"})
@@ -252,7 +261,7 @@ def run_bench(config, out, force=False, options=None, extra_baselines=(), report
             run(
                 data_spec(spec),
                 replace(options, encoder=spec["encoder"]),
-                ProbeSpec(spec["probe"], spec["class_weight"], seed=spec["seed"]),
+                ProbeSpec(spec["probe"], spec["class_weight"], seed=spec["seed"], selection=spec.get("selection", "val")),
                 EvalOptions(spec["n_boot"], spec["projection"]),
                 out=target,
             )

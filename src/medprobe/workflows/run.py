@@ -2,12 +2,14 @@
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import ModelError
 from medprobe.core.files import check_writable_folder
-from medprobe.embedding.fusion import check_spec, embed_spec, split_spec
+from medprobe.embedding.fusion import check_spec, embed_spec, split_choices, split_spec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
@@ -15,7 +17,7 @@ from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
 from medprobe.evaluation.operating_points import column_names
 from medprobe.evaluation.study import StudyOptions, fit_decisions, score_decisions
 from medprobe.evaluation.subgroups import group_values
-from medprobe.probes.fit import fit_probe
+from medprobe.probes.fit import SAVABLE, fit_probe
 from medprobe.probes.saved import save_model
 from medprobe.probes.spec import ZEROSHOT, ProbeSpec
 from medprobe.probes.zeroshot import fit_zeroshot
@@ -56,7 +58,10 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         check_writable_folder(out)
     if save is not None:
         check_writable_folder(save, "--save")
-    if save is not None and (probe_spec.name == ZEROSHOT or len(split_spec(options.encoder)) != 1):
+    choices = split_choices(options.encoder)
+    if len(choices) > 1 and probe_spec.name == ZEROSHOT:
+        raise ModelError(f"--encoder {options.encoder!r}: choosing among encoders ('|') needs a fitted probe, not zeroshot")
+    if save is not None and (probe_spec.name not in SAVABLE or len(choices) != 1 or len(split_spec(options.encoder)) != 1):
         raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
     data, scanned = data_spec.load()
     # A misspelt subgroup column, or a calibrator that does not fit the task, is refused before any embedding.
@@ -69,34 +74,55 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     timings["load_cpu_s"] = cpu_seconds() - started_cpu
 
     tick_cpu = cpu_seconds()
-    encoded = embed_spec(data, options)
-    embedded = encoded.embeddings
-    timings["embed_s"] = embedded.seconds
+    candidates = [embed_spec(data, replace(options, encoder=choice)) for choice in choices]
+    timings["embed_s"] = sum(c.embeddings.seconds for c in candidates)
     timings["embed_cpu_s"] = cpu_seconds() - tick_cpu
     # What computing every image cost, whenever it was computed: a run that read the store does not flatter the compute ratio.
-    cost = embedded.cost
-    timings.update(embed_cost_s=cost["wall_s"], embed_cost_cpu_s=cost["cpu_s"], embed_cost_source=cost["measured_in"],
-                   embedded_now=cost.get("computed_now"), embedded_from_store=cost.get("from_store"))
+    # With a choice of encoders, every candidate's cost counts.
+    costs = [c.embeddings.cost for c in candidates]
+    timings.update(embed_cost_s=sum(c["wall_s"] for c in costs), embed_cost_cpu_s=sum(c["cpu_s"] for c in costs),
+                   embed_cost_source=costs[0]["measured_in"], embedded_now=_total(c.get("computed_now") for c in costs),
+                   embedded_from_store=_total(c.get("from_store") for c in costs))
 
-    X, y = embedded.vectors, data.labels
+    y = data.labels
     train, val, test = (data.indices(s) for s in ("train", "val", "test"))
     tick, tick_cpu = time.perf_counter(), cpu_seconds()
     if probe_spec.name == ZEROSHOT:
+        encoded = candidates[0]
+        X = encoded.embeddings.vectors
         fitted = fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, X[train], y[train])
     else:
-        fitted = fit_probe(probe_spec.name, X[train], y[train], X[val], y[val], data.task, probe_spec.class_weight, probe_spec.seed,
-                           data.label_names)
+        fits = [fit_probe(probe_spec.name, c.embeddings.vectors[train], y[train], c.embeddings.vectors[val], y[val], data.task,
+                          probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection) for c in candidates]
+        # The encoder is one more hyper-parameter: chosen by the same protocol's score (val or CV), never by test.
+        best = max(range(len(fits)), key=lambda i: fits[i].selected_auc())
+        encoded, fitted = candidates[best], fits[best]
+        if len(choices) > 1:
+            fitted.selection["encoder_choice"] = {"chosen": choices[best], "by": fitted.selection["criterion"],
+                                                  "scores": {choice: f.selected_auc() for choice, f in zip(choices, fits)}}
+        X = encoded.embeddings.vectors
+    embedded = encoded.embeddings
     timings["fit_s"] = time.perf_counter() - tick
     timings["fit_cpu_s"] = cpu_seconds() - tick_cpu
 
     tick, tick_cpu = time.perf_counter(), cpu_seconds()
     scores = {split: fitted.predict_scores(X[rows]) for split, rows in (("val", val), ("test", test))}
+    # Calibrator and thresholds are decided on scores of images the probe did not fit, then applied unchanged to test
+    # (and saved): val's; or, when selection "cv" fitted the probe on train+val, the out-of-fold scores over those rows.
+    out_of_fold = getattr(fitted, "out_of_fold", None)
+    pooled = out_of_fold is not None and fitted.selection["fit_on"] == "train+val"
+    decided_on, decision_scores = val, scores["val"]
+    if out_of_fold is not None:
+        decided_on, decision_scores = (np.concatenate([train, val]) if pooled else train), out_of_fold
+    if pooled:
+        scores["val"] = out_of_fold[len(train):]  # val's own held-out scores: the fitted probe has seen val
     metrics = {
         split: evaluate(y[rows], scores[split], data.task, data.label_names, evaluation.n_boot, probe_spec.seed)
         for split, rows in (("val", val), ("test", test))
     }
-    # Calibrator and thresholds are decided on val and applied unchanged to test (and saved with the model).
-    decisions = fit_decisions(y[val], scores["val"], data.task, data.label_names, evaluation.study)
+    if pooled:
+        metrics["val"]["scored_by"] = "out-of-fold predictions (selection cv fitted the probe on train+val)"
+    decisions = fit_decisions(y[decided_on], decision_scores, data.task, data.label_names, evaluation.study)
     metrics["test"].update(score_decisions(y[test], scores["test"], data.task, data.label_names, decisions,
                                            {k: v[test] for k, v in data.columns.items()}, evaluation.study, evaluation.n_boot,
                                            probe_spec.seed, data.name))
@@ -135,3 +161,8 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         save_model(save, fitted, data, encoded.encoders[0], encoded.transforms[0], options.encoder, options.weights, metrics, probe_spec.seed,
                    decisions)
     return result
+
+
+def _total(counts):
+    counts = list(counts)
+    return None if any(c is None for c in counts) else sum(counts)

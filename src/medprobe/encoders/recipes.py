@@ -1,0 +1,108 @@
+"""Feature recipes: what a frozen network is asked for, written after '@' in the encoder name.
+
+`efficientnet_lite0@stages,tta` is EfficientNet-Lite0 with pooled features of its last stages
+beside the head's, averaged over the image and its mirror. The recipe is part of the config's
+name and `extra`, so it is in the cache key, results.json and the report. ',' joins recipes
+because '+' already fuses encoders ('a+b').
+
+Every recipe runs inside the torch module (or, for `pad`, the transform), so it exports to ONNX
+and runs on every runtime unchanged.
+"""
+
+from dataclasses import replace
+
+from medprobe.core.errors import EncoderError
+from medprobe.core.names import did_you_mean
+
+# name: what it does. Family-specific ones (stages, tokens) are offered only by the families that have them.
+RECIPES = {
+    "stages": "global-average-pooled outputs of the last CNN stages concatenated with the head's features",
+    "tokens": "ViT: class token and mean patch token of the last 4 blocks, layer-normed, concatenated",
+    "tta": "mean embedding of the image and its left-right mirror (2 encoder passes)",
+    "tta8": "mean embedding over the 8 flips and right-angle rotations (8 passes; for fundus, skin, pathology)",
+    "pad": "images smaller than the input are centred on a black canvas, not upsampled (MedMNIST+)",
+}
+TOKEN_BLOCKS = 4  # the @tokens recipe reads the last 4 transformer blocks, as DINOv2's linear evaluation does
+VIEW_RECIPES = {"tta": 2, "tta8": 8}  # recipe -> encoder passes per image
+GENERIC = ("tta", "tta8", "pad")
+
+
+def parse(config, suffix, family_recipes=()):
+    """(config with the recipe recorded, the recipe parts in canonical order) for `name@suffix`.
+
+    Unknown or clashing parts are refused by name. The name is rewritten in canonical order, so
+    '@tta,stages' and '@stages,tta' share one cache entry.
+
+    >>> parse(config, "tta,stages", ("stages",))[1]
+    ('stages', 'tta')
+    """
+    known = tuple(family_recipes) + GENERIC
+    parts = [p.strip() for p in suffix.split(",") if p.strip()]
+    for part in parts:
+        if part not in known:
+            raise EncoderError(
+                f"{config.name}@{suffix}: unknown recipe {part!r}{did_you_mean(part, known)}; {config.name} offers "
+                f"{', '.join(known)} (join several with ',', e.g. {config.name}@{known[0]},tta)"
+            )
+    if not parts:
+        raise EncoderError(f"{config.name}@: empty recipe; {config.name} offers {', '.join(known)}")
+    if len(set(parts)) != len(parts) or {"tta", "tta8"} <= set(parts):
+        raise EncoderError(f"{config.name}@{suffix}: a recipe is repeated or tta and tta8 are both given; use one of each")
+    ordered = tuple(r for r in RECIPES if r in parts)
+    changes = {"name": f"{config.name}@{','.join(ordered)}", "extra": {**config.extra, "recipe": list(ordered)}}
+    if "pad" in ordered:
+        changes["resize_mode"] = "pad"
+    return replace(config, **changes), ordered
+
+
+def recipe_of(config):
+    return tuple(config.extra.get("recipe", ()))
+
+
+def views(config):
+    """Encoder passes per image the recipe costs (1 without test-time augmentation)."""
+    return max([VIEW_RECIPES.get(r, 1) for r in recipe_of(config)] + [1])
+
+
+def with_views(module, config):
+    """`module` averaged over the recipe's test-time views, or `module` itself when it has none."""
+    n = views(config)
+    if n == 1:
+        return module
+    import torch
+
+    class ViewAverage(torch.nn.Module):
+        """Runs the views as one batch (one call, better BLAS use) and averages their embeddings."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels):
+            batch = [pixels, pixels.flip(3)]
+            if n == 8:
+                # the dihedral group of the square: flips and their transposes (= the right-angle rotations and
+                # their mirrors), written without rot90, which the ONNX exporter lacks
+                batch = [pixels, pixels.flip(3), pixels.flip(2), pixels.flip(2, 3)]
+                batch += [x.transpose(2, 3) for x in batch]
+            out = self.net(torch.cat(batch))
+            return out.reshape(n, pixels.shape[0], out.shape[-1]).mean(dim=0)
+
+    return ViewAverage(module)
+
+
+def token_features(block_outputs, norm):
+    """The @tokens vector: for each of the last TOKEN_BLOCKS blocks' (B, 1 + patches, D) outputs, the final
+    layer norm's class token and mean patch token, oldest block first: (B, 2 * TOKEN_BLOCKS * D).
+
+    The last block's class token is the plain pooled embedding, so a probe can only gain columns.
+    """
+    import torch
+
+    if len(block_outputs) < TOKEN_BLOCKS:
+        raise EncoderError(f"@tokens reads the last {TOKEN_BLOCKS} transformer blocks; this model has {len(block_outputs)}")
+    parts = []
+    for hidden in block_outputs[-TOKEN_BLOCKS:]:
+        normed = norm(hidden)
+        parts += [normed[:, 0], normed[:, 1:].mean(dim=1)]
+    return torch.cat(parts, dim=1)

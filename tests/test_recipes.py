@@ -1,0 +1,198 @@
+"""Feature recipes (`name@stages,tta`): what each one computes, that it exports to ONNX unchanged, and that it is keyed.
+
+EfficientNet-Lite0 runs with its real weights; the ViT families with tiny random-init models written in
+their real on-disk formats and loaded through the real loaders.
+"""
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import (
+    go_offline,
+    vit_clip_cfg,
+    write_dinov2,
+    write_open_clip,
+    write_tiny,
+)
+
+from medprobe.core.errors import EncoderError
+from medprobe.embedding.embed import describe_job
+from medprobe.encoders import create_encoder, get_config
+from medprobe.encoders.efficientnet_lite import HEAD_DIM, STAGE_CHANNELS, STAGES
+from medprobe.encoders.recipes import TOKEN_BLOCKS
+from medprobe.encoders.transforms import make_transform
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    go_offline(tmp_path, monkeypatch)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Tiny models with TOKEN_BLOCKS transformer blocks (the shared helpers default to one)."""
+    root = tmp_path_factory.mktemp("tiny")
+    written = {}
+
+    def get(name):
+        if name not in written:
+            config, folder = get_config(name), root / name
+            if config.family == "transformers":
+                written[name] = write_dinov2(folder, config.input_size, round(config.input_size / config.crop_pct), config.mean,
+                                             config.std, layers=TOKEN_BLOCKS)
+            elif name.startswith("clip_vit"):
+                written[name] = write_open_clip(folder, vit_clip_cfg(int(config.arch.split("-")[2]), layers=TOKEN_BLOCKS))
+            else:
+                written[name] = write_tiny(config, folder)
+        return written[name]
+
+    return get
+
+
+def _pixels(n=3, size=224, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 3, size, size)).astype(np.float32)
+
+
+def _symmetric(size=224):
+    """Images unchanged by every flip and right-angle rotation: functions of the distance to the centre."""
+    c = np.arange(size) - (size - 1) / 2
+    r = np.hypot(c[:, None], c[None, :])
+    return np.stack([np.stack([np.cos(r / (5 + 3 * i + j)) for j in range(3)]) for i in range(2)]).astype(np.float32)
+
+
+def test_recipe_names_are_canonical_and_in_the_cache_key():
+    a, b = get_config("efficientnet_lite0@tta,stages"), get_config("efficientnet_lite0@stages,tta")
+    assert a == b and a.name == "efficientnet_lite0@stages,tta" and a.extra["recipe"] == ["stages", "tta"]
+    assert a.embed_dim == HEAD_DIM + sum(STAGE_CHANNELS[s - 1] for s in STAGES)
+    plain = get_config("efficientnet_lite0")
+    assert plain.embed_dim == HEAD_DIM and "recipe" not in plain.extra
+    plain_encoder, plain_transform = create_encoder("efficientnet_lite0")
+    recipe_encoder, recipe_transform = create_encoder("efficientnet_lite0@stages")
+    assert describe_job(plain_encoder, plain_transform) != describe_job(recipe_encoder, recipe_transform)
+
+
+@pytest.mark.parametrize("suffix, message", [
+    ("stagse", "unknown recipe 'stagse'; did you mean 'stages'"),
+    ("tta,tta8", "tta and tta8"),
+    ("tta,tta", "repeated"),
+    ("tokens", "unknown recipe 'tokens'"),  # a ViT recipe, not a CNN one
+])  # fmt: skip
+def test_bad_recipes_are_refused_by_name(suffix, message):
+    with pytest.raises(EncoderError, match=message):
+        get_config(f"efficientnet_lite0@{suffix}")
+
+
+def test_stages_end_with_the_plain_embedding():
+    pixels = _pixels()
+    plain, _ = create_encoder("efficientnet_lite0", runtime="torch")
+    stages, _ = create_encoder("efficientnet_lite0@stages", runtime="torch")
+    head = plain.embed_batch(pixels)
+    out = stages.embed_batch(pixels)
+    assert out.shape == (3, stages.config.embed_dim) == (3, 2064)
+    np.testing.assert_allclose(out[:, -HEAD_DIM:], head, rtol=1e-5, atol=1e-6)
+    assert (out[:, :-HEAD_DIM] != 0).any(axis=1).all()  # the stage columns carry something
+
+
+@pytest.mark.parametrize("recipe", ["tta", "tta8"])
+def test_tta_of_a_symmetric_image_is_the_plain_embedding_and_differs_otherwise(recipe):
+    plain, _ = create_encoder("efficientnet_lite0", runtime="torch")
+    averaged, _ = create_encoder(f"efficientnet_lite0@{recipe}", runtime="torch")
+    symmetric = _symmetric()
+    np.testing.assert_allclose(averaged.embed_batch(symmetric), plain.embed_batch(symmetric), rtol=1e-4, atol=1e-5)
+    pixels = _pixels(2)
+    assert not np.allclose(averaged.embed_batch(pixels), plain.embed_batch(pixels), atol=1e-3)
+
+
+def test_tta_is_the_mean_of_the_flipped_embeddings():
+    plain, _ = create_encoder("efficientnet_lite0", runtime="torch")
+    averaged, _ = create_encoder("efficientnet_lite0@tta", runtime="torch")
+    pixels = _pixels(2)
+    expected = (plain.embed_batch(pixels) + plain.embed_batch(pixels[..., ::-1].copy())) / 2
+    np.testing.assert_allclose(averaged.embed_batch(pixels), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad"])
+def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
+    encoder, _ = create_encoder(f"efficientnet_lite0@{recipe}", runtime="onnx")
+    encoder.prepare(4, tmp_path)
+    pixels = _pixels(4)
+    out = encoder.embed_batch(pixels)
+    assert encoder.backend.startswith("onnxruntime"), encoder.backend  # the exactness guard kept ONNX Runtime
+    assert encoder.guard["min_cosine"] >= 0.999999
+    np.testing.assert_allclose(out, encoder.reference_batch(pixels), rtol=1e-3, atol=1e-4)
+
+
+def test_pad_centres_small_images_on_black_and_resizes_large_ones():
+    transform = make_transform(get_config("efficientnet_lite0@pad"))
+    small = Image.fromarray(np.full((28, 28), 255, dtype=np.uint8))
+    out = transform(small)
+    assert out.shape == (3, 224, 224)
+    inside = out[:, 98:126, 98:126]
+    assert np.allclose(inside, 1.0) and np.allclose(out[:, :98], -1.0) and np.allclose(out[:, 126:], -1.0)  # (x - 127.5) / 127.5
+    assert "black" in transform.policy["small_images"]
+    large = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(transform(large), make_transform(get_config("efficientnet_lite0"))(large))
+
+
+# --- the ViT families: class + mean patch token of the last blocks -----------------------------
+
+
+@pytest.mark.parametrize("name, plain_suffix", [("dinov2_vits14", ""), ("rad_dino", ""), ("clip_vit_b32", "@pre")])
+def test_vit_tokens_hold_the_plain_class_token(name, plain_suffix, tiny):
+    plain, transform = create_encoder(f"{name}{plain_suffix}", weights=tiny(name), runtime="torch")
+    tokens, tokens_transform = create_encoder(f"{name}@tokens", weights=tiny(name), runtime="torch")
+    width = plain.config.embed_dim
+    assert tokens.config.embed_dim == 2 * TOKEN_BLOCKS * width and tokens.config.extra["recipe"] == ["tokens"]
+    assert describe_job(plain, transform) != describe_job(tokens, tokens_transform)
+    rng = np.random.default_rng(0)
+    pixels = np.stack([transform(Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))) for _ in range(2)])
+    out = tokens.embed_batch(pixels)
+    assert out.shape == (2, tokens.config.embed_dim) and np.isfinite(out).all()
+    last_class_token = out[:, 2 * (TOKEN_BLOCKS - 1) * width : (2 * TOKEN_BLOCKS - 1) * width]
+    np.testing.assert_allclose(last_class_token, plain.embed_batch(pixels), rtol=1e-4, atol=1e-5)
+
+
+# open_clip's ViT is left out: its nn.MultiheadAttention fast path does not export (opset 17), with or without a
+# recipe, and the exactness guard's fallback to eager already covers it.
+@pytest.mark.parametrize("name", ["dinov2_vits14"])
+def test_vit_recipes_export_to_onnx(name, tiny, tmp_path):
+    encoder, _ = create_encoder(f"{name}@tokens,tta", weights=tiny(name), runtime="onnx")
+    encoder.prepare(2, tmp_path)
+    pixels = _pixels(2, encoder.config.input_size)
+    out = encoder.embed_batch(pixels)
+    assert encoder.backend.startswith("onnxruntime"), encoder.backend
+    np.testing.assert_allclose(out, encoder.reference_batch(pixels), rtol=1e-3, atol=1e-4)
+
+
+def test_clip_feature_choice_and_recipes_combine():
+    assert get_config("clip_vit_b16@tta,pre").name == "clip_vit_b16@pre,tta"
+    assert get_config("clip_vit_b16@pre,tta").extra == {"features": "pre", "recipe": ["tta"]}
+    with pytest.raises(EncoderError, match="one feature choice"):
+        get_config("clip_vit_b16@pre,tokens")
+    with pytest.raises(EncoderError, match="@pre"):
+        get_config("clip_vit_b16@post")
+
+
+def test_tokens_on_a_resnet_clip_tower_is_refused(tiny):
+    encoder, _ = create_encoder("clip_rn50@tokens", weights=tiny("clip_rn50"), runtime="torch")
+    with pytest.raises(EncoderError, match="needs open_clip's own ViT"):
+        encoder.embed_batch(_pixels(1))
+
+
+def test_run_chooses_among_recipes_by_the_selection_protocol_and_records_it(tmp_path, medprobe):
+    import json
+
+    from conftest import write_npz
+
+    npz = write_npz(tmp_path / "t.npz", n_train=30, n_val=12, n_test=12, classes=2)
+    out = tmp_path / "out"
+    spec = "efficientnet_lite0|efficientnet_lite0@stages"
+    done = medprobe("run", "--dataset", npz, "--encoder", spec, "--selection", "val", "--out", out, "--quiet", "--runtime", "torch")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "results.json").read_text())
+    choice = result["probe"]["selection"]["encoder_choice"]
+    assert set(choice["scores"]) == {"efficientnet_lite0", "efficientnet_lite0@stages"} and choice["by"] == "val AUC"
+    assert choice["chosen"] == max(choice["scores"], key=choice["scores"].get) == result["encoder"]["name"]
+    assert choice["scores"][choice["chosen"]] == max(s for s in result["probe"]["selection"]["scores"].values() if s is not None)
+    assert result["timings"]["embedded_now"] == 2 * 54  # both candidates were embedded and their cost counted
