@@ -28,9 +28,9 @@ def two_runs(tmp_path_factory):
         labels = arrays[f"{split}_labels"].reshape(-1, 1, 1, 1).astype(int)
         arrays[f"{split}_images"] = np.clip(labels * 30 + rng.integers(0, 180, arrays[f"{split}_images"].shape), 0, 255).astype(np.uint8)
     np.savez(root / "tiny.npz", **arrays)
-    data, options = DataSpec(str(root / "tiny.npz")), EmbedOptions(cache_dir=str(root / "cache"), progress=False)
+    data, options = DataSpec(str(root / "tiny.npz")), EmbedOptions("efficientnet_lite0", cache_dir=str(root / "cache"), progress=False)
     for probe in ("logreg", "knn"):
-        run(data, options, ProbeSpec(probe), EvalOptions(n_boot=200), out=root / probe)
+        run(data, options, ProbeSpec(probe, selection="val"), EvalOptions(n_boot=200), out=root / probe)
     return root
 
 

@@ -4,6 +4,7 @@ Files are decoded by their content, not their extension: PNG, JPEG, TIFF, BMP, G
 DICOM (see `medprobe.data.dicom`). Anything that cannot be decoded raises `ImageError(path, reason)`.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,9 +98,12 @@ def decoded_bytes(path):
     """Bytes of the 8-bit image `read_image` returns, from the header alone; None when Pillow cannot tell (DICOM, junk)."""
     Image.MAX_IMAGE_PIXELS = None  # as in _read_pillow: our own limit applies, in read_image
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            gray = image.mode in ("1", "L", "LA", "La", "F") or image.mode.startswith("I")
+        # Pillow's plugins warn while guessing at a DICOM file or junk; read_image reports what is wrong, per file.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                gray = image.mode in ("1", "L", "LA", "La", "F") or image.mode.startswith("I")
     except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file; here it only cannot be kept
         return None
     return width * height * (1 if gray else 3)
