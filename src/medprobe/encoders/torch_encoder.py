@@ -10,7 +10,7 @@ It also picks how the module runs (its *runtime*):
 | `openvino` | fp32 | OpenVINO, CPU (optional package `openvino`) |
 | `openvino-bf16` | bf16 | OpenVINO with its bf16 inference precision, CPU (opt-in: approximate) |
 | `bf16` | bf16 | PyTorch autocast, channels-last (opt-in: approximate) |
-| `int8` | int8 | ONNX Runtime, static int8 quantisation calibrated on the first batch (opt-in: approximate) |
+| `int8` | int8 | ONNX Runtime, static int8 quantisation calibrated on a content-chosen sample of the job's images (opt-in: approximate) |
 
 fp32 runtimes agree to ~1e-6 and share cache entries; bf16, openvino-bf16 and int8 each get their own (see `runtime`).
 """
@@ -54,6 +54,8 @@ class TorchEncoder:
         self.planned_images = None  # how many images the coming job embeds; decides `auto`
         self.backend = None  # what actually runs, once the first batch has been embedded
         self.guard = None  # {"images": n, "min_cosine": c} of the fast backend against fp32 eager
+        self.calibration = None  # int8: the calibration_record of the sample chosen by `calibrate_on`
+        self._calibration_pixels = None  # int8: () -> that sample's pixels, decoded only if the graph must be quantised
         self._run = None
         self._fingerprint = None
 
@@ -67,7 +69,8 @@ class TorchEncoder:
         if self.mode == "bf16":
             return {"precision": "bf16", "backend": "torch.autocast", "memory_format": "channels_last"}
         if self.mode == "int8":
-            return {"precision": "int8", "backend": "onnxruntime", "quantization": "static QDQ per-channel, calibrated on the first batch"}
+            return {"precision": "int8", "backend": "onnxruntime", "quantization": "static QDQ, per-channel int8 weights, uint8 activations",
+                    "calibration": self.calibration}
         if self.mode == "openvino-bf16":
             return {"precision": "bf16", "backend": "openvino", "inference_precision_hint": "bf16"}
         return {"precision": "fp32"}
@@ -81,6 +84,22 @@ class TorchEncoder:
         self.planned_images = n_images
         if artifacts is not None:
             self.artifacts = artifacts
+
+    def calibrate_on(self, digests, load):
+        """int8 only: calibrate on the images of `digests` (one per row of the job) chosen by runtimes.calibration_sample.
+
+        Call before the store key is taken: the sample's record is part of `runtime`. `load(rows)` returns the
+        float32 pixels of those dataset rows; it is called only when the quantised graph is not cached yet.
+        """
+        if self.mode != "int8":
+            return
+        sample = runtimes.calibration_sample(digests)
+        first_row = {}
+        for row, digest in enumerate(digests):
+            first_row.setdefault(digest, row)
+        rows = [first_row[digest] for digest in sample]  # in digest order, so the dataset's order never matters
+        self.calibration = runtimes.calibration_record(sample)
+        self._calibration_pixels = lambda: load(rows)
 
     @property
     def module(self):
@@ -160,15 +179,18 @@ class TorchEncoder:
             log.info("exporting %s to ONNX (once; cached in %s)", self.config.name, folder)
             runtimes.export_onnx(self.module, self.config, path)
         if self.mode == "int8":
-            import hashlib
+            load = self._calibration_pixels
+            if load is None:  # embed_batch called directly, outside a planned job (no store): calibrate on this batch
+                import hashlib
 
-            calibration = pixels[:64]
-            seed = hashlib.sha256(calibration.tobytes()).hexdigest()
+                self.calibration = runtimes.calibration_record([hashlib.sha256(p.tobytes()).hexdigest() for p in pixels], chosen="the first batch")
+                load = lambda: pixels  # noqa: E731
             fp32_path = path
-            path = runtimes.onnx_file(folder, self.config, self._fingerprint, "int8", seed)
+            path = runtimes.onnx_file(folder, self.config, self._fingerprint, "int8", self.calibration)
             if not path.is_file():
-                log.info("quantising %s to int8 on %d calibration images", self.config.name, len(calibration))
-                runtimes.quantize_int8(fp32_path, calibration, path)
+                calibration = load()
+                log.info("quantising %s to int8 on %d calibration images (%s)", self.config.name, len(calibration), self.calibration["method"])
+                runtimes.quantize_int8(fp32_path, calibration, path, self.calibration["method"])
         session = runtimes.ort_session(path)
         name = session.get_inputs()[0].name
 
