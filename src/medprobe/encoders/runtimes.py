@@ -173,13 +173,13 @@ def calibration_sample(digests, size=None):
     return sorted(set(digests))[: size or CALIBRATION_IMAGES]
 
 
-def calibration_record(sample, method=CALIBRATION_METHOD, chosen="smallest SHA-256 of the job's images"):
+def calibration_record(sample, method=None, chosen="smallest SHA-256 of the job's images"):
     """What identifies an int8 calibration: hashed into the store key, written to results.json."""
-    return {"method": method, "images": len(sample), "chosen": chosen,
+    return {"method": method or CALIBRATION_METHOD, "images": len(sample), "chosen": chosen,
             "sample_sha256": hashlib.sha256("\n".join(sample).encode()).hexdigest()}
 
 
-def quantize_int8(fp32_path, calibration, path, method=CALIBRATION_METHOD):
+def quantize_int8(fp32_path, calibration, path, method):
     """Static int8 quantisation (QDQ, per-channel weights, uint8 activations) calibrated on `calibration` pixels.
 
     Uses the CPU's VNNI int8 dot products; about 2x fp32 here, but approximate (see README for its AUC effect).
@@ -188,11 +188,21 @@ def quantize_int8(fp32_path, calibration, path, method=CALIBRATION_METHOD):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
+        """Batches of 16 images; quantize_static collects one batch per call (stride 1 below), so the
+        activations of only 16 images are held at a time, whatever the sample size and method."""
+
         def __init__(self):
-            self.batches = iter([{"pixels": calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+            self.batches = [{"pixels": calibration[i : i + 16]} for i in range(0, len(calibration), 16)]
+            self.set_range(0, len(self.batches))
+
+        def __len__(self):
+            return len(self.batches)
+
+        def set_range(self, start_index, end_index):
+            self.pending = iter(self.batches[start_index:end_index])
 
         def get_next(self):
-            return next(self.batches, None)
+            return next(self.pending, None)
 
     path = Path(path)
     prepared = path.with_name(f".{path.stem}.{os.getpid()}.pre.onnx")
@@ -209,8 +219,7 @@ def quantize_int8(fp32_path, calibration, path, method=CALIBRATION_METHOD):
                 weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                                   "entropy": CalibrationMethod.Entropy}[method],
-                # min-max: fold ranges every 4 batches of 8, so calibration memory stays ~0.5 GB whatever the sample size
-                extra_options={"CalibMaxIntermediateOutputs": 4},
+                extra_options={"CalibStridedMinMax": 1},  # despite the name, any method: ranges/histograms merged per batch
             )
     finally:
         prepared.unlink(missing_ok=True)
