@@ -84,3 +84,14 @@ def test_other_images_or_another_method_give_another_key(tmp_path, small_sample,
     fp32, transform = create_encoder("efficientnet_lite0")
     fp32.calibrate_on(load_dataset(tmp_path / "a.npz").content_digests(), None)  # fp32 ignores it: its key never moves
     assert fp32.runtime == {"precision": "fp32"}
+
+
+def test_an_encoder_reused_for_other_images_quantises_again_for_them(tmp_path, small_sample):
+    first, second = load_dataset(_npz(tmp_path / "a.npz", seed=0)), load_dataset(_npz(tmp_path / "c.npz", seed=1))
+    encoder, transform = create_encoder("efficientnet_lite0", runtime="int8")
+    options = EmbedOptions("efficientnet_lite0", cache_dir=str(tmp_path / "cache"), batch_size=4, progress=False)
+    embed(first, encoder, transform, options)
+    reused = embed(second, encoder, transform, options)
+    alone, _ = _int8(second, tmp_path / "other-cache")
+    assert reused.description == alone.description
+    np.testing.assert_array_equal(reused.vectors, alone.vectors)

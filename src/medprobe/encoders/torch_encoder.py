@@ -98,7 +98,10 @@ class TorchEncoder:
         for row, digest in enumerate(digests):
             first_row.setdefault(digest, row)
         rows = [first_row[digest] for digest in sample]  # in digest order, so the dataset's order never matters
-        self.calibration = runtimes.calibration_record(sample)
+        record = runtimes.calibration_record(sample)
+        if record != self.calibration and self._run is not None:
+            self._run = self.backend = self.guard = None  # a graph calibrated for other images: quantise again for these
+        self.calibration = record
         self._calibration_pixels = lambda: load(rows)
 
     @property
