@@ -24,7 +24,7 @@ from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder, runtimes
 
 sys.path.insert(0, str(Path(__file__).parent))
-from embed_throughput import AUC_DATASETS  # noqa: E402
+from embed_throughput import AUC_DATASETS
 
 
 @contextlib.contextmanager

@@ -81,7 +81,7 @@ def test_other_images_or_another_method_give_another_key(tmp_path, small_sample,
     assert key(_npz(tmp_path / "c.npz", seed=1)) != same
     monkeypatch.setattr(runtimes, "CALIBRATION_METHOD", "percentile")
     assert key(tmp_path / "a.npz") != same
-    fp32, transform = create_encoder("efficientnet_lite0")
+    fp32, _ = create_encoder("efficientnet_lite0")
     fp32.calibrate_on(load_dataset(tmp_path / "a.npz").content_digests(), None)  # fp32 ignores it: its key never moves
     assert fp32.runtime == {"precision": "fp32"}
 

@@ -187,7 +187,7 @@ class TorchEncoder:
                 import hashlib
 
                 self.calibration = runtimes.calibration_record([hashlib.sha256(p.tobytes()).hexdigest() for p in pixels], chosen="the first batch")
-                load = lambda: pixels  # noqa: E731
+                load = lambda: pixels
             fp32_path = path
             path = runtimes.onnx_file(folder, self.config, self._fingerprint, "int8", self.calibration)
             if not path.is_file():
