@@ -20,7 +20,7 @@ keeps each one's best.
     `run`: the same after the pre-scan (`scan_images`), as `medprobe run` does it: the scan decodes each
     file once and embedding reuses the pixels (decode once); its time is included.
 (c) each runtime forced through the same `embed()`: torch (fp32 eager), onnx, openvino (fp32), openvino-bf16,
-    bf16 (torch autocast), int8 (ONNX Runtime).
+    bf16 (torch autocast), int8 (ONNX Runtime), openvino-int8 (the same int8 graph on OpenVINO).
 
 `pure` is the same encoder object's `embed_batch` on pixels decoded beforehand (the inference limit of that
 runtime), alternated with the end-to-end pass in the same subprocess, best of two each; `e2e/pure` is
@@ -52,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ENCODER = "efficientnet_lite0"
-VARIANTS = ("plain", "default", "run", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8")
+VARIANTS = ("plain", "default", "run", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8")
 AUC_DATASETS = {  # name -> `medprobe run` arguments
     "retinamnist": ["--dataset", "retinamnist", "--data-dir", str(SHARED / "medmnist")],
     "pneumoniamnist_balanced": ["--dataset", str(SHARED / "medmnist" / "pneumoniamnist_balanced.npz")],

@@ -60,6 +60,7 @@ def main():
     parser.add_argument("--calibrations", default="minmax:256,percentile:256")
     parser.add_argument("--datasets", default=",".join(AUC_DATASETS))
     parser.add_argument("--folder", type=Path, default=Path("/tmp/medprobe-int8-calibration"))
+    parser.add_argument("--runtime", default="int8", choices=runtimes.INT8)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cache, report = args.folder / "cache", {}
@@ -73,22 +74,22 @@ def main():
         for item in args.calibrations.split(","):
             method, images = item.split(":")
             with calibration(method, int(images)):
-                result, seconds = run(spec, "int8", cache, args.folder / f"{name}-{method}-{images}")
+                result, seconds = run(spec, args.runtime, cache, args.folder / f"{name}-{args.runtime}-{method}-{images}")
             auc = result["metrics"]["test"]["auc"]
-            int8 = vectors_cos(spec, method, int(images), cache, fp32)
+            int8 = vectors_cos(spec, args.runtime, method, int(images), cache, fp32)
             rows[item] = {"auc": auc, "inside_fp32_ci": low <= auc <= high, "min_cosine": float(int8.min()), "mean_cosine": float(int8.mean()),
                           "embed_cpu_s": result["timings"].get("embed_cpu_s"), "seconds": seconds,
                           "calibration": result["encoder"]["runtime"]["calibration"]}
-            print(f"  int8 {item:<16} AUC {auc:.3f} {'inside' if rows[item]['inside_fp32_ci'] else 'OUTSIDE'}  "
+            print(f"  {args.runtime} {item:<16} AUC {auc:.3f} {'inside' if rows[item]['inside_fp32_ci'] else 'OUTSIDE'}  "
                   f"cosine min {int8.min():.4f} mean {int8.mean():.4f}  ({seconds:.0f} s)", flush=True)
         report[name] = rows
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
 
-def vectors_cos(spec, method, images, cache, fp32):
+def vectors_cos(spec, runtime, method, images, cache, fp32):
     with calibration(method, images):
-        a = vectors(spec, "int8", cache)
+        a = vectors(spec, runtime, cache)
     a, b = np.asarray(a, np.float64), np.asarray(fp32, np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 

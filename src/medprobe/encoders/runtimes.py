@@ -28,10 +28,12 @@ from medprobe.core.files import atomic_target
 log = logging.getLogger(__name__)
 
 # see medprobe.encoders.torch_encoder for what each runs
-RUNTIMES = ("auto", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8")
-APPROXIMATE = ("bf16", "int8", "openvino-bf16")
-OPENVINO = ("openvino", "openvino-bf16")  # need the optional `openvino` package (pip install 'medprobe[openvino]')
-OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
+RUNTIMES = ("auto", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8")
+APPROXIMATE = ("bf16", "int8", "openvino-bf16", "openvino-int8")
+INT8 = ("int8", "openvino-int8")  # the same calibrated int8 QDQ graph, run by ONNX Runtime or by OpenVINO
+OPENVINO = ("openvino", "openvino-bf16", "openvino-int8")  # need the optional `openvino` package (pip install 'medprobe[openvino]')
+# openvino-int8: the graph's int8 parts run in int8 whatever the hint; f32 keeps the rest (pooling, ...) out of bf16
+OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
 # Every fast mode must give each image an embedding with cosine >= MIN_COSINE to fp32 PyTorch eager.
 MIN_COSINE = 0.999
 GUARD_IMAGES = 8
