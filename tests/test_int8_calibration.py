@@ -95,3 +95,15 @@ def test_an_encoder_reused_for_other_images_quantises_again_for_them(tmp_path, s
     alone, _ = _int8(second, tmp_path / "other-cache")
     assert reused.description == alone.description
     np.testing.assert_array_equal(reused.vectors, alone.vectors)
+
+
+def test_openvino_int8_runs_the_same_calibrated_graph_under_its_own_key(tmp_path, small_sample):
+    pytest.importorskip("openvino")
+    data = load_dataset(_npz(tmp_path / "a.npz", seed=0))
+    ort, ort_encoder = _int8(data, tmp_path / "cache")
+    encoder, transform = create_encoder("efficientnet_lite0", runtime="openvino-int8")
+    options = EmbedOptions("efficientnet_lite0", cache_dir=str(tmp_path / "cache"), batch_size=4, progress=False)
+    ov = embed(data, encoder, transform, options)
+    assert encoder.calibration == ort_encoder.calibration and ov.description != ort.description
+    assert encoder.backend.startswith("openvino") and "int8" in encoder.backend
+    assert runtimes.min_cosine(ov.vectors, ort.vectors) > 0.99  # one graph, two int8 kernels; ~0.9995 on real images
