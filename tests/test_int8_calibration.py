@@ -107,3 +107,12 @@ def test_openvino_int8_runs_the_same_calibrated_graph_under_its_own_key(tmp_path
     assert encoder.calibration == ort_encoder.calibration and ov.description != ort.description
     assert encoder.backend.startswith("openvino") and "int8" in encoder.backend
     assert runtimes.min_cosine(ov.vectors, ort.vectors) > 0.99  # one graph, two int8 kernels; ~0.9995 on real images
+
+
+def test_int8_on_ray_is_refused_before_any_work(tmp_path):
+    from medprobe.core.errors import ClusterError
+    from medprobe.embedding.ray import embed_on_ray
+
+    data = load_dataset(_npz(tmp_path / "a.npz", seed=0))
+    with pytest.raises(ClusterError, match="--runtime int8 is not available on Ray"):
+        embed_on_ray(data, EmbedOptions("efficientnet_lite0", runtime="int8", progress=False))
