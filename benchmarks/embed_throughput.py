@@ -20,7 +20,7 @@ keeps each one's best.
     `run`: the same after the pre-scan (`scan_images`), as `medprobe run` does it: the scan decodes each
     file once and embedding reuses the pixels (decode once); its time is included.
 (c) each runtime forced through the same `embed()`: torch (fp32 eager), onnx, openvino (fp32), openvino-bf16,
-    bf16 (torch autocast), int8 (ONNX Runtime).
+    bf16 (torch autocast), int8 (ONNX Runtime), openvino-int8 (the same int8 graph on OpenVINO).
 
 `pure` is the same encoder object's `embed_batch` on pixels decoded beforehand (the inference limit of that
 runtime), alternated with the end-to-end pass in the same subprocess, best of two each; `e2e/pure` is
@@ -52,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ENCODER = "efficientnet_lite0"
-VARIANTS = ("plain", "default", "run", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8")
+VARIANTS = ("plain", "default", "run", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8")
 AUC_DATASETS = {  # name -> `medprobe run` arguments
     "retinamnist": ["--dataset", "retinamnist", "--data-dir", str(SHARED / "medmnist")],
     "pneumoniamnist_balanced": ["--dataset", str(SHARED / "medmnist" / "pneumoniamnist_balanced.npz")],
@@ -138,7 +138,7 @@ def run_medprobe(data, n, batch_size, runtime, scan=False):
     """(b) and (c): embed() exactly as the CLI calls it, with the runtime chosen (None: the default),
     alternated with pure inference of the same encoder on pre-decoded pixels; best of two each."""
     from medprobe.data.scan import scan_images
-    from medprobe.embedding.embed import embed
+    from medprobe.embedding.embed import decode_rows, embed
     from medprobe.embedding.options import EmbedOptions
     from medprobe.encoders import create_encoder
 
@@ -148,6 +148,8 @@ def run_medprobe(data, n, batch_size, runtime, scan=False):
     encoder.prepare(n_images=n, artifacts=Path(os.environ["MEDPROBE_CACHE"]))
     warm = dataset(data, min(n, 256))
     pixels = np.stack([transform(warm.images.load(i)) for i in range(len(warm))])  # the pure pass cycles through these
+    job = dataset(data, n)
+    encoder.calibrate_on(job.content_digests(), lambda rows: decode_rows(job.images, transform, rows))  # int8: embed()'s calibration
     encoder.embed_batch(pixels[:batch_size])
     setup = time.perf_counter() - tick
     options = EmbedOptions(ENCODER, use_cache=False, batch_size=batch_size, progress=False)

@@ -44,7 +44,7 @@ def test_openvino_bf16_runs_in_bf16_and_is_only_approximately_fp32(real, caplog)
 def test_an_openvino_fp32_result_that_disagrees_is_replaced_by_eager_fp32(real, caplog, monkeypatch):  # noqa: F811
     _, pixels, reference, _ = real
     encoder = fresh(real, "openvino")
-    monkeypatch.setattr(encoder, "_openvino_backend", lambda: (lambda batch: np.ones((len(batch), 1280), np.float32), "broken"))
+    monkeypatch.setattr(encoder, "_openvino_backend", lambda pixels: (lambda batch: np.ones((len(batch), 1280), np.float32), "broken"))
     with caplog.at_level(logging.WARNING):
         out = encoder.embed_batch(pixels[:3])
     assert "disagrees with PyTorch fp32" in caplog.text and "failed the guard" in encoder.backend

@@ -45,7 +45,7 @@ def add_encoder_args(parser, choose_encoder=True):
     parser.add_argument(
         "--runtime", choices=RUNTIMES, default="auto",
         help="auto (default): fp32 via ONNX Runtime for large jobs, else PyTorch; torch, onnx, openvino: fp32; "
-             "openvino-bf16, bf16, int8: faster, approximate (opt-in; own cache entries)",
+             "openvino-bf16, bf16, int8, openvino-int8: faster, approximate (opt-in; own cache entries)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
     add_cache_args(parser)

@@ -156,6 +156,8 @@ class Job:
 def plan_job(dataset, encoder, transform, options):
     """Hash the images, look every digest up in the store of this recipe, and cut the missing ones into chunks."""
     digests = dataset.content_digests()
+    # int8 calibrates on a sample fixed by the whole data set's content, so it is known (and keyed) before any lookup
+    encoder.calibrate_on(digests, lambda rows: decode_rows(dataset.images, transform, rows))
     description = describe_job(encoder, transform)
     store = Store(cache_root(options.cache_dir), encoder.config.name, description)
     found = store.lookup(set(digests)) if options.use_cache else {}
@@ -213,3 +215,9 @@ def _decode(images, transform, rows, pool):
 
     list(pool.map(one, range(1, len(rows))))
     return pixels
+
+
+def decode_rows(images, transform, rows):
+    """The float32 pixels of dataset `rows`, decoded with every core (e.g. an int8 calibration sample)."""
+    with ThreadPoolExecutor(usable_cores(), thread_name_prefix="medprobe-decode") as pool:
+        return _decode(images, transform, rows, pool)

@@ -19,6 +19,7 @@ from medprobe.core.errors import ClusterError, MedprobeError
 from medprobe.embedding.embed import load_pixels, plan_job
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
+from medprobe.encoders.runtimes import INT8
 
 LOCAL = "local"  # start a private Ray instance for the job; anything else is an address to attach to
 INSTALL_HINT = "--ray needs Ray Data, which is not installed: pip install 'medprobe[ray]'"
@@ -64,6 +65,10 @@ def embed_on_ray(dataset, options=None, address=LOCAL, concurrency=None):
 
     options = options or EmbedOptions()
     started = time.perf_counter()
+    if options.runtime in INT8:
+        # the actors would each calibrate on their own first batch, not on the job's sample that keys the store
+        raise ClusterError(f"--runtime {options.runtime} is not available on Ray yet (its int8 calibration is chosen per job); "
+                           "embed without Ray, or use --runtime auto or openvino-bf16 on Ray")
     ray = _import_ray()  # before hashing a million files, say that Ray is missing
     # lazy: the driver builds the encoder for its config and the store's key, but never runs it
     model, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)

@@ -54,6 +54,12 @@ class Encoder(Protocol):
     def prepare(self, n_images: int | None = None, artifacts: Path | None = None) -> None:
         """Told before a job: how many images it embeds (picks the fast path) and where exported graphs may be cached."""
 
+    def calibrate_on(self, digests: list, load) -> None:
+        """Told before the cache key is taken: the job's image digests, and `load(rows) -> pixels` for any of its rows.
+
+        Only a runtime calibrated on data (int8) uses them; it must put what it chose into `runtime`.
+        """
+
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (B, C, H, W) pixels -> float32 (B, D) embeddings."""
 

@@ -28,14 +28,21 @@ from medprobe.core.files import atomic_target
 log = logging.getLogger(__name__)
 
 # see medprobe.encoders.torch_encoder for what each runs
-RUNTIMES = ("auto", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8")
-APPROXIMATE = ("bf16", "int8", "openvino-bf16")
-OPENVINO = ("openvino", "openvino-bf16")  # need the optional `openvino` package (pip install 'medprobe[openvino]')
-OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16"}
+RUNTIMES = ("auto", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8")
+APPROXIMATE = ("bf16", "int8", "openvino-bf16", "openvino-int8")
+INT8 = ("int8", "openvino-int8")  # the same calibrated int8 QDQ graph, run by ONNX Runtime or by OpenVINO
+OPENVINO = ("openvino", "openvino-bf16", "openvino-int8")  # need the optional `openvino` package (pip install 'medprobe[openvino]')
+# openvino-int8: the graph's int8 parts run in int8 whatever the hint; f32 keeps the rest (pooling, ...) out of bf16
+OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
 # Every fast mode must give each image an embedding with cosine >= MIN_COSINE to fp32 PyTorch eager.
 MIN_COSINE = 0.999
 GUARD_IMAGES = 8
 OPSET = 17
+# int8 activation ranges come from a sample of the job's own images chosen by content, not by position: the
+# CALIBRATION_IMAGES distinct images with the smallest SHA-256. The same data set always gives the same sample,
+# hence the same graph and the same store key, whatever order it is listed in and whatever is already stored.
+CALIBRATION_IMAGES = 256
+CALIBRATION_METHOD = "minmax"
 
 
 def check_installed(runtime):
@@ -159,20 +166,45 @@ def openvino_model(path, precision, threads=None):
     })
 
 
-def quantize_int8(fp32_path, calibration, path):
+def calibration_sample(digests, size=None):
+    """The `size` distinct content digests that sort first: a sample fixed by the data set's content alone.
+
+    >>> calibration_sample(["c", "a", "b", "a"], size=2)
+    ['a', 'b']
+    """
+    return sorted(set(digests))[: size or CALIBRATION_IMAGES]
+
+
+def calibration_record(sample, method=None, chosen="smallest SHA-256 of the job's images"):
+    """What identifies an int8 calibration: hashed into the store key, written to results.json."""
+    return {"method": method or CALIBRATION_METHOD, "images": len(sample), "chosen": chosen,
+            "sample_sha256": hashlib.sha256("\n".join(sample).encode()).hexdigest()}
+
+
+def quantize_int8(fp32_path, calibration, path, method):
     """Static int8 quantisation (QDQ, per-channel weights, uint8 activations) calibrated on `calibration` pixels.
 
     Uses the CPU's VNNI int8 dot products; about 2x fp32 here, but approximate (see README for its AUC effect).
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
+        """Batches of 16 images; quantize_static collects one batch per call (stride 1 below), so the
+        activations of only 16 images are held at a time, whatever the sample size and method."""
+
         def __init__(self):
-            self.batches = iter([{"pixels": calibration[i : i + 8]} for i in range(0, len(calibration), 8)])
+            self.batches = [{"pixels": calibration[i : i + 16]} for i in range(0, len(calibration), 16)]
+            self.set_range(0, len(self.batches))
+
+        def __len__(self):
+            return len(self.batches)
+
+        def set_range(self, start_index, end_index):
+            self.pending = iter(self.batches[start_index:end_index])
 
         def get_next(self):
-            return next(self.batches, None)
+            return next(self.pending, None)
 
     path = Path(path)
     prepared = path.with_name(f".{path.stem}.{os.getpid()}.pre.onnx")
@@ -187,6 +219,9 @@ def quantize_int8(fp32_path, calibration, path):
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                                  "entropy": CalibrationMethod.Entropy}[method],
+                extra_options={"CalibStridedMinMax": 1},  # despite the name, any method: ranges/histograms merged per batch
             )
     finally:
         prepared.unlink(missing_ok=True)

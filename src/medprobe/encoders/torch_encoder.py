@@ -10,9 +10,10 @@ It also picks how the module runs (its *runtime*):
 | `openvino` | fp32 | OpenVINO, CPU (optional package `openvino`) |
 | `openvino-bf16` | bf16 | OpenVINO with its bf16 inference precision, CPU (opt-in: approximate) |
 | `bf16` | bf16 | PyTorch autocast, channels-last (opt-in: approximate) |
-| `int8` | int8 | ONNX Runtime, static int8 quantisation calibrated on the first batch (opt-in: approximate) |
+| `int8` | int8 | ONNX Runtime, static int8 quantisation calibrated on a content-chosen sample of the job's images (opt-in: approximate) |
+| `openvino-int8` | int8 | OpenVINO running the same int8 graph as `int8` (opt-in: approximate; optional package `openvino`) |
 
-fp32 runtimes agree to ~1e-6 and share cache entries; bf16, openvino-bf16 and int8 each get their own (see `runtime`).
+fp32 runtimes agree to ~1e-6 and share cache entries; bf16, openvino-bf16, int8 and openvino-int8 each get their own (see `runtime`).
 """
 
 import logging
@@ -54,6 +55,8 @@ class TorchEncoder:
         self.planned_images = None  # how many images the coming job embeds; decides `auto`
         self.backend = None  # what actually runs, once the first batch has been embedded
         self.guard = None  # {"images": n, "min_cosine": c} of the fast backend against fp32 eager
+        self.calibration = None  # int8: the calibration_record of the sample chosen by `calibrate_on`
+        self._calibration_pixels = None  # int8: () -> that sample's pixels, decoded only if the graph must be quantised
         self._run = None
         self._fingerprint = None
 
@@ -66,8 +69,9 @@ class TorchEncoder:
         """
         if self.mode == "bf16":
             return {"precision": "bf16", "backend": "torch.autocast", "memory_format": "channels_last"}
-        if self.mode == "int8":
-            return {"precision": "int8", "backend": "onnxruntime", "quantization": "static QDQ per-channel, calibrated on the first batch"}
+        if self.mode in runtimes.INT8:
+            return {"precision": "int8", "backend": "onnxruntime" if self.mode == "int8" else "openvino",
+                    "quantization": "static QDQ, per-channel int8 weights, uint8 activations", "calibration": self.calibration}
         if self.mode == "openvino-bf16":
             return {"precision": "bf16", "backend": "openvino", "inference_precision_hint": "bf16"}
         return {"precision": "fp32"}
@@ -81,6 +85,25 @@ class TorchEncoder:
         self.planned_images = n_images
         if artifacts is not None:
             self.artifacts = artifacts
+
+    def calibrate_on(self, digests, load):
+        """int8 only: calibrate on the images of `digests` (one per row of the job) chosen by runtimes.calibration_sample.
+
+        Call before the store key is taken: the sample's record is part of `runtime`. `load(rows)` returns the
+        float32 pixels of those dataset rows; it is called only when the quantised graph is not cached yet.
+        """
+        if self.mode not in runtimes.INT8:
+            return
+        sample = runtimes.calibration_sample(digests)
+        first_row = {}
+        for row, digest in enumerate(digests):
+            first_row.setdefault(digest, row)
+        rows = [first_row[digest] for digest in sample]  # in digest order, so the dataset's order never matters
+        record = runtimes.calibration_record(sample)
+        if record != self.calibration and self._run is not None:
+            self._run = self.backend = self.guard = None  # a graph calibrated for other images: quantise again for these
+        self.calibration = record
+        self._calibration_pixels = lambda: load(rows)
 
     @property
     def module(self):
@@ -126,7 +149,7 @@ class TorchEncoder:
             return self._bf16_backend()
         if self.mode in runtimes.OPENVINO:
             try:
-                return self._openvino_backend()
+                return self._openvino_backend(pixels)
             except Exception as e:  # noqa: BLE001 -- an exporter or compiler gap for this architecture: eager still gives the right answer
                 log.warning("OpenVINO cannot run %s (%s: %s); embedding with PyTorch eager fp32 instead", self.config.name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
                 return None, None
@@ -160,15 +183,7 @@ class TorchEncoder:
             log.info("exporting %s to ONNX (once; cached in %s)", self.config.name, folder)
             runtimes.export_onnx(self.module, self.config, path)
         if self.mode == "int8":
-            import hashlib
-
-            calibration = pixels[:64]
-            seed = hashlib.sha256(calibration.tobytes()).hexdigest()
-            fp32_path = path
-            path = runtimes.onnx_file(folder, self.config, self._fingerprint, "int8", seed)
-            if not path.is_file():
-                log.info("quantising %s to int8 on %d calibration images", self.config.name, len(calibration))
-                runtimes.quantize_int8(fp32_path, calibration, path)
+            path = self._int8_graph(path, pixels)
         session = runtimes.ort_session(path)
         name = session.get_inputs()[0].name
 
@@ -182,7 +197,22 @@ class TorchEncoder:
         precision = "int8" if self.mode == "int8" else "fp32"
         return run, f"onnxruntime {onnxruntime.__version__} {precision} (cpu, {runtimes.usable_cores()} threads)"
 
-    def _openvino_backend(self):
+    def _int8_graph(self, fp32_path, pixels):
+        """The int8 QDQ graph for this job's calibration, quantised once and cached beside the fp32 graph."""
+        load = self._calibration_pixels
+        if load is None:  # embed_batch called directly, outside a planned job (no store): calibrate on this batch
+            import hashlib
+
+            self.calibration = runtimes.calibration_record([hashlib.sha256(p.tobytes()).hexdigest() for p in pixels], chosen="the first batch")
+            load = lambda: pixels
+        path = runtimes.onnx_file(self._artifact_folder(), self.config, self._fingerprint, "int8", self.calibration)
+        if not path.is_file():
+            calibration = load()
+            log.info("quantising %s to int8 on %d calibration images (%s)", self.config.name, len(calibration), self.calibration["method"])
+            runtimes.quantize_int8(fp32_path, calibration, path, self.calibration["method"])
+        return path
+
+    def _openvino_backend(self, pixels):
         """OpenVINO on the same exported ONNX graph as ONNX Runtime; requests of OV_CHUNK images run in parallel."""
         import openvino as ov
 
@@ -190,6 +220,8 @@ class TorchEncoder:
         if not path.is_file():
             log.info("exporting %s to ONNX (once; cached in %s)", self.config.name, self._artifact_folder())
             runtimes.export_onnx(self.module, self.config, path)
+        if self.mode == "openvino-int8":
+            path = self._int8_graph(path, pixels)
         compiled = runtimes.openvino_model(path, runtimes.OPENVINO_PRECISION[self.mode])
         streams = compiled.get_property("NUM_STREAMS")
         requests = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -203,6 +235,7 @@ class TorchEncoder:
             return np.concatenate([parts[at] for at in sorted(parts)]).astype(np.float32, copy=False)
 
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the CPU runs, not what was asked
+        precision = f"int8 + {precision}" if self.mode == "openvino-int8" else precision
         return run, f"openvino {ov.__version__.split('-')[0]} {precision} (cpu, {runtimes.usable_cores()} threads, {streams} streams)"
 
     def _bf16_backend(self):
