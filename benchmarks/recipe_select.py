@@ -19,7 +19,7 @@ SUBSETS = {"head": (), "7": (7,), "6-7": (6, 7), "5-7": (5, 6, 7), "4-7": (4, 5,
 
 
 def columns(stages):
-    starts = np.cumsum((0,) + STAGE_CHANNELS)
+    starts = np.cumsum((0,) + STAGE_CHANNELS["efficientnet_lite0"])  # the sweep embeds with Lite0
     cols = [np.arange(starts[s - 1], starts[s]) for s in stages]
     return np.concatenate(cols + [np.arange(starts[-1], starts[-1] + HEAD_DIM)])
 

@@ -34,7 +34,7 @@ def all_stages_config(encoder, extra_recipes):
     suffix = ",".join(["stages", *extra_recipes])
     config = get_config(f"{encoder}@{suffix}")
     stages = list(range(1, 8))
-    dim = efficientnet_lite.HEAD_DIM + sum(efficientnet_lite.STAGE_CHANNELS)
+    dim = efficientnet_lite.HEAD_DIM + sum(efficientnet_lite.STAGE_CHANNELS[encoder])
     return replace(config, name=config.name.replace("stages", "stages1-7"), embed_dim=dim, extra={**config.extra, "stages": stages})
 
 

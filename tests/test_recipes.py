@@ -64,7 +64,7 @@ def _symmetric(size=224):
 def test_recipe_names_are_canonical_and_in_the_cache_key():
     a, b = get_config("efficientnet_lite0@tta,stages"), get_config("efficientnet_lite0@stages,tta")
     assert a == b and a.name == "efficientnet_lite0@stages,tta" and a.extra["recipe"] == ["stages", "tta"]
-    assert a.embed_dim == HEAD_DIM + sum(STAGE_CHANNELS[s - 1] for s in STAGES)
+    assert a.embed_dim == HEAD_DIM + sum(STAGE_CHANNELS["efficientnet_lite0"][s - 1] for s in STAGES)
     plain = get_config("efficientnet_lite0")
     assert plain.embed_dim == HEAD_DIM and "recipe" not in plain.extra
     plain_encoder, plain_transform = create_encoder("efficientnet_lite0")
@@ -92,6 +92,14 @@ def test_stages_end_with_the_plain_embedding():
     assert out.shape == (3, stages.config.embed_dim) == (3, 2064)
     np.testing.assert_allclose(out[:, -HEAD_DIM:], head, rtol=1e-5, atol=1e-6)
     assert (out[:, :-HEAD_DIM] != 0).any(axis=1).all()  # the stage columns carry something
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_stages_width_declared_is_the_width_embedded(name):
+    # Lite2 is 1.1x wider than Lite0/1 in stages 3-7; a declared 2064 for it broke every Lite2@stages run
+    encoder, _ = create_encoder(f"{name}@stages", runtime="torch")
+    out = encoder.embed_batch(_pixels(n=1, size=encoder.config.input_size))
+    assert out.shape == (1, encoder.config.embed_dim)
 
 
 @pytest.mark.parametrize("recipe", ["tta", "tta8"])

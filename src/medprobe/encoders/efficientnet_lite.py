@@ -59,18 +59,23 @@ def availability(config):
 # rose with every stage added, on RetinaMNIST, PneumoniaMNIST and HAM10000 alike (docs/recipes.md), and the
 # early stages add only 16-40 columns each.
 STAGES = (1, 2, 3, 4, 5, 6, 7)
-# Output channels of stages 1-7; the same for Lite0-2 (Lite scales depth, not width).
-STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+# Output channels of stages 1-7 (from the official builder); Lite2 also scales width (x1.1), Lite0 and Lite1 do not.
+STAGE_CHANNELS = {
+    "efficientnet_lite0": (16, 24, 40, 80, 112, 192, 320),
+    "efficientnet_lite1": (16, 24, 40, 80, 112, 192, 320),
+    "efficientnet_lite2": (16, 24, 48, 88, 120, 208, 352),
+}
 HEAD_DIM = 1280
 
 
 def variant(config, suffix):
     """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, tta, tta8, pad)."""
+    channels = STAGE_CHANNELS[config.name]
     config, parts = recipes.parse(config, suffix, ("stages",))
     if "stages" in parts:
         stages = tuple(config.extra.get("stages", STAGES))
         config = replace(config, extra={**config.extra, "stages": list(stages)},
-                         embed_dim=HEAD_DIM + sum(STAGE_CHANNELS[s - 1] for s in stages))
+                         embed_dim=HEAD_DIM + sum(channels[s - 1] for s in stages))
     return config
 
 
