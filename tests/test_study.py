@@ -24,10 +24,10 @@ from medprobe.evaluation.calibration import (
     reliability,
     resolve_method,
 )
+from medprobe.evaluation.metrics import bootstrap_weights
 from medprobe.evaluation.operating_points import (
     OperatingPointError,
     Rule,
-    bootstrap_weights,
     choose_threshold,
     choose_thresholds,
     decide,

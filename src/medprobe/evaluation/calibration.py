@@ -36,11 +36,12 @@ from medprobe.core.errors import MedprobeError
 from medprobe.evaluation.metrics import (
     BOOTSTRAP_SEED,
     N_BOOTSTRAP,
+    bootstrap_weights,
     medmnist_acc,
     medmnist_auc,
+    percentile_ci,
     predictions,
 )
-from medprobe.evaluation.operating_points import bootstrap_weights, percentile_ci
 
 N_BINS = 10
 METHODS = ("none", "auto", "temperature", "platt", "isotonic")

@@ -95,6 +95,24 @@ def resample_counts(n, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
         yield rng.multinomial(n, np.full(n, 1.0 / n), size=len(block)).astype(np.float64)
 
 
+def bootstrap_weights(n, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
+    """(n_boot, n) resample counts: the very resamples `bootstrap_ci` draws for the AUC's CI (same seed, same blocks).
+
+    float32 holds every count exactly and halves the memory (1,000 resamples of 47,000 test images: 190 MB).
+    """
+    return np.concatenate([counts.astype(np.float32) for counts in resample_counts(n, n_boot, seed)])
+
+
+def percentile_ci(values, level=0.95):
+    """[lo, hi] over the finite values, or None when there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    tail = 100 * (1 - level) / 2
+    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+
+
 def bootstrap_ci(y_true, scores, task, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED, level=0.95):
     """Percentile CIs for AUC and ACC over `n_boot` seeded resamples of the rows.
 
@@ -109,13 +127,11 @@ def bootstrap_ci(y_true, scores, task, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED, 
         per_class = [weighted_auc(t, s, counts) for t, s in columns]
         aucs.append(np.mean(per_class, axis=0) if per_class else np.full(len(counts), np.nan))
         accs.append(counts @ correct / n)
-    tail = 100 * (1 - level) / 2
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)
     valid = int(np.isfinite(aucs).sum())
-    auc_ci = [float(v) for v in np.nanpercentile(aucs, [tail, 100 - tail])] if valid else None
     return {
-        "auc_ci": auc_ci,
-        "acc_ci": [float(v) for v in np.percentile(accs, [tail, 100 - tail])],
+        "auc_ci": percentile_ci(aucs, level),
+        "acc_ci": percentile_ci(accs, level),
         "bootstrap": {"n": n_boot, "seed": seed, "level": level, "valid_auc_resamples": valid},
     }
 

@@ -40,6 +40,7 @@ from medprobe.evaluation.metrics import (
     N_BOOTSTRAP,
     binary_columns,
     medmnist_auc,
+    percentile_ci,
     resample_counts,
     scorable,
     weighted_auc,
@@ -113,11 +114,10 @@ def paired_bootstrap(y_true, scores_a, scores_b, task, n_boot=N_BOOTSTRAP, seed=
         draws_a.append(np.mean([weighted_auc(t, a, counts) for t, a, _ in columns], axis=0))
         draws_b.append(np.mean([weighted_auc(t, b, counts) for t, _, b in columns], axis=0))
     draws_a, draws_b = np.concatenate(draws_a), np.concatenate(draws_b)
-    valid = np.isfinite(draws_a) & np.isfinite(draws_b)
-    tail = 100 * (1 - level) / 2
+    valid = np.isfinite(draws_a) & np.isfinite(draws_b)  # paired: a resample counts for both or for neither
 
     def interval(values):
-        return [float(v) for v in np.percentile(values[valid], [tail, 100 - tail])] if valid.any() else None
+        return percentile_ci(values[valid], level)
 
     difference = draws_a - draws_b
     return {

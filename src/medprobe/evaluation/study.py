@@ -17,12 +17,11 @@ from medprobe.evaluation.calibration import (
     calibration_report,
     resolve_method,
 )
-from medprobe.evaluation.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP
+from medprobe.evaluation.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP, bootstrap_weights
 from medprobe.evaluation.operating_points import (
     DEFAULT_RULES,
     OperatingPointError,
     Rule,
-    bootstrap_weights,
     choose_thresholds,
     column_names,
     score_thresholds,

@@ -25,13 +25,13 @@ from medprobe.evaluation.metrics import (
     BOOTSTRAP_SEED,
     N_BOOTSTRAP,
     binary_columns,
+    bootstrap_weights,
     medmnist_auc,
+    percentile_ci,
     scorable,
     weighted_auc,
 )
 from medprobe.evaluation.operating_points import (
-    bootstrap_weights,
-    percentile_ci,
     score_thresholds,
 )
 

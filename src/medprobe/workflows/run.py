@@ -109,7 +109,7 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     scores = {split: fitted.predict_scores(X[rows]) for split, rows in (("val", val), ("test", test))}
     # Calibrator and thresholds are decided on scores of images the probe did not fit, then applied unchanged to test
     # (and saved): val's; or, when selection "cv" fitted the probe on train+val, the out-of-fold scores over those rows.
-    out_of_fold = getattr(fitted, "out_of_fold", None)
+    out_of_fold = fitted.out_of_fold
     pooled = out_of_fold is not None and fitted.selection["fit_on"] == "train+val"
     decided_on, decision_scores = val, scores["val"]
     if out_of_fold is not None:
