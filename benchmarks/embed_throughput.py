@@ -8,8 +8,8 @@ same subprocess; (2) test AUC with 95 % CI of each `--auc-runtimes` on RetinaMNI
 (balanced) and HAM10000 mel/nv (`medprobe run`, logreg); (3) the heavy encoders (benchmarks/heavy_encoders.py);
 (4) peak RSS at two sizes; (5) a cold `medprobe run`.
 
-Every variant embeds the same real images with the same encoder (EfficientNet-Lite0, real weights,
-224 px) in its own subprocess, one after another, so each has its own peak RSS and none inherits
+Every variant embeds the same real images with the same encoder (the library's default,
+EfficientNet-Lite0@stages: real weights, 224 px) in its own subprocess, one after another, so each has its own peak RSS and none inherits
 another's threads or caches. On a shared machine timings are noisy, which is why the ratios to (a),
 measured in the same run, are the figures to quote; `--repeats 2` alternates the variants twice and
 keeps each one's best.
@@ -20,7 +20,8 @@ keeps each one's best.
     `run`: the same after the pre-scan (`scan_images`), as `medprobe run` does it: the scan decodes each
     file once and embedding reuses the pixels (decode once); its time is included.
 (c) each runtime forced through the same `embed()`: torch (fp32 eager), onnx, openvino (fp32), openvino-bf16,
-    bf16 (torch autocast), int8 (ONNX Runtime), openvino-int8 (the same int8 graph on OpenVINO).
+    bf16 (torch autocast), int8 (ONNX Runtime), openvino-int8 (the same int8 graph on OpenVINO), fast (openvino-int8
+    on images upsampled by OpenCV).
 
 `pure` is the same encoder object's `embed_batch` on pixels decoded beforehand (the inference limit of that
 runtime), alternated with the end-to-end pass in the same subprocess, best of two each; `e2e/pure` is
@@ -49,10 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe.embedding.options import (
+    DEFAULT_ENCODER as ENCODER,  # every variant embeds with the library's default encoder
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-ENCODER = "efficientnet_lite0"
-VARIANTS = ("plain", "default", "run", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8")
+VARIANTS = ("plain", "default", "run", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8", "fast")
 AUC_DATASETS = {  # name -> `medprobe run` arguments
     "retinamnist": ["--dataset", "retinamnist", "--data-dir", str(SHARED / "medmnist")],
     "pneumoniamnist_balanced": ["--dataset", str(SHARED / "medmnist" / "pneumoniamnist_balanced.npz")],
@@ -273,7 +277,7 @@ def cosines(a, b):
 def auc_runs(runtimes, folder, printer=print):
     """Test AUC with 95 % CI of each runtime on the three real data sets (`medprobe run`, logreg), one cache per runtime."""
     rows = {}
-    printer("\ntest AUC [95 % CI] by runtime (medprobe run, efficientnet_lite0 + logreg); * = outside the first runtime's CI:")
+    printer(f"\ntest AUC [95 % CI] by runtime (medprobe run, {ENCODER} with the default probe and selection); * = outside the first runtime's CI:")
     printer(f"{'runtime':<15}" + "".join(f"{name:>30}" for name in AUC_DATASETS) + f"{'embed img/s':>13}")
     for runtime in runtimes:
         cells, rates = {}, []

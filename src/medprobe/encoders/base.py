@@ -68,6 +68,15 @@ class Encoder(Protocol):
 
 
 @runtime_checkable
+class StreamingEncoder(Encoder, Protocol):
+    """An encoder that can take the next batch while earlier ones are still running (medprobe's OpenVINO runtimes)."""
+
+    def embed_batches(self, batches):
+        """Yield `(tag, vectors)` for each `(tag, pixels)` of the iterable `batches`, in order, with the vectors
+        `embed_batch(pixels)` gives; the next batch may be pulled (so decoded) before the last is done."""
+
+
+@runtime_checkable
 class TextEncoder(Encoder, Protocol):
     """An image-text model (CLIP-style): image embeddings and text embeddings in one space, for zero-shot."""
 

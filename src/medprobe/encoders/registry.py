@@ -6,7 +6,7 @@ CLIP-style models, `variant`); they are listed once here. `register_family` and
 """
 
 from medprobe.core.errors import EncoderError, UnknownNameError
-from medprobe.encoders import efficientnet_lite, hf_vision, open_clip_family, torchvision_resnet
+from medprobe.encoders import efficientnet_lite, hf_vision, open_clip_family, runtimes, torchvision_resnet
 from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.transforms import make_transform
 
@@ -76,4 +76,4 @@ def create_encoder(name, weights=None, device="cpu", runtime="auto"):
     """
     config = get_config(name)
     encoder = _LOADERS[config.family](config, weights, device, runtime)
-    return encoder, make_transform(encoder.config)
+    return encoder, make_transform(encoder.config, runtimes.resize_library(runtime))

@@ -28,12 +28,15 @@ from medprobe.core.files import atomic_target
 log = logging.getLogger(__name__)
 
 # see medprobe.encoders.torch_encoder for what each runs
-RUNTIMES = ("auto", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8")
-APPROXIMATE = ("bf16", "int8", "openvino-bf16", "openvino-int8")
-INT8 = ("int8", "openvino-int8")  # the same calibrated int8 QDQ graph, run by ONNX Runtime or by OpenVINO
-OPENVINO = ("openvino", "openvino-bf16", "openvino-int8")  # need the optional `openvino` package (pip install 'medprobe[openvino]')
+RUNTIMES = ("auto", "torch", "onnx", "openvino", "openvino-bf16", "bf16", "int8", "openvino-int8", "fast")
+APPROXIMATE = ("bf16", "int8", "openvino-bf16", "openvino-int8", "fast")
+INT8 = ("int8", "openvino-int8", "fast")  # the same calibrated int8 QDQ graph, run by ONNX Runtime or by OpenVINO
+OPENVINO = ("openvino", "openvino-bf16", "openvino-int8", "fast")  # need the optional `openvino` package (pip install 'medprobe[openvino]')
 # openvino-int8: the graph's int8 parts run in int8 whatever the hint; f32 keeps the rest (pooling, ...) out of bf16
-OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32"}
+OPENVINO_PRECISION = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "f32", "fast": "f32"}
+# `fast` is openvino-int8 on images upsampled by OpenCV instead of Pillow (transforms.Transform); the resize library
+# is part of the preprocessing policy, so `fast` and openvino-int8 never share a store entry. Needs `pip install 'medprobe[fast]'`.
+RESIZE_LIBRARY = {"fast": "opencv"}
 # Every fast mode must give each image an embedding with cosine >= MIN_COSINE to fp32 PyTorch eager.
 MIN_COSINE = 0.999
 GUARD_IMAGES = 8
@@ -48,8 +51,17 @@ CALIBRATION_METHOD = "minmax"
 def check_installed(runtime):
     """An OpenVINO runtime is asked for by name, so a missing package is an error before any work, not a silent fallback."""
     if runtime in OPENVINO and importlib.util.find_spec("openvino") is None:
-        raise EncoderError(f"--runtime {runtime} needs OpenVINO, which is not installed: pip install 'medprobe[openvino]' "
+        extra = "fast" if runtime == "fast" else "openvino"
+        raise EncoderError(f"--runtime {runtime} needs OpenVINO, which is not installed: pip install 'medprobe[{extra}]' "
                            "(or pip install openvino); --runtime auto needs nothing extra")
+    if runtime in RESIZE_LIBRARY and importlib.util.find_spec("cv2") is None:
+        raise EncoderError(f"--runtime {runtime} resizes with OpenCV, which is not installed: pip install 'medprobe[fast]' "
+                           "(or pip install opencv-python-headless); --runtime openvino-int8 is the same without it")
+
+
+def resize_library(runtime):
+    """Which library the transform of `runtime` resizes with ("pillow" unless the runtime says otherwise)."""
+    return RESIZE_LIBRARY.get(runtime or "auto", "pillow")
 
 
 def usable_cores():
@@ -175,10 +187,16 @@ def calibration_sample(digests, size=None):
     return sorted(set(digests))[: size or CALIBRATION_IMAGES]
 
 
-def calibration_record(sample, method=None, chosen="smallest SHA-256 of the job's images"):
-    """What identifies an int8 calibration: hashed into the store key, written to results.json."""
-    return {"method": method or CALIBRATION_METHOD, "images": len(sample), "chosen": chosen,
-            "sample_sha256": hashlib.sha256("\n".join(sample).encode()).hexdigest()}
+def calibration_record(sample, method=None, chosen="smallest SHA-256 of the job's images", runtime=None):
+    """What identifies an int8 calibration: hashed into the store key (and the int8 graph's file), written to results.json.
+
+    The `fast` runtime calibrates on OpenCV-resized pixels, so its graph is its own; the other records are unchanged.
+    """
+    record = {"method": method or CALIBRATION_METHOD, "images": len(sample), "chosen": chosen,
+              "sample_sha256": hashlib.sha256("\n".join(sample).encode()).hexdigest()}
+    if resize_library(runtime) != "pillow":
+        record["pixels_resized_by"] = resize_library(runtime)
+    return record
 
 
 def quantize_int8(fp32_path, calibration, path, method):

@@ -12,11 +12,18 @@ It also picks how the module runs (its *runtime*):
 | `bf16` | bf16 | PyTorch autocast, channels-last (opt-in: approximate) |
 | `int8` | int8 | ONNX Runtime, static int8 quantisation calibrated on a content-chosen sample of the job's images (opt-in: approximate) |
 | `openvino-int8` | int8 | OpenVINO running the same int8 graph as `int8` (opt-in: approximate; optional package `openvino`) |
+| `fast` | int8 | `openvino-int8` on images upsampled by OpenCV, not Pillow (opt-in: approximate; optional extra `fast`) |
 
-fp32 runtimes agree to ~1e-6 and share cache entries; bf16, openvino-bf16, int8 and openvino-int8 each get their own (see `runtime`).
+fp32 runtimes agree to ~1e-6 and share cache entries; bf16, openvino-bf16, int8, openvino-int8 and fast each get their
+own (see `runtime`; `fast` differs from openvino-int8 by its preprocessing policy and calibration).
+
+The OpenVINO runtimes keep their requests in flight across batches (`embed_batches`), so the caller decodes the
+next batch while the current one is inferred: OpenVINO's THROUGHPUT streams are single-threaded and have no
+barrier that a decode thread could stall, unlike ONNX Runtime's intra-op threads (see embedding.embed).
 """
 
 import logging
+from collections import deque
 
 import numpy as np
 
@@ -58,6 +65,7 @@ class TorchEncoder:
         self.calibration = None  # int8: the calibration_record of the sample chosen by `calibrate_on`
         self._calibration_pixels = None  # int8: () -> that sample's pixels, decoded only if the graph must be quantised
         self._run = None
+        self._stream = None  # OpenVINO: batches -> vectors with requests in flight across batches (see embed_batches)
         self._fingerprint = None
 
     @property
@@ -99,9 +107,9 @@ class TorchEncoder:
         for row, digest in enumerate(digests):
             first_row.setdefault(digest, row)
         rows = [first_row[digest] for digest in sample]  # in digest order, so the dataset's order never matters
-        record = runtimes.calibration_record(sample)
+        record = runtimes.calibration_record(sample, runtime=self.mode)
         if record != self.calibration and self._run is not None:
-            self._run = self.backend = self.guard = None  # a graph calibrated for other images: quantise again for these
+            self._run = self._stream = self.backend = self.guard = None  # a graph calibrated for other images: quantise again for these
         self.calibration = record
         self._calibration_pixels = lambda: load(rows)
 
@@ -121,6 +129,23 @@ class TorchEncoder:
         if self._run is None:
             self._start(pixels)
         return self._run(pixels)
+
+    def embed_batches(self, batches):
+        """Yield `(tag, vectors)` for each `(tag, pixels)` of `batches`, in order; the vectors are embed_batch's.
+
+        With an OpenVINO backend the next batch is pulled from `batches` (decoded, by the caller's generator) while
+        the requests of the previous ones are still running; otherwise each batch is embedded in turn.
+        """
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return
+        yield first[0], self.embed_batch(first[1])  # starts the backend and runs the guard, once
+        if self._stream is None:
+            for tag, pixels in batches:
+                yield tag, self.embed_batch(pixels)
+            return
+        yield from self._stream((tag, np.ascontiguousarray(pixels, dtype=np.float32)) for tag, pixels in batches)
 
     def reference_batch(self, pixels):
         """fp32 PyTorch eager: the reference every fast runtime is checked against."""
@@ -203,7 +228,8 @@ class TorchEncoder:
         if load is None:  # embed_batch called directly, outside a planned job (no store): calibrate on this batch
             import hashlib
 
-            self.calibration = runtimes.calibration_record([hashlib.sha256(p.tobytes()).hexdigest() for p in pixels], chosen="the first batch")
+            self.calibration = runtimes.calibration_record([hashlib.sha256(p.tobytes()).hexdigest() for p in pixels], chosen="the first batch",
+                                                            runtime=self.mode)
             load = lambda: pixels
         path = runtimes.onnx_file(self._artifact_folder(), self.config, self._fingerprint, "int8", self.calibration)
         if not path.is_file():
@@ -220,22 +246,55 @@ class TorchEncoder:
         if not path.is_file():
             log.info("exporting %s to ONNX (once; cached in %s)", self.config.name, self._artifact_folder())
             runtimes.export_onnx(self.module, self.config, path)
-        if self.mode == "openvino-int8":
+        if self.mode in runtimes.INT8:
             path = self._int8_graph(path, pixels)
         compiled = runtimes.openvino_model(path, runtimes.OPENVINO_PRECISION[self.mode])
         streams = compiled.get_property("NUM_STREAMS")
-        requests = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        idle = deque(compiled.create_infer_request() for _ in range(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+
+        def stream(batches):
+            """Each batch cut into requests of OV_CHUNK images (the same cut whatever comes before or after it, so the
+            vectors are those of a lone batch); a batch is yielded once its last request is done."""
+            running, waiting = deque(), deque()  # (request, batch entry) oldest first; [tag, outputs, requests left] in order
+
+            def finish_oldest():
+                request, entry = running.popleft()
+                try:
+                    request.wait()
+                    entry[1].append(request.get_output_tensor(0).data.copy())
+                    entry[2] -= 1
+                finally:
+                    idle.append(request)
+
+            try:
+                for tag, batch in batches:
+                    entry = [tag, [], 0]
+                    waiting.append(entry)
+                    for at in range(0, len(batch), OV_CHUNK):
+                        if not idle:
+                            finish_oldest()
+                        request = idle.popleft()
+                        request.start_async({0: batch[at : at + OV_CHUNK]})
+                        running.append((request, entry))
+                        entry[2] += 1
+                    while waiting and waiting[0][2] == 0:
+                        yield waiting[0][0], np.concatenate(waiting.popleft()[1]).astype(np.float32, copy=False)
+                while running:
+                    finish_oldest()
+                while waiting:
+                    yield waiting[0][0], np.concatenate(waiting.popleft()[1]).astype(np.float32, copy=False)
+            finally:  # an abandoned stream (an error while decoding) still hands every request back
+                while running:
+                    request, _ = running.popleft()
+                    request.wait()
+                    idle.append(request)
 
         def run(batch):
-            parts = {}
-            requests.set_callback(lambda request, at: parts.__setitem__(at, request.get_output_tensor(0).data.copy()))
-            for at in range(0, len(batch), OV_CHUNK):
-                requests.start_async({0: batch[at : at + OV_CHUNK]}, at)
-            requests.wait_all()
-            return np.concatenate([parts[at] for at in sorted(parts)]).astype(np.float32, copy=False)
+            return next(stream([(None, batch)]))[1]
 
+        self._stream = stream
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the CPU runs, not what was asked
-        precision = f"int8 + {precision}" if self.mode == "openvino-int8" else precision
+        precision = f"int8 + {precision}" if self.mode in runtimes.INT8 else precision
         return run, f"openvino {ov.__version__.split('-')[0]} {precision} (cpu, {runtimes.usable_cores()} threads, {streams} streams)"
 
     def _bf16_backend(self):
@@ -267,7 +326,7 @@ class TorchEncoder:
             log.warning("%s embeddings differ from fp32 (min cosine %.4f < %.3f on the first %d images); AUCs may shift slightly", self.mode, cosine, runtimes.MIN_COSINE, len(pixels))
             return
         log.warning("%s disagrees with PyTorch fp32 (min cosine %.4f < %.3f); embedding with PyTorch eager fp32 instead", self.backend, cosine, runtimes.MIN_COSINE)
-        self._run, self.backend = self.reference_batch, f"torch eager fp32 ({self.device}; fast path failed the guard)"
+        self._run, self._stream, self.backend = self.reference_batch, None, f"torch eager fp32 ({self.device}; fast path failed the guard)"
 
 
 def check_runtime(runtime, device):
