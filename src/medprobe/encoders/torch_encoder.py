@@ -22,6 +22,7 @@ next batch while the current one is inferred: OpenVINO's THROUGHPUT streams are 
 barrier that a decode thread could stall, unlike ONNX Runtime's intra-op threads (see embedding.embed).
 """
 
+import itertools
 import logging
 from collections import deque
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 AUTO_ONNX_MIN_IMAGES = 256
 ORT_CHUNK = 16  # images per ONNX Runtime call; measured as fast as 64 on a 2-core CPU
 OV_CHUNK = 16  # images per OpenVINO request; requests run in parallel, one per stream
+# Requests in flight per stream: with 2, each stream has the next request queued while the caller decodes a batch.
+OV_REQUESTS_PER_STREAM = 2
 
 
 class TorchEncoder:
@@ -140,12 +143,13 @@ class TorchEncoder:
         first = next(batches, None)
         if first is None:
             return
-        yield first[0], self.embed_batch(first[1])  # starts the backend and runs the guard, once
+        if self._run is None:
+            self._start(np.ascontiguousarray(first[1], dtype=np.float32))  # picks the backend and runs the guard, once
         if self._stream is None:
-            for tag, pixels in batches:
+            for tag, pixels in itertools.chain([first], batches):
                 yield tag, self.embed_batch(pixels)
             return
-        yield from self._stream((tag, np.ascontiguousarray(pixels, dtype=np.float32)) for tag, pixels in batches)
+        yield from self._stream((tag, np.ascontiguousarray(pixels, dtype=np.float32)) for tag, pixels in itertools.chain([first], batches))
 
     def reference_batch(self, pixels):
         """fp32 PyTorch eager: the reference every fast runtime is checked against."""
@@ -250,7 +254,8 @@ class TorchEncoder:
             path = self._int8_graph(path, pixels)
         compiled = runtimes.openvino_model(path, runtimes.OPENVINO_PRECISION[self.mode])
         streams = compiled.get_property("NUM_STREAMS")
-        idle = deque(compiled.create_infer_request() for _ in range(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        requests = OV_REQUESTS_PER_STREAM * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        idle = deque(compiled.create_infer_request() for _ in range(requests))
 
         def stream(batches):
             """Each batch cut into requests of OV_CHUNK images (the same cut whatever comes before or after it, so the

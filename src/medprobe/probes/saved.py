@@ -220,7 +220,9 @@ def _check_registered(folder, meta):
     except MedprobeError as e:
         raise ModelError(f"{folder} was fitted on encoder {name!r}, which this installation does not provide ({e})") from e
     _refuse_differences(folder, f"encoder {name!r} config", meta["encoder"]["config"], config.to_dict())
-    _refuse_differences(folder, "preprocessing", meta["preprocessing"], make_transform(config).policy)
+    # a probe fitted with --runtime fast records OpenCV's resize; predicting then needs --runtime fast (check_encoder)
+    library = "opencv" if "resize_library" in (meta["preprocessing"] or {}) else "pillow"
+    _refuse_differences(folder, "preprocessing", meta["preprocessing"], make_transform(config, library).policy)
     _refuse_differences(folder, "image decoding", meta.get("decoding"), DECODING)
 
 
