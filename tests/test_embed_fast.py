@@ -137,10 +137,10 @@ def test_the_runtime_chosen_at_creation_sets_the_backend_and_the_cache_entry(rea
     transform = make_transform(encoder.config)
     first = embed(data, encoder, transform, options)
     assert encoder.runtime_info()["mode"] == "torch" and encoder.runtime_info()["backend"].startswith("torch eager fp32")
-    with pytest.raises(EncoderError, match="unknown runtime 'fast'"):
-        TorchEncoder(real[0].config, lambda: real[0].module, runtime="fast")
-    with pytest.raises(EncoderError, match="unknown runtime 'fast'"):
-        create_encoder("efficientnet_lite0", runtime="fast")
+    with pytest.raises(EncoderError, match="unknown runtime 'quick'"):
+        TorchEncoder(real[0].config, lambda: real[0].module, runtime="quick")
+    with pytest.raises(EncoderError, match="unknown runtime 'quick'"):
+        create_encoder("efficientnet_lite0", runtime="quick")
     onnx = TorchEncoder(real[0].config, lambda: real[0].module, runtime="onnx")
     again = embed(data, onnx, transform, options)
     assert again.from_cache and again.key == first.key  # fp32 either way: one entry

@@ -154,3 +154,21 @@ def test_without_opencv_fast_is_a_clear_error_before_any_work(monkeypatch, medpr
     assert done.returncode != 0 and "resizes with OpenCV" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_probe_fitted_with_fast_loads_and_refuses_pillow_pixels(tmp_path):
+    from types import SimpleNamespace
+
+    from medprobe.core.errors import ModelError
+    from medprobe.probes.fit import fit_probe
+    from medprobe.probes.saved import load_model, save_model
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 6)), np.arange(40) % 2
+    fitted = fit_probe("logreg", X[:30], y[:30], X[30:], y[30:], task="binary")
+    data = Dataset("toy", "binary", ["a", "b"], np.arange(30).astype(str), np.array(["train"] * 30), y[:30], FileImages([]))
+    folder = save_model(tmp_path / "model", fitted, data, SimpleNamespace(config=CONFIG), make_transform(CONFIG, "opencv"), "efficientnet_lite0")
+    model = load_model(folder)  # the recorded OpenCV resize is this installation's `fast` preprocessing: accepted
+    model.check_encoder(SimpleNamespace(config=CONFIG), make_transform(CONFIG, "opencv"))
+    with pytest.raises(ModelError, match="resize_library"):  # predicting with Pillow's pixels would mean other embeddings
+        model.check_encoder(SimpleNamespace(config=CONFIG), make_transform(CONFIG))
