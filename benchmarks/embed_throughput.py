@@ -311,7 +311,7 @@ def main():
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=1, help="alternate all variants this many times; keep each one's best")
     parser.add_argument("--rss-sizes", default="1000,10000", help="image counts for the peak-RSS comparison")
-    parser.add_argument("--auc-runtimes", default="auto,openvino-bf16", help="runtimes whose test AUCs are compared (first: the reference)")
+    parser.add_argument("--auc-runtimes", default="auto,openvino-bf16,fast", help="runtimes whose test AUCs are compared (first: the reference)")
     parser.add_argument("--heavy-images", type=int, default=64, help="images per heavy encoder and runtime")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-cold-run", action="store_true")

@@ -28,6 +28,8 @@ class Transform:
         self.config = config
         # "opencv" upsamples with cv2.resize; shrinking (which needs Pillow's antialiasing), and interpolations OpenCV
         # does not reproduce (nearest, lanczos), stay with Pillow, so only pixels that OpenCV can make well change.
+        if resize_library not in RESIZE_LIBRARIES:
+            raise ValueError(f"resize_library must be one of {RESIZE_LIBRARIES}, got {resize_library!r}")
         self.resize_library = resize_library
         self.resample = _RESAMPLE[config.interpolation]
         self.mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
