@@ -62,7 +62,7 @@ def main():
     parser.add_argument("--selection", default="val")
     parser.add_argument("--second", default="1.5,1.1607", help="second scales to try, as multiples of 224 px")
     parser.add_argument("--norm", default="none", help="none, sqrt or stage-l2, joined by ','")
-    parser.add_argument("--combos", default="", help="only these feature sets (names as printed), joined by ','")
+    parser.add_argument("--combos", default="", help="only these feature sets (names as printed, e.g. '224|336' or '224 sqrt'), joined by ','")
     args = parser.parse_args()
     print("| dataset | features | dim | selection | score (chooses) | test AUC [95% CI] | C |")
     print("|---|---|---|---|---|---|---|")
@@ -82,10 +82,10 @@ def main():
             sets[f"224|{size}"] = np.hstack([base, other])
             sets[f"mean(224,{size})"] = (base + other) / 2
         for (label, raw), norm in itertools.product(sets.items(), args.norm.split(",")):
+            label = label if norm == "none" else f"{label} {norm}"
             if args.combos and label not in args.combos.split(","):
                 continue
             X = normalised(raw, norm)
-            label = label if norm == "none" else f"{label}, {norm}"
             fitted = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task, selection=args.selection)
             scores = fitted.selection
             chooses = scores.get("best_auc") if args.selection == "cv" else max(v for v in scores["scores"].values() if v is not None)
