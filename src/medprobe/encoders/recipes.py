@@ -6,7 +6,7 @@ name and `extra`, so it is in the cache key, results.json and the report. ',' jo
 because '+' already fuses encoders ('a+b').
 
 Every recipe runs inside the torch module (or, for `pad`, the transform), so it exports to ONNX
-and runs on every runtime unchanged.
+and runs on every runtime unchanged; `ms` (a second, larger scale) upsamples inside the module too.
 """
 
 from dataclasses import replace
