@@ -89,9 +89,10 @@ def main():
             fitted = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task, selection=args.selection)
             scores = fitted.selection
             chooses = scores.get("best_auc") if args.selection == "cv" else max(v for v in scores["scores"].values() if v is not None)
+            se = f" ± {scores['best_se']:.4f}" if args.selection == "cv" else ""
             m = evaluate(y[te], fitted.predict_scores(X[te]), task, n_boot=1000, seed=0)
             lo, hi = m["auc_ci"]
-            print(f"| {name} | {label} | {X.shape[1]} | {args.selection} | {chooses:.4f} | {m['auc']:.3f} [{lo:.3f}, {hi:.3f}] | {fitted.params} |",
+            print(f"| {name} | {label} | {X.shape[1]} | {args.selection} | {chooses:.5f}{se} | {m['auc']:.3f} [{lo:.3f}, {hi:.3f}] | {fitted.params} |",
                   flush=True)
 
 

@@ -19,7 +19,7 @@ from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import describe_job
 from medprobe.encoders import create_encoder, get_config
 from medprobe.encoders.efficientnet_lite import HEAD_DIM, STAGE_CHANNELS, STAGES
-from medprobe.encoders.recipes import MS_SCALE, TOKEN_BLOCKS
+from medprobe.encoders.recipes import MS_SCALE, TOKEN_BLOCKS, UP_SCALE
 from medprobe.encoders.transforms import make_transform
 
 
@@ -77,6 +77,7 @@ def test_recipe_names_are_canonical_and_in_the_cache_key():
     ("tta,tta8", "tta and tta8"),
     ("tta,tta", "repeated"),
     ("tokens", "unknown recipe 'tokens'"),  # a ViT recipe, not a CNN one
+    ("ms,up", "ms and up"),
 ])  # fmt: skip
 def test_bad_recipes_are_refused_by_name(suffix, message):
     with pytest.raises(EncoderError, match=message):
@@ -120,7 +121,7 @@ def test_tta_is_the_mean_of_the_flipped_embeddings():
     np.testing.assert_allclose(averaged.embed_batch(pixels), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad", "stages,ms"])
+@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad", "stages,ms", "stages,up"])
 def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
     encoder, _ = create_encoder(f"efficientnet_lite0@{recipe}", runtime="onnx")
     encoder.prepare(4, tmp_path)
@@ -131,11 +132,30 @@ def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
     np.testing.assert_allclose(out, encoder.reference_batch(pixels), rtol=1e-3, atol=1e-4)
 
 
-def test_multi_scale_is_the_plain_features_then_those_of_the_upsampled_image():
+def _lite0_head_at(pixels, size, state_dict):
+    """Lite0's pooled head on `pixels` upsampled to `size`, by the package's own network with dynamic TF-'same' padding
+    (which fits any input size): the reference for the larger scales of @ms and @up."""
     import torch
     import torch.nn.functional as F
     from efficientnet_lite_pytorch import EfficientNet
 
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    reference.load_state_dict(state_dict)
+    with torch.inference_mode():
+        upsampled = F.interpolate(torch.from_numpy(pixels), size=(size, size), mode="bilinear", align_corners=False)
+        return reference.eval().extract_features(upsampled).mean(dim=(2, 3)).numpy()
+
+
+def test_up_is_the_network_run_on_the_upsampled_image():
+    up, transform = create_encoder("efficientnet_lite0@up", runtime="torch")
+    assert up.config.extra["scales"] == [UP_SCALE] and transform.policy["input_size"] == 224  # upsampled in the graph
+    pixels = _pixels(2)
+    out = up.embed_batch(pixels)
+    assert out.shape == (2, HEAD_DIM)
+    np.testing.assert_allclose(out, _lite0_head_at(pixels, 260, up.module.nets[0].net.state_dict()), rtol=1e-4, atol=1e-5)
+
+
+def test_multi_scale_is_the_plain_features_then_those_of_the_upsampled_image():
     assert get_config("efficientnet_lite0@ms,stages").name == "efficientnet_lite0@stages,ms"
     pixels = _pixels(2)
     plain, _ = create_encoder("efficientnet_lite0@stages", runtime="torch")
@@ -144,13 +164,7 @@ def test_multi_scale_is_the_plain_features_then_those_of_the_upsampled_image():
     width = plain.config.embed_dim
     assert out.shape == (2, multi.config.embed_dim) == (2, 2 * width)
     np.testing.assert_allclose(out[:, :width], plain.embed_batch(pixels), rtol=1e-5, atol=1e-6)
-    # the second scale against the package's own network with dynamic TF-'same' padding, which fits any input size
-    reference = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-    reference.load_state_dict(multi.module.nets[0].net.state_dict())
-    size = round(224 * MS_SCALE)
-    with torch.inference_mode():
-        upsampled = F.interpolate(torch.from_numpy(pixels), size=(size, size), mode="bilinear", align_corners=False)
-        head = reference.eval().extract_features(upsampled).mean(dim=(2, 3)).numpy()
+    head = _lite0_head_at(pixels, round(224 * MS_SCALE), multi.module.nets[0].net.state_dict())
     np.testing.assert_allclose(out[:, -HEAD_DIM:], head, rtol=1e-4, atol=1e-5)
     assert not np.allclose(out[:, width - HEAD_DIM : width], head, atol=1e-3)  # the scales see different things
 

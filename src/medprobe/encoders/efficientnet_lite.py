@@ -69,9 +69,9 @@ HEAD_DIM = 1280
 
 
 def variant(config, suffix):
-    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, ms, tta, tta8, pad)."""
+    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, ms, up, tta, tta8, pad)."""
     channels = STAGE_CHANNELS[config.name]
-    config, parts = recipes.parse(config, suffix, ("stages", "ms"))
+    config, parts = recipes.parse(config, suffix, ("stages", "ms", "up"))
     if "stages" in parts:
         stages = tuple(config.extra.get("stages", STAGES))
         config = replace(config, extra={**config.extra, "stages": list(stages)},
@@ -136,7 +136,7 @@ def _build(config, path):
 
     def pooled_at(size):
         # The package pads its convolutions TensorFlow-'same' for one input size, fixed when built: at another size
-        # (the @ms recipe's larger scale) the same weights need a network built for that size.
+        # (the @ms and @up recipes' larger scales) the same weights need a network built for that size.
         network = EfficientNet.from_name(config.arch, image_size=size)
         network.load_state_dict(state)
         return _pooled(network, stages)

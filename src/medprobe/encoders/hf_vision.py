@@ -70,8 +70,8 @@ def find_folder(config, weights=None):
 
 
 def variant(config, suffix):
-    """`dinov2_vitb14@tokens,tta`: the recipes of `medprobe.encoders.recipes` (tokens, ms, tta, tta8, pad)."""
-    config, _ = recipes.parse(config, suffix, ("tokens", "ms"))
+    """`dinov2_vitb14@tokens,tta`: the recipes of `medprobe.encoders.recipes` (tokens, ms, up, tta, tta8, pad)."""
+    config, _ = recipes.parse(config, suffix, ("tokens", "ms", "up"))
     return replace(config, embed_dim=_width_to_dim(config, config.embed_dim))
 
 
@@ -161,6 +161,6 @@ def _build(config, folder):
 
     tokens = "tokens" in recipes.recipe_of(config)
     pooled = TokenOutput(model) if tokens else PooledOutput(model)
-    # DINOv2 interpolates its position embeddings to any input size, so one module serves every @ms scale
+    # DINOv2 interpolates its position embeddings to any input size, so one module serves every @ms or @up scale
     return recipes.with_views(recipes.with_scales(lambda size: pooled, config), config)
 

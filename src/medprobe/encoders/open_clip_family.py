@@ -77,7 +77,7 @@ CONFIGS = tuple(
 
 
 # open_clip builds its towers for one image size: ViT position embeddings and ResNet attention pools are not
-# interpolated to another, so the @ms recipe cannot run them at a second scale.
+# interpolated to another, so the @ms and @up recipes cannot run them at another scale.
 _NO_MULTI_SCALE = "open_clip image towers take only the input size they were built for; use @tta or another family"
 
 
@@ -99,7 +99,7 @@ def variant(config, suffix):
     recipe = ()
     if rest:
         try:
-            config, recipe = recipes.parse(config, ",".join(rest), ("tokens",), refused={"ms": _NO_MULTI_SCALE})
+            config, recipe = recipes.parse(config, ",".join(rest), ("tokens",), refused={"ms": _NO_MULTI_SCALE, "up": _NO_MULTI_SCALE})
         except EncoderError as e:
             raise EncoderError(f"{e}; or a feature choice: @pre (before the projection) or @proj (after it, the default)") from e
     shown = (["pre"] if features == "pre" else []) + list(recipe)
