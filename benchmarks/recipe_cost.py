@@ -16,7 +16,7 @@ import numpy as np
 from medprobe.encoders import create_encoder
 
 RECIPES = ["efficientnet_lite0", "efficientnet_lite0@stages", "efficientnet_lite0@stages,pad", "efficientnet_lite0@stages,tta",
-           "efficientnet_lite0@stages,tta8", "efficientnet_lite2@stages"]
+           "efficientnet_lite0@stages,ms", "efficientnet_lite0@stages,tta8", "efficientnet_lite2@stages"]
 
 
 def main():

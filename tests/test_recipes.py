@@ -19,7 +19,7 @@ from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import describe_job
 from medprobe.encoders import create_encoder, get_config
 from medprobe.encoders.efficientnet_lite import HEAD_DIM, STAGE_CHANNELS, STAGES
-from medprobe.encoders.recipes import TOKEN_BLOCKS
+from medprobe.encoders.recipes import MS_SCALE, TOKEN_BLOCKS, UP_SCALE
 from medprobe.encoders.transforms import make_transform
 
 
@@ -77,6 +77,7 @@ def test_recipe_names_are_canonical_and_in_the_cache_key():
     ("tta,tta8", "tta and tta8"),
     ("tta,tta", "repeated"),
     ("tokens", "unknown recipe 'tokens'"),  # a ViT recipe, not a CNN one
+    ("ms,up", "ms and up"),
 ])  # fmt: skip
 def test_bad_recipes_are_refused_by_name(suffix, message):
     with pytest.raises(EncoderError, match=message):
@@ -120,7 +121,7 @@ def test_tta_is_the_mean_of_the_flipped_embeddings():
     np.testing.assert_allclose(averaged.embed_batch(pixels), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad"])
+@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad", "stages,ms", "stages,up"])
 def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
     encoder, _ = create_encoder(f"efficientnet_lite0@{recipe}", runtime="onnx")
     encoder.prepare(4, tmp_path)
@@ -129,6 +130,61 @@ def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
     assert encoder.backend.startswith("onnxruntime"), encoder.backend  # the exactness guard kept ONNX Runtime
     assert encoder.guard["min_cosine"] >= 0.999999
     np.testing.assert_allclose(out, encoder.reference_batch(pixels), rtol=1e-3, atol=1e-4)
+
+
+def _lite0_head_at(pixels, size, state_dict):
+    """Lite0's pooled head on `pixels` upsampled to `size`, by the package's own network with dynamic TF-'same' padding
+    (which fits any input size): the reference for the larger scales of @ms and @up."""
+    import torch
+    import torch.nn.functional as F
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    reference.load_state_dict(state_dict)
+    with torch.inference_mode():
+        upsampled = F.interpolate(torch.from_numpy(pixels), size=(size, size), mode="bilinear", align_corners=False)
+        return reference.eval().extract_features(upsampled).mean(dim=(2, 3)).numpy()
+
+
+def test_up_is_the_network_run_on_the_upsampled_image():
+    up, transform = create_encoder("efficientnet_lite0@up", runtime="torch")
+    assert up.config.extra["scales"] == [UP_SCALE] and transform.policy["input_size"] == 224  # upsampled in the graph
+    pixels = _pixels(2)
+    out = up.embed_batch(pixels)
+    assert out.shape == (2, HEAD_DIM)
+    np.testing.assert_allclose(out, _lite0_head_at(pixels, 260, up.module.nets[0].net.state_dict()), rtol=1e-4, atol=1e-5)
+
+
+def test_multi_scale_is_the_plain_features_then_those_of_the_upsampled_image():
+    assert get_config("efficientnet_lite0@ms,stages").name == "efficientnet_lite0@stages,ms"
+    pixels = _pixels(2)
+    plain, _ = create_encoder("efficientnet_lite0@stages", runtime="torch")
+    multi, _ = create_encoder("efficientnet_lite0@stages,ms", runtime="torch")
+    out = multi.embed_batch(pixels)
+    width = plain.config.embed_dim
+    assert out.shape == (2, multi.config.embed_dim) == (2, 2 * width)
+    np.testing.assert_allclose(out[:, :width], plain.embed_batch(pixels), rtol=1e-5, atol=1e-6)
+    head = _lite0_head_at(pixels, round(224 * MS_SCALE), multi.module.nets[0].net.state_dict())
+    np.testing.assert_allclose(out[:, -HEAD_DIM:], head, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(out[:, width - HEAD_DIM : width], head, atol=1e-3)  # the scales see different things
+
+
+def test_multi_scale_composes_with_tta_and_keys_the_store():
+    plain, plain_transform = create_encoder("efficientnet_lite0@stages", runtime="torch")
+    multi, multi_transform = create_encoder("efficientnet_lite0@stages,ms", runtime="torch")
+    assert multi.config.extra["scales"] == [1.0, MS_SCALE] and multi_transform.policy == plain_transform.policy
+    assert describe_job(plain, plain_transform) != describe_job(multi, multi_transform)
+    both, _ = create_encoder("efficientnet_lite0@stages,tta,ms", runtime="torch")
+    pixels = _pixels(2)
+    expected = (multi.embed_batch(pixels) + multi.embed_batch(pixels[..., ::-1].copy())) / 2
+    np.testing.assert_allclose(both.embed_batch(pixels), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_multi_scale_is_refused_where_the_network_takes_one_size():
+    with pytest.raises(EncoderError, match="clip_vit_b16 cannot take @ms .*only the input size they were built for"):
+        get_config("clip_vit_b16@pre,ms")
+    with pytest.raises(EncoderError, match="resnet50 has no '@' recipes"):
+        get_config("resnet50@ms")
 
 
 def test_pad_centres_small_images_on_black_and_resizes_large_ones():
@@ -159,6 +215,21 @@ def test_vit_tokens_hold_the_plain_class_token(name, plain_suffix, tiny):
     assert out.shape == (2, tokens.config.embed_dim) and np.isfinite(out).all()
     last_class_token = out[:, 2 * (TOKEN_BLOCKS - 1) * width : (2 * TOKEN_BLOCKS - 1) * width]
     np.testing.assert_allclose(last_class_token, plain.embed_batch(pixels), rtol=1e-4, atol=1e-5)
+
+
+def test_dinov2_multi_scale_runs_the_same_model_at_both_sizes_and_exports(tiny, tmp_path):
+    name = "dinov2_vits14"
+    plain, _ = create_encoder(name, weights=tiny(name), runtime="torch")
+    multi, _ = create_encoder(f"{name}@ms", weights=tiny(name), runtime="onnx")
+    multi.prepare(2, tmp_path)
+    pixels = _pixels(2, multi.config.input_size)
+    out = multi.embed_batch(pixels)
+    assert multi.backend.startswith("onnxruntime"), multi.backend
+    np.testing.assert_allclose(out, multi.reference_batch(pixels), rtol=1e-3, atol=1e-4)
+    width = plain.config.embed_dim
+    assert out.shape == (2, 2 * width)
+    np.testing.assert_allclose(out[:, :width], plain.embed_batch(pixels), rtol=1e-3, atol=1e-4)
+    assert not np.allclose(out[:, width:], out[:, :width], atol=1e-3)
 
 
 # open_clip's ViT is left out: its nn.MultiheadAttention fast path does not export (opset 17), with or without a

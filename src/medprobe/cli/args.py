@@ -37,7 +37,7 @@ def add_encoder_args(parser, choose_encoder=True):
         parser.add_argument(
             "--encoder", default=DEFAULT_ENCODER,
             help=f"registered encoder name (see `medprobe encoders`), default {DEFAULT_ENCODER}; name@recipe,recipe: feature recipes "
-            "(stages, tta, tta8, pad; ViTs: tokens; clip_*@pre: before the projection); a+b concatenates several; "
+            "(stages, ms, up, tta, tta8, pad; ViTs: tokens; clip_*@pre: before the projection); a+b concatenates several; "
             "a|b embeds with each and lets the probe's selection choose",
         )
     parser.add_argument("--weights", help="local weights file or model folder, instead of the default source")

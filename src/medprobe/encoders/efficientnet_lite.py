@@ -69,14 +69,14 @@ HEAD_DIM = 1280
 
 
 def variant(config, suffix):
-    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, tta, tta8, pad)."""
+    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, ms, up, tta, tta8, pad)."""
     channels = STAGE_CHANNELS[config.name]
-    config, parts = recipes.parse(config, suffix, ("stages",))
+    config, parts = recipes.parse(config, suffix, ("stages", "ms", "up"))
     if "stages" in parts:
         stages = tuple(config.extra.get("stages", STAGES))
         config = replace(config, extra={**config.extra, "stages": list(stages)},
                          embed_dim=HEAD_DIM + sum(channels[s - 1] for s in stages))
-    return config
+    return replace(config, embed_dim=config.embed_dim * len(recipes.scales(config)))
 
 
 def _pooled(network, stages=()):
@@ -127,12 +127,19 @@ def _build(config, path):
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    network = EfficientNet.from_name(config.arch)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state)
+        EfficientNet.from_name(config.arch).load_state_dict(state)
     except Exception as e:  # a wrong or corrupt file: say which one
         raise EncoderError(f"{path}: not a valid {config.name} state dict ({e})") from e
     stages = config.extra.get("stages", ()) if "stages" in recipes.recipe_of(config) else ()
-    return recipes.with_views(_pooled(network, stages), config)
+
+    def pooled_at(size):
+        # The package pads its convolutions TensorFlow-'same' for one input size, fixed when built: at another size
+        # (the @ms and @up recipes' larger scales) the same weights need a network built for that size.
+        network = EfficientNet.from_name(config.arch, image_size=size)
+        network.load_state_dict(state)
+        return _pooled(network, stages)
+
+    return recipes.with_views(recipes.with_scales(pooled_at, config), config)
 

@@ -70,13 +70,14 @@ def find_folder(config, weights=None):
 
 
 def variant(config, suffix):
-    """`dinov2_vitb14@tokens,tta`: the recipes of `medprobe.encoders.recipes` (tokens, tta, tta8, pad)."""
-    config, _ = recipes.parse(config, suffix, ("tokens",))
+    """`dinov2_vitb14@tokens,tta`: the recipes of `medprobe.encoders.recipes` (tokens, ms, up, tta, tta8, pad)."""
+    config, _ = recipes.parse(config, suffix, ("tokens", "ms", "up"))
     return replace(config, embed_dim=_width_to_dim(config, config.embed_dim))
 
 
 def _width_to_dim(config, width):
-    return width * 2 * recipes.TOKEN_BLOCKS if "tokens" in recipes.recipe_of(config) else width
+    per_scale = width * 2 * recipes.TOKEN_BLOCKS if "tokens" in recipes.recipe_of(config) else width
+    return per_scale * len(recipes.scales(config))
 
 
 def availability(config):
@@ -159,5 +160,7 @@ def _build(config, folder):
             return recipes.token_features(hidden[1:], self.net.layernorm)  # [0] is the patch embedding, not a block
 
     tokens = "tokens" in recipes.recipe_of(config)
-    return recipes.with_views(TokenOutput(model) if tokens else PooledOutput(model), config)
+    pooled = TokenOutput(model) if tokens else PooledOutput(model)
+    # DINOv2 interpolates its position embeddings to any input size, so one module serves every @ms or @up scale
+    return recipes.with_views(recipes.with_scales(lambda size: pooled, config), config)
 

@@ -76,6 +76,11 @@ CONFIGS = tuple(
 )
 
 
+# open_clip builds its towers for one image size: ViT position embeddings and ResNet attention pools are not
+# interpolated to another, so the @ms and @up recipes cannot run them at another scale.
+_NO_MULTI_SCALE = "open_clip image towers take only the input size they were built for; use @tta or another family"
+
+
 def variant(config, suffix):
     """`clip_vit_b16@pre`: features before the projection (`@proj`, the default, spelled out); `@tokens` (ViT towers):
     class and mean patch tokens of the last blocks, before the projection; and the generic recipes (tta, tta8, pad).
@@ -94,7 +99,7 @@ def variant(config, suffix):
     recipe = ()
     if rest:
         try:
-            config, recipe = recipes.parse(config, ",".join(rest), ("tokens",))
+            config, recipe = recipes.parse(config, ",".join(rest), ("tokens",), refused={"ms": _NO_MULTI_SCALE, "up": _NO_MULTI_SCALE})
         except EncoderError as e:
             raise EncoderError(f"{e}; or a feature choice: @pre (before the projection) or @proj (after it, the default)") from e
     shown = (["pre"] if features == "pre" else []) + list(recipe)

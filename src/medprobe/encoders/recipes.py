@@ -6,13 +6,21 @@ name and `extra`, so it is in the cache key, results.json and the report. ',' jo
 because '+' already fuses encoders ('a+b').
 
 Every recipe runs inside the torch module (or, for `pad`, the transform), so it exports to ONNX
-and runs on every runtime unchanged.
+and runs on every runtime unchanged; `ms` (a second, larger scale) and `up` (one larger scale) upsample inside the module too.
 """
 
 from dataclasses import replace
 
 from medprobe.core.errors import EncoderError
 from medprobe.core.names import did_you_mean
+
+# @ms runs the network a second time on the pixels upsampled MS_SCALE times (bilinear, inside the exported graph).
+# For Lite0, 1.5x (336 px) had a higher CV AUC than Lite2's native 260 px on RetinaMNIST and HAM10000 and 0.0007 less on
+# PneumoniaMNIST; concatenating the two scales beat averaging them on val in 5 of 6 cases (docs/recipes.md).
+MS_SCALE = 1.5
+# @up runs the network once, on the pixels upsampled UP_SCALE times: Lite0 at Lite2's native 260 px. Alone, 260 px had a
+# higher CV AUC than 224 px on all three datasets, and than 336 px on PneumoniaMNIST (docs/recipes.md).
+UP_SCALE = 260 / 224
 
 # name: what it does. Family-specific ones (stages, tokens) are offered only by the families that have them.
 RECIPES = {
@@ -21,17 +29,20 @@ RECIPES = {
     "tta": "mean embedding of the image and its left-right mirror (2 encoder passes)",
     "tta8": "mean embedding over the 8 flips and right-angle rotations (8 passes; for fundus, skin, pathology)",
     "pad": "images smaller than the input are centred on a black canvas, not upsampled (MedMNIST+)",
+    "ms": f"multi-scale: features at the input size and at {MS_SCALE}x it (upsampled inside the network), concatenated",
+    "up": f"the network run once on the image upsampled {UP_SCALE:.3g}x (inside the network; 260 px for Lite0)",
 }
 TOKEN_BLOCKS = 4  # the @tokens recipe reads the last 4 transformer blocks, as DINOv2's linear evaluation does
 VIEW_RECIPES = {"tta": 2, "tta8": 8}  # recipe -> encoder passes per image
 GENERIC = ("tta", "tta8", "pad")
 
 
-def parse(config, suffix, family_recipes=()):
+def parse(config, suffix, family_recipes=(), refused=None):
     """(config with the recipe recorded, the recipe parts in canonical order) for `name@suffix`.
 
-    Unknown or clashing parts are refused by name. The name is rewritten in canonical order, so
-    '@tta,stages' and '@stages,tta' share one cache entry.
+    Unknown or clashing parts are refused by name, and so are those in `refused` ({recipe: why this
+    family cannot run it}). The name is rewritten in canonical order, so '@tta,stages' and
+    '@stages,tta' share one cache entry.
 
     >>> parse(config, "tta,stages", ("stages",))[1]
     ('stages', 'tta')
@@ -39,6 +50,8 @@ def parse(config, suffix, family_recipes=()):
     known = tuple(family_recipes) + GENERIC
     parts = [p.strip() for p in suffix.split(",") if p.strip()]
     for part in parts:
+        if part in (refused or {}):
+            raise EncoderError(f"{config.name}@{suffix}: {config.name} cannot take @{part} ({RECIPES[part]}): {refused[part]}")
         if part not in known:
             raise EncoderError(
                 f"{config.name}@{suffix}: unknown recipe {part!r}{did_you_mean(part, known)}; {config.name} offers "
@@ -46,17 +59,60 @@ def parse(config, suffix, family_recipes=()):
             )
     if not parts:
         raise EncoderError(f"{config.name}@: empty recipe; {config.name} offers {', '.join(known)}")
-    if len(set(parts)) != len(parts) or {"tta", "tta8"} <= set(parts):
-        raise EncoderError(f"{config.name}@{suffix}: a recipe is repeated or tta and tta8 are both given; use one of each")
+    if len(set(parts)) != len(parts) or {"tta", "tta8"} <= set(parts) or {"ms", "up"} <= set(parts):
+        raise EncoderError(f"{config.name}@{suffix}: a recipe is repeated, or tta and tta8 (or ms and up) are both given; use one of each")
     ordered = tuple(r for r in RECIPES if r in parts)
     changes = {"name": f"{config.name}@{','.join(ordered)}", "extra": {**config.extra, "recipe": list(ordered)}}
     if "pad" in ordered:
         changes["resize_mode"] = "pad"
+    if "ms" in ordered:
+        changes["extra"]["scales"] = [1.0, MS_SCALE]
+    if "up" in ordered:
+        changes["extra"]["scales"] = [UP_SCALE]
     return replace(config, **changes), ordered
 
 
 def recipe_of(config):
     return tuple(config.extra.get("recipe", ()))
+
+
+def scales(config):
+    """Input sizes the network runs at, as multiples of the config's input size: [1.0] without @ms or @up."""
+    return list(config.extra.get("scales", [1.0]))
+
+
+def input_sizes(config):
+    return [round(config.input_size * scale) for scale in scales(config)]
+
+
+def with_scales(module_at, config):
+    """The features of `module_at(size)` at each of the recipe's input sizes, from the same pixels, concatenated.
+
+    The transform still produces pixels at the config's input size; larger sizes are upsampled here, inside the
+    module, so the whole recipe is one graph that ONNX Runtime and OpenVINO run and the exactness guard checks.
+    `module_at(size)` may return one module for every size (a ViT that interpolates its position embeddings)
+    or one per size (a CNN whose 'same' padding is fixed for its input size).
+    """
+    sizes = input_sizes(config)
+    if sizes == [config.input_size]:
+        return module_at(config.input_size)
+    import torch
+    import torch.nn.functional as F
+
+    class MultiScale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nets = torch.nn.ModuleList([module_at(size) for size in sizes])
+
+        def forward(self, pixels):
+            out = []
+            for size, net in zip(sizes, self.nets):
+                # bilinear, not bicubic: it cannot overshoot, and ONNX's Resize matches PyTorch's exactly for it
+                x = pixels if size == config.input_size else F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+                out.append(net(x))
+            return torch.cat(out, dim=1)
+
+    return MultiScale()
 
 
 def views(config):
