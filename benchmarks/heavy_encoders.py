@@ -41,6 +41,8 @@ OFFLINE = {"MEDPROBE_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE
 def write_weights(model, folder):
     """The full-size architecture of `model` with random weights, in its published on-disk format; returns --weights."""
     import torch
+
+    from medprobe.encoders import get_config
     from tiny_models import (
         CLIP_TEXT,
         OPENAI_MEAN,
@@ -48,8 +50,6 @@ def write_weights(model, folder):
         write_open_clip,
         write_state_dict,
     )
-
-    from medprobe.encoders import get_config
 
     config = get_config(model)
     folder = Path(folder) / model

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder, write_npz
 
-from medprobe.workflows.baseline import CHECKPOINT, build_resnet18, load_pixels, train_baseline
+from conftest import write_image_folder, write_npz
 from medprobe.cli import main
 from medprobe.data.datasets import DataSpec, load_dataset
+from medprobe.workflows.baseline import CHECKPOINT, build_resnet18, load_pixels, train_baseline
 
 
 def test_28px_model_is_medmnists_cifar_style_resnet18():

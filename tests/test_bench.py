@@ -7,8 +7,8 @@ import csv
 import json
 
 import pytest
-from conftest import write_image_folder, write_npz
 
+from conftest import write_image_folder, write_npz
 from medprobe.cli import main
 from medprobe.core.errors import BenchConfigError
 from medprobe.data.datasets import DataSpec

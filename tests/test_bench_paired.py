@@ -7,14 +7,14 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import write_npz
-from test_report import CHROMIUM_FLAGS, _chromium
 
+from conftest import write_npz
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.reporting.compare import compare_folders
-from medprobe.reporting.tables import build_table
+from medprobe.reporting.tables import build_table, load_bench, seed_spread_rows
 from medprobe.workflows.bench import load_config, run_bench
+from test_report import CHROMIUM_FLAGS, _chromium
 
 CONFIG = """
 name: paired_grid
@@ -78,6 +78,20 @@ def test_the_spread_across_seeds_is_summarised_and_labelled(bench):
     # The npz has its own splits and these probes do not use the seed: no spread, and the table says so.
     assert spread[0]["spread_is"] == "none" and spread[0]["auc_sd"] == 0
     assert "Across seeds" in (out / "table.md").read_text()
+
+
+def test_two_selections_of_one_cell_are_two_methods_not_two_seeds(bench):
+    # A grid with `selections: [val, cv]` and one seed has two cells per (encoder, probe): they must not be summarised
+    # as a spread across seeds.
+    out, _ = bench
+    _, cells, _ = load_bench(out)
+    logreg = [c for c in cells if c["probe"] == "logreg"]
+    as_cv = [{**c, "selection": "cv"} for c in logreg if c["seed"] == 0]
+    one_seed_each = [c for c in logreg if c["seed"] == 0] + as_cv
+    assert seed_spread_rows(one_seed_each, {}) == []
+    rows = seed_spread_rows(logreg + [{**c, "selection": "cv"} for c in logreg], {})
+    assert [(r["selection"], r["n_seeds"]) for r in rows] == [("val", 2), ("cv", 2)]
+    assert rows[1]["method"] == "efficientnet_lite0 + logreg (cv selection)"
 
 
 def test_report_shows_the_comparisons_in_a_browser(bench, tmp_path):

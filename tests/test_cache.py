@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_npz
 
+from conftest import write_npz
 from medprobe import create_encoder, embed, load_dataset
 from medprobe.embedding.options import EmbedOptions
 

@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_image_folder, write_npz
 
+from conftest import write_image_folder, write_npz
 from medprobe.cli import main
 
 

@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import write_npz
 
+from conftest import write_npz
 from medprobe.core.errors import ComparisonError
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions

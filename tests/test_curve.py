@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_npz
 
+from conftest import write_npz
 from medprobe.cli import main
-from medprobe.workflows.curve import parse_shots, run_curve, sample_per_class
 from medprobe.core.errors import MedprobeError
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
+from medprobe.workflows.curve import parse_shots, run_curve, sample_per_class
 
 
 def test_parse_shots():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image_folder, write_npz
 
+from conftest import write_image_folder, write_npz
 from medprobe.core.errors import DatasetError, UnknownNameError
 from medprobe.data import medmnist
 from medprobe.data.datasets import TASKS, load_dataset

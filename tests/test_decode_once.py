@@ -4,12 +4,11 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
 from PIL import Image
-from test_resume import TinyEncoder
 
 import medprobe.data.images as images_module
 import medprobe.data.scan as scan_module
+from conftest import write_image_folder
 from medprobe.core.errors import DatasetError
 from medprobe.data.datasets import DataSpec, load_dataset
 from medprobe.data.images import decode_image
@@ -18,6 +17,7 @@ from medprobe.data.sources import FileImages, KeptImages
 from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders.transforms import make_transform
+from test_resume import TinyEncoder
 
 
 def write_folder(root):

@@ -3,9 +3,9 @@
 import numpy as np
 import pydicom
 import pytest
-from conftest import write_dicom
 from pydicom.data import get_testdata_file
 
+from conftest import write_dicom
 from medprobe.core.errors import ImageError
 from medprobe.data.images import read_image
 

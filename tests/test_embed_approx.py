@@ -2,9 +2,8 @@
 
 import logging
 
-from test_embed_fast import fresh, real  # noqa: F401  (the module-scoped fixture of real weights and images)
-
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
+from test_embed_fast import fresh, real  # noqa: F401  (the module-scoped fixture of real weights and images)
 
 # Smallest per-image cosine to fp32 PyTorch eager over the 12 fixture images (EfficientNet-Lite0), as measured:
 #   bf16: 0.988-0.995 (README, docs/speed.md on a Zen 4), 0.9956 on an AVX512-BF16 EPYC (guard, first 8: 0.9964);

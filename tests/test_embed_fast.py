@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medprobe.core.errors import EncoderError
 from medprobe.data.datasets import load_dataset
+from medprobe.data.images import decode_image
 from medprobe.embedding.embed import describe_job, embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from medprobe.encoders.torch_encoder import TorchEncoder
-from medprobe.core.errors import EncoderError
-from medprobe.data.images import decode_image
 from medprobe.encoders.transforms import make_transform
 
 

@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from medprobe.core.errors import EncoderError
 from medprobe.data.datasets import load_dataset
+from medprobe.data.sources import ArrayImages
 from medprobe.embedding.embed import decoded_batches, embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import Encoder, EncoderConfig, create_encoder
 from medprobe.encoders.torch_encoder import TorchEncoder
-from medprobe.core.errors import EncoderError
-from medprobe.data.sources import ArrayImages
 from medprobe.encoders.transforms import make_transform
 
 embed_module = importlib.import_module("medprobe.embedding.embed")  # the module; `medprobe.embed` the attribute is the function

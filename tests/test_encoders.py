@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medprobe.encoders import create_encoder, encoder_status, get_config, list_encoders
 from medprobe.core.errors import EncoderError
+from medprobe.encoders import create_encoder, encoder_status, get_config, list_encoders
 from tiny_models import go_offline, put_in_hf_cache, vit_clip_cfg, write_open_clip, write_tiny
 
 NAMES = sorted(list_encoders())

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from tiny_models import go_offline, write_tiny
 
 from medprobe.encoders import create_encoder, get_config
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
+from tiny_models import go_offline, write_tiny
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import write_npz
-from medprobe.encoders import get_config
 from medprobe.core.errors import EncoderError, UnknownNameError
-from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.fusion import embed_spec, split_spec
+from medprobe.embedding.options import EmbedOptions
+from medprobe.encoders import get_config
 from tiny_models import go_offline, write_tiny
 
 FUSED = "clip_vit_b32+dinov2_vits14"

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from medprobe.data.datasets import load_dataset
 from medprobe.core.errors import MedprobeError
+from medprobe.data.datasets import load_dataset
 from medprobe.data.images import read_image
 from medprobe.data.scan import scan_images
 

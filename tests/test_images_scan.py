@@ -8,12 +8,12 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import write_dicom, write_image_folder
 from PIL import Image
 
+from conftest import write_dicom, write_image_folder
 from medprobe.cli import main
-from medprobe.data.datasets import load_dataset
 from medprobe.core.errors import DatasetError
+from medprobe.data.datasets import load_dataset
 from medprobe.data.scan import scan_images
 
 

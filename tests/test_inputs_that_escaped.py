@@ -8,20 +8,17 @@ import subprocess
 import sys
 import time
 import zlib
-
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import store_rows, store_vectors, write_image_folder, write_npz
 from PIL import Image
 
+from conftest import store_rows, store_vectors, write_image_folder, write_npz
 from medprobe.data.datasets import load_dataset
 from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
-
-
 
 
 def png_claiming(path, width, height):

@@ -15,8 +15,6 @@ from PIL import Image
 from medprobe.cli import main
 
 
-
-
 def run_main(*args):
     return main([str(a) for a in args])
 

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_image_folder, write_npz
 
+from conftest import write_image_folder, write_npz
 from medprobe import __version__
 from medprobe.cli import main
 from medprobe.data.datasets import load_dataset

@@ -4,11 +4,9 @@ import json
 import os
 
 import pytest
+
 from conftest import write_npz
-
 from medprobe.cli import main
-
-
 
 
 @pytest.fixture

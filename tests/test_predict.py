@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_DATA, store_vectors
-
 from medprobe.cli import main
 from medprobe.data.datasets import Dataset, DataSpec, load_dataset
 from medprobe.data.sources import FileImages

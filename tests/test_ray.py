@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import store_rows, store_vectors
 
+from conftest import store_rows, store_vectors
 from medprobe.cli import main
 from medprobe.data.datasets import SPLITS, load_dataset
 from medprobe.embedding.embed import embed, load_pixels
 from medprobe.embedding.options import EmbedOptions
-from medprobe.encoders import create_encoder
 from medprobe.embedding.ray import Embedder, decode_batch, embed_on_ray
+from medprobe.encoders import create_encoder
 
 ENCODER = "efficientnet_lite0"
 

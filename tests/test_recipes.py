@@ -7,13 +7,6 @@ their real on-disk formats and loaded through the real loaders.
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import (
-    go_offline,
-    vit_clip_cfg,
-    write_dinov2,
-    write_open_clip,
-    write_tiny,
-)
 
 from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import describe_job
@@ -21,6 +14,13 @@ from medprobe.encoders import create_encoder, get_config
 from medprobe.encoders.efficientnet_lite import HEAD_DIM, STAGE_CHANNELS, STAGES
 from medprobe.encoders.recipes import MS_SCALE, TOKEN_BLOCKS, UP_SCALE
 from medprobe.encoders.transforms import make_transform
+from tiny_models import (
+    go_offline,
+    vit_clip_cfg,
+    write_dinov2,
+    write_open_clip,
+    write_tiny,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import store_vectors, write_npz
 
+from conftest import store_vectors, write_npz
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.probes.spec import ProbeSpec

@@ -6,9 +6,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import write_npz
 from PIL import Image
 
+from conftest import write_npz
 from medprobe.cli import main
 from medprobe.core.errors import MedprobeError
 from medprobe.data.datasets import DataSpec
@@ -24,12 +24,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     """A real `medprobe run` folder (EfficientNet-Lite0 on a tiny npz) with a curve, plus a 1-epoch baseline folder."""
+    from medprobe.probes.spec import ProbeSpec
     from medprobe.workflows.baseline import train_baseline
     from medprobe.workflows.curve import run_curve
-    from medprobe.workflows.run import run
-
-    from medprobe.probes.spec import ProbeSpec
-    from medprobe.workflows.run import EvalOptions
+    from medprobe.workflows.run import EvalOptions, run
 
     root = tmp_path_factory.mktemp("report")
     write_npz(root / "tiny.npz", n_train=24, n_val=9, n_test=15, classes=3)
@@ -95,6 +93,22 @@ def test_predictions_round_trip(run_folder):
     ids, labels, scores = read_predictions(run_folder / "run" / "predictions.csv", ["0", "1", "2"], "multi-class")
     assert len(ids) == 15 and labels.tolist() == [i % 3 for i in range(15)]
     assert np.allclose(scores.sum(axis=1), 1, atol=1e-4)
+
+
+def test_predictions_keep_every_digit(tmp_path):
+    # An overfitted model's scores crowd next to 1: written to 6 digits they tied, and a paired comparison that reads
+    # the file scored AUC 0.957 where the run itself had 0.961. Every score must read back as the same float.
+    from sklearn.metrics import roc_auc_score
+
+    from medprobe.reporting.results import write_predictions
+
+    positive = np.array([1 - 3e-7, 1 - 1e-7, 1 - 2e-8, 0.25, np.float32(1 / 3)], dtype=np.float64)
+    scores = np.column_stack([1 - positive, positive])
+    labels = np.array([0, 1, 1, 0, 0])
+    write_predictions(tmp_path / "p.csv", [f"img{i}" for i in range(5)], labels, scores, ["a", "b"], "binary")
+    _, read_labels, read_scores = read_predictions(tmp_path / "p.csv", ["a", "b"], "binary")
+    assert np.array_equal(read_scores, scores) and read_labels.tolist() == labels.tolist()
+    assert roc_auc_score(read_labels, read_scores[:, 1]) == roc_auc_score(labels, positive) == 1.0
 
 
 def test_reliability_bins_and_ece():

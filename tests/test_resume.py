@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, store_vectors, write_image_folder
 
+from conftest import SHARED_DATA, store_vectors, write_image_folder
 from medprobe.data.datasets import load_dataset
 from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions

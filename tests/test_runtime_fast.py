@@ -7,7 +7,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
-from test_embed_fast import fresh, real  # noqa: F401 -- `real` is a fixture
 
 from medprobe.core.errors import EncoderError
 from medprobe.data.datasets import Dataset
@@ -17,6 +16,7 @@ from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import recipe_key
 from medprobe.encoders import create_encoder, get_config, runtimes
 from medprobe.encoders.transforms import make_transform
+from test_embed_fast import fresh, real  # noqa: F401 -- `real` is a fixture
 
 pytest.importorskip("openvino", reason="--runtime fast needs the fast extra (it is in dev)")
 cv2 = pytest.importorskip("cv2", reason="--runtime fast needs the fast extra (it is in dev)")

@@ -5,7 +5,6 @@ import logging
 
 import numpy as np
 import pytest
-from test_embed_fast import fresh, real  # noqa: F401 -- `real` is a fixture
 
 from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import describe_job
@@ -13,6 +12,7 @@ from medprobe.embedding.store import recipe_key
 from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from medprobe.encoders.transforms import make_transform
+from test_embed_fast import fresh, real  # noqa: F401 -- `real` is a fixture
 
 pytest.importorskip("openvino", reason="the OpenVINO runtimes need the openvino extra (it is in dev)")
 

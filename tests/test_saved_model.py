@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.pipeline import Pipeline
 
-from medprobe.data.datasets import Dataset
-from medprobe.encoders import get_config
 from medprobe.core.errors import ModelError
+from medprobe.data.datasets import Dataset
 from medprobe.data.sources import FileImages
+from medprobe.encoders import get_config
+from medprobe.encoders.transforms import make_transform
 from medprobe.probes.fit import fit_probe
 from medprobe.probes.saved import ARRAYS, CHECKSUM, MODEL_JSON, load_model, save_model
-from medprobe.encoders.transforms import make_transform
 
 ENCODER = "efficientnet_lite0"
 

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
 
+from conftest import write_image_folder
 from medprobe.data.datasets import DataSpec, load_dataset
 from medprobe.embedding.embed import describe_job, embed
 from medprobe.embedding.options import EmbedOptions

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import write_image_folder, write_npz
 
+from conftest import write_image_folder, write_npz
 from medprobe.core.errors import ModelError
 from medprobe.data.datasets import Dataset
 from medprobe.data.sources import FileImages

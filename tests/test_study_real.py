@@ -90,9 +90,8 @@ def test_external_evaluation_on_the_ham_test_folder(ham):
 
 
 def test_the_report_shows_the_study_in_headless_chromium(ham, tmp_path):
-    from test_report import CHROMIUM_FLAGS, _chromium
-
     from medprobe.reporting.html import write_report
+    from test_report import CHROMIUM_FLAGS, _chromium
 
     page = write_report(ham["root"] / "fit", out=tmp_path / "report.html")
     text = page.read_text()

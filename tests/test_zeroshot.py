@@ -10,8 +10,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from conftest import write_npz
-from medprobe.encoders import get_config
 from medprobe.core.errors import ProbeError
+from medprobe.encoders import get_config
 from medprobe.probes.zeroshot import ZeroShotClassifier, class_embeddings, match_classes, read_prompts
 from tiny_models import go_offline, write_tiny
 

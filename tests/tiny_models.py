@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+
 def go_offline(tmp_path, monkeypatch):
     """Offline mode, and every weights cache inside tmp_path, so the real caches and the network stay untouched."""
     import huggingface_hub.constants

@@ -8,10 +8,10 @@ import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
+from medprobe.core.errors import EncoderError
 from medprobe.encoders import recipes
 from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
-from medprobe.core.errors import EncoderError
 
 # Input sizes from the official builder (efficientnet_lite_builder.py); inputs are scaled (x - 127.5) / 127.5.
 _SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}

@@ -19,11 +19,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from medprobe.core.errors import EncoderError
 from medprobe.encoders import recipes
 from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.weights import hf_cached_folder, hf_download, is_offline, missing_weights, model_folder, user_path
-from medprobe.core.errors import EncoderError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -8,10 +8,10 @@ found offline first (see weights.py); online they download into the torch hub ca
 
 from pathlib import Path
 
+from medprobe.core.errors import EncoderError
 from medprobe.encoders.base import EncoderConfig
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.weights import is_offline, missing_weights, model_folder, user_path
-from medprobe.core.errors import EncoderError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

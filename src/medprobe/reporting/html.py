@@ -16,11 +16,11 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from medprobe import __version__
 from medprobe.core.errors import ComparisonError, MedprobeError
 from medprobe.core.files import atomic_write_bytes, atomic_write_text
 from medprobe.core.names import slug
+from medprobe.reporting.compare import compare_folders
 from medprobe.reporting.figures import (
     calibration_figure,
     compute_figure,
@@ -37,15 +37,14 @@ from medprobe.reporting.results import (
     PROJECTION,
     RESULTS,
     BaselineResult,
+    check_run_folder,
+    ci_text,
     read_curve,
     read_predictions,
     read_projection,
-    check_run_folder,
-    ci_text,
     read_result,
     split_lines,
 )
-from medprobe.reporting.compare import compare_folders
 from medprobe.reporting.study import calibration_html, operating_points_html, subgroups_html
 from medprobe.reporting.tables import MANIFEST, build_table
 

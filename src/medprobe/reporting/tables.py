@@ -146,17 +146,19 @@ def _paired(row, folder, other, name, n_boot):
 
 
 def seed_spread_rows(cells, context):
-    """One row per (encoder, probe) run with more than one seed: test AUC and ACC mean, SD and min-max across seeds,
-    and what that spread measures (the same summary as `medprobe run --seeds`)."""
+    """One row per (encoder, probe, selection) run with more than one seed: test AUC and ACC mean, SD and min-max across
+    seeds, and what that spread measures (the same summary as `medprobe run --seeds`). A cell selected by val and the same
+    cell selected by CV are two methods, not two seeds."""
     rows = []
-    for method in dict.fromkeys((c["encoder"], c["probe"]) for c in cells):
-        done = [c for c in cells if (c["encoder"], c["probe"]) == method and c["result"] is not None]
+    for encoder, probe, selection in dict.fromkeys((c["encoder"], c["probe"], c.get("selection", "val")) for c in cells):
+        done = [c for c in cells if (c["encoder"], c["probe"], c.get("selection", "val")) == (encoder, probe, selection) and c["result"] is not None]
         if len(done) < 2:
             continue
         summary = summarize([c["seed"] for c in done], [c["result"] for c in done])
         auc, acc = summary["test"]["auc"], summary["test"]["acc"]
-        rows.append({**context, "kind": "seeds", "method": " + ".join(method), "encoder": method[0], "probe": method[1],
-                     "seed": f"{summary['n']} seeds", "n_seeds": summary["n"], "auc": auc["mean"], "auc_sd": auc["sd"],
+        shown = "" if selection == "val" else f" ({selection} selection)"
+        rows.append({**context, "kind": "seeds", "method": f"{encoder} + {probe}{shown}", "encoder": encoder, "probe": probe,
+                     "selection": selection, "seed": f"{summary['n']} seeds", "n_seeds": summary["n"], "auc": auc["mean"], "auc_sd": auc["sd"],
                      "auc_min": auc["min"], "auc_max": auc["max"], "acc": acc["mean"], "acc_sd": acc["sd"],
                      "spread_is": summary["spread_is"]})
     return rows
