@@ -4,6 +4,7 @@ Every dataset is a `Dataset`: N records (ids, split names) aligned with an N-row
 array and an image source, plus the task type and label names.
 """
 
+import copy
 import csv
 import os
 from dataclasses import dataclass, field, replace
@@ -104,23 +105,30 @@ class DataSpec:
         if self.resplit and not self.group:
             raise DatasetError("--resplit draws new splits by group; name the group column with --group")
 
-    def load(self):
-        """(dataset, ScanReport): images decoded once, copies resolved, groups kept whole, then missing splits made.
+    def load(self, scanned=None):
+        """(dataset, ScanReport): `scan()`, then the missing splits made with `split_seed`, groups kept whole.
 
-        Splits are made last, from the images that are actually used, so what is recorded is what ran.
+        Splits are made last, from the images that are actually used, so what is recorded is what ran. `scanned`, an
+        earlier `scan()` of this spec, is reused instead of decoding every image again (`medprobe run --seeds`); the
+        splits are drawn on a copy, so it serves any number of seeds.
         """
+        data, report = scanned or self.scan()
+        data = replace(data, splits=data.splits.copy(), info=copy.deepcopy(data.info))
+        prepare(data, group_ids(data, self.group), self.group, self.split_seed)
+        if self.group:
+            record_straddling(data, self.group)
+        return data, report
+
+    def scan(self):
+        """(dataset, ScanReport) before any split is drawn: images decoded once, copies resolved, metadata joined."""
         data = read_dataset(self.dataset, self.data_dir, self.size)
         data, scanned = scan_images(data, self.on_error, check=False)
         if self.metadata:
             join_metadata(data, self.metadata, self.metadata_key)
         data = resolve_duplicates(data, self.duplicates)
-        if self.group:
-            if self.resplit:
-                data.info["resplit"] = {"by": self.group, "given_splits_ignored": {s: int((data.splits == s).sum()) for s in SPLITS}}
-                data.splits = np.full(len(data), "", dtype=object)
-        prepare(data, group_ids(data, self.group), self.group, self.split_seed)
-        if self.group:
-            record_straddling(data, self.group)
+        if self.group and self.resplit:
+            data.info["resplit"] = {"by": self.group, "given_splits_ignored": {s: int((data.splits == s).sum()) for s in SPLITS}}
+            data.splits = np.full(len(data), "", dtype=object)
         return data, scanned
 
 

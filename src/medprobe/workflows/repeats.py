@@ -7,7 +7,8 @@ deterministic given their data. So which variance the spread measures depends on
 the record says which: sampling variance (the test set itself was drawn anew), method variance
 on a fixed test set, or none at all.
 
-Embeddings are computed once: every seed after the first reads the embedding store.
+The dataset is scanned (every image decoded and checked) once, and embeddings are computed once: every seed after
+the first draws its splits on a copy of the scanned dataset and reads the embedding store.
 """
 
 import logging
@@ -16,10 +17,11 @@ from pathlib import Path
 
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_text
+from medprobe.embedding.options import EmbedOptions
 from medprobe.probes.spec import ProbeSpec
 from medprobe.reporting.repeats import summarize
 from medprobe.reporting.results import RESULTS, SUMMARY, write_json
-from medprobe.workflows.run import run
+from medprobe.workflows.run import check_before_images, run
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,12 @@ def run_seeds(data_spec, options=None, probe_spec=None, evaluation=None, out=Non
     if options is not None and not options.use_cache:
         log.warning("--no-cache with --seeds: the embeddings are computed again for each of the %d seeds", n_seeds)
     results = []
+    check_before_images(options or EmbedOptions(), probe_spec, out)
+    scanned = data_spec.scan()  # every image decoded and checked once; each seed draws its splits on a copy
     for seed in seeds:
         # Only the first seed writes the folder: it is an ordinary run folder at every moment, even if the loop is interrupted.
-        results.append(run(replace(data_spec, split_seed=seed), options, replace(probe_spec, seed=seed), evaluation, out=out if seed == first else None))
+        results.append(run(replace(data_spec, split_seed=seed), options, replace(probe_spec, seed=seed), evaluation,
+                           out=out if seed == first else None, scanned=scanned))
         log.info("seed %d: test AUC %s", seed, results[-1].metrics["test"]["auc"])
     main = results[0]
     main.repeats = summarize(seeds, results)

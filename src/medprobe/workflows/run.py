@@ -37,21 +37,11 @@ class EvalOptions:
     study: StudyOptions = field(default_factory=StudyOptions)
 
 
-def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None):
-    """Run one (dataset, encoder, probe) experiment; write its results folder when `out` is given.
+def check_before_images(options, probe_spec, out=None, save=None):
+    """Everything about a run that can be checked without images, so a typo never costs a scan or an embedding pass.
 
-    >>> result = run(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), EmbedOptions("efficientnet_lite0"),
-    ...              ProbeSpec("logreg"), out="runs/retina")
-    >>> result.metrics["test"]["auc"]
-
-    `options.encoder` may fuse several ('efficientnet_lite0+efficientnet_lite2'); a ProbeSpec named
-    "zeroshot" classifies with the CLIP text prompts of its prompt file instead of fitting anything.
-    With `save`, the fitted probe is also written there (see `medprobe.probes.saved`).
+    Returns the encoder choices ('a|b' -> ['a', 'b']).
     """
-    options, probe_spec, evaluation = options or EmbedOptions(), probe_spec or ProbeSpec(), evaluation or EvalOptions()
-    timings = {}
-    started, started_cpu = time.perf_counter(), cpu_seconds()
-    # Everything that can be checked without images is checked first, so a typo never costs an embedding pass.
     check_spec(options.encoder)
     probe_spec.check()
     if out is not None:
@@ -63,7 +53,26 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         raise ModelError(f"--encoder {options.encoder!r}: choosing among encoders ('|') needs a fitted probe, not zeroshot")
     if save is not None and (probe_spec.name not in SAVABLE or len(choices) != 1 or len(split_spec(options.encoder)) != 1):
         raise ModelError(f"--save supports one encoder and a fitted probe (logreg, svm, knn); got {options.encoder!r} with {probe_spec.name!r}")
-    data, scanned = data_spec.load()
+    return choices
+
+
+def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None, scanned=None):
+    """Run one (dataset, encoder, probe) experiment; write its results folder when `out` is given.
+
+    >>> result = run(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), EmbedOptions("efficientnet_lite0"),
+    ...              ProbeSpec("logreg"), out="runs/retina")
+    >>> result.metrics["test"]["auc"]
+
+    `options.encoder` may fuse several ('efficientnet_lite0+efficientnet_lite2'); a ProbeSpec named
+    "zeroshot" classifies with the CLIP text prompts of its prompt file instead of fitting anything.
+    With `save`, the fitted probe is also written there (see `medprobe.probes.saved`). `scanned`, an earlier
+    `data_spec.scan()`, spares repeated runs of one dataset (`--seeds`) decoding every image again.
+    """
+    options, probe_spec, evaluation = options or EmbedOptions(), probe_spec or ProbeSpec(), evaluation or EvalOptions()
+    timings = {}
+    started, started_cpu = time.perf_counter(), cpu_seconds()
+    choices = check_before_images(options, probe_spec, out, save)
+    data, scanned = data_spec.load(scanned)
     # A misspelt subgroup column, or a calibrator that does not fit the task, is refused before any embedding.
     resolve_method(evaluation.study.calibrate, data.task)
     column_names(data.task, data.label_names, evaluation.study.positive)
