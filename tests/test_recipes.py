@@ -232,8 +232,8 @@ def test_dinov2_multi_scale_runs_the_same_model_at_both_sizes_and_exports(tiny, 
     assert not np.allclose(out[:, width:], out[:, :width], atol=1e-3)
 
 
-# open_clip's ViT is left out: its nn.MultiheadAttention fast path does not export (opset 17), with or without a
-# recipe, and the exactness guard's fallback to eager already covers it.
+# open_clip's ViTs reach ONNX Runtime too since the export switches off nn.MultiheadAttention's fused kernel; that is
+# tested in test_export_attention.py.
 @pytest.mark.parametrize("name", ["dinov2_vits14"])
 def test_vit_recipes_export_to_onnx(name, tiny, tmp_path):
     encoder, _ = create_encoder(f"{name}@tokens,tta", weights=tiny(name), runtime="onnx")
