@@ -16,9 +16,6 @@ from medprobe.encoders.recipes import MS_SCALE, TOKEN_BLOCKS, UP_SCALE
 from medprobe.encoders.transforms import make_transform
 from tiny_models import (
     go_offline,
-    vit_clip_cfg,
-    write_dinov2,
-    write_open_clip,
     write_tiny,
 )
 
@@ -37,14 +34,7 @@ def tiny(tmp_path_factory):
 
     def get(name):
         if name not in written:
-            config, folder = get_config(name), root / name
-            if config.family == "transformers":
-                written[name] = write_dinov2(folder, config.input_size, round(config.input_size / config.crop_pct), config.mean,
-                                             config.std, layers=TOKEN_BLOCKS)
-            elif name.startswith("clip_vit"):
-                written[name] = write_open_clip(folder, vit_clip_cfg(int(config.arch.split("-")[2]), layers=TOKEN_BLOCKS))
-            else:
-                written[name] = write_tiny(config, folder)
+            written[name] = write_tiny(get_config(name), root / name, layers=TOKEN_BLOCKS)
         return written[name]
 
     return get

@@ -110,8 +110,9 @@ def write_state_dict(path, network):
     return path
 
 
-def write_tiny(config, folder):
-    """A tiny model of `config`'s family in its real format under `folder`; returns what --weights takes."""
+def write_tiny(config, folder, layers=1):
+    """A tiny model of `config`'s family in its real format under `folder` (ViTs with `layers` blocks); returns what
+    --weights takes."""
     import torch
 
     folder = Path(folder)
@@ -122,9 +123,9 @@ def write_tiny(config, folder):
         if config.arch.startswith("RN"):
             return write_open_clip(folder, resnet_clip_cfg())
         patch = int(config.arch.split("-")[2])
-        return write_open_clip(folder, vit_clip_cfg(patch, quick_gelu="quickgelu" in config.arch))
+        return write_open_clip(folder, vit_clip_cfg(patch, quick_gelu="quickgelu" in config.arch, layers=layers))
     if config.family == "transformers":
-        return write_dinov2(folder, config.input_size, round(config.input_size / config.crop_pct), config.mean, config.std)
+        return write_dinov2(folder, config.input_size, round(config.input_size / config.crop_pct), config.mean, config.std, layers=layers)
     if config.family == "torchvision":
         import torchvision
 

@@ -127,19 +127,22 @@ def _build(config, path):
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
+    network = EfficientNet.from_name(config.arch)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        EfficientNet.from_name(config.arch).load_state_dict(state)
+        network.load_state_dict(state)
     except Exception as e:  # a wrong or corrupt file: say which one
         raise EncoderError(f"{path}: not a valid {config.name} state dict ({e})") from e
     stages = config.extra.get("stages", ()) if "stages" in recipes.recipe_of(config) else ()
 
     def pooled_at(size):
+        if size == config.input_size:
+            return _pooled(network, stages)
         # The package pads its convolutions TensorFlow-'same' for one input size, fixed when built: at another size
         # (the @ms and @up recipes' larger scales) the same weights need a network built for that size.
-        network = EfficientNet.from_name(config.arch, image_size=size)
-        network.load_state_dict(state)
-        return _pooled(network, stages)
+        scaled = EfficientNet.from_name(config.arch, image_size=size)
+        scaled.load_state_dict(state)
+        return _pooled(scaled, stages)
 
     return recipes.with_views(recipes.with_scales(pooled_at, config), config)
 
