@@ -9,7 +9,7 @@ same subprocess; (2) test AUC with 95 % CI of each `--auc-runtimes` on RetinaMNI
 (4) peak RSS at two sizes; (5) a cold `medprobe run`.
 
 Every variant embeds the same real images with the same encoder (the library's default,
-EfficientNet-Lite0@stages: real weights, 224 px) in its own subprocess, one after another, so each has its own peak RSS and none inherits
+EfficientNet-Lite0@stages,up: real weights, 260 px) in its own subprocess, one after another, so each has its own peak RSS and none inherits
 another's threads or caches. On a shared machine timings are noisy, which is why the ratios to (a),
 measured in the same run, are the figures to quote; `--repeats 2` alternates the variants twice and
 keeps each one's best.
@@ -31,7 +31,7 @@ One-time costs (loading weights, exporting to ONNX, quantising) are reported as 
 of img/s; the cold `medprobe run` at the end pays all of them.
 
 Fraction of peak: achieved GFLOP/s = (FLOPs per image) x (img/s), divided by the machine's fp32 peak.
-FLOPs per image are counted by `torch.utils.flop_counter.FlopCounterMode` on one 224 px image
+FLOPs per image are counted by `torch.utils.flop_counter.FlopCounterMode` on one image at the encoder's input size
 (convolutions and matrix products, 2 FLOPs per multiply-add; elementwise ops are not counted). The peak
 is *measured*, not taken from a datasheet: the best of three 4096x4096 fp32 `torch.matmul`s on all
 cores, the fastest dense kernel this machine has (bf16 is measured too and shown for reference).
@@ -53,6 +53,7 @@ import numpy as np
 from medprobe.embedding.options import (
     DEFAULT_ENCODER as ENCODER,  # every variant embeds with the library's default encoder
 )
+from medprobe.encoders import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -339,7 +340,7 @@ def main():
         peak32, peak16 = measured_peak("float32"), measured_peak("bfloat16")
         flops = flops_per_image()
         report.update(peak_fp32_gflops=peak32, peak_bf16_gflops=peak16, gflop_per_image=flops / 1e9)
-        print(f"{args.images} {args.data} images, {ENCODER} at 224 px, batch {args.batch_size}, {report['cores']} cores, "
+        print(f"{args.images} {args.data} images, {ENCODER} at {get_config(ENCODER).input_size} px, batch {args.batch_size}, {report['cores']} cores, "
               f"load average {report['load_average_at_start'][0]:.1f}")
         print(f"measured peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s (best of 3 4096^2 matmuls); "
               f"{flops / 1e9:.3f} GFLOP per image (FlopCounterMode: conv + matmul)\n")

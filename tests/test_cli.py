@@ -18,8 +18,8 @@ def test_run_writes_results_predictions_and_summary(tmp_path, capsys):
     test = results["metrics"]["test"]
     assert 0 <= test["auc_ci"][0] <= test["auc"] <= test["auc_ci"][1] <= 1
     assert {"acc", "acc_ci", "balanced_accuracy", "macro_f1", "per_class_auc"} <= set(test)
-    assert results["encoder"]["config"]["input_size"] == 224
-    assert results["preprocessing"]["small_images"].startswith("upsampled to 224")
+    assert results["encoder"]["config"]["input_size"] == 260  # @up: Lite0 at 260 px
+    assert results["preprocessing"]["small_images"].startswith("upsampled to 260")
     assert str(results["probe"]["params"]["C"]) in results["probe"]["selection"]["scores"]  # a value the selection scored
     assert results["encoder"]["name"] == "efficientnet_lite0@stages,up" and results["probe"]["selection"]["protocol"] == "cv"  # the defaults
     assert len(results["cache"]["key"]) == 64 and results["versions"]["scikit-learn"]

@@ -115,7 +115,7 @@ def test_tta_is_the_mean_of_the_flipped_embeddings():
 def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
     encoder, _ = create_encoder(f"efficientnet_lite0@{recipe}", runtime="onnx")
     encoder.prepare(4, tmp_path)
-    pixels = _pixels(4)
+    pixels = _pixels(4, size=encoder.config.input_size)
     out = encoder.embed_batch(pixels)
     assert encoder.backend.startswith("onnxruntime"), encoder.backend  # the exactness guard kept ONNX Runtime
     assert encoder.guard["min_cosine"] >= 0.999999
@@ -136,13 +136,25 @@ def _lite0_head_at(pixels, size, state_dict):
         return reference.eval().extract_features(upsampled).mean(dim=(2, 3)).numpy()
 
 
-def test_up_is_the_network_run_on_the_upsampled_image():
+def test_up_is_the_network_run_on_the_image_resized_to_the_larger_size():
     up, transform = create_encoder("efficientnet_lite0@up", runtime="torch")
-    assert up.config.extra["scales"] == [UP_SCALE] and transform.policy["input_size"] == 224  # upsampled in the graph
-    pixels = _pixels(2)
+    # one resize, in the transform, straight to 260 px: nothing is upsampled inside the graph
+    assert transform.policy["input_size"] == 260 == round(224 * UP_SCALE) and "scales" not in up.config.extra
+    assert transform(Image.new("RGB", (150, 112), (200, 90, 40))).shape == (3, 260, 260)
+    pixels = _pixels(2, size=260)
     out = up.embed_batch(pixels)
     assert out.shape == (2, HEAD_DIM)
-    np.testing.assert_allclose(out, _lite0_head_at(pixels, 260, up.module.nets[0].net.state_dict()), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _lite0_head_at(pixels, 260, up.module.net.state_dict()), rtol=1e-4, atol=1e-5)
+
+
+def test_up_rounds_a_vit_to_whole_patches(tiny):
+    assert get_config("dinov2_vits14@up").input_size == 266 == 19 * 14  # not 260, which drops 8 px at the edge
+    assert get_config("efficientnet_lite2@stages,up").input_size == 302
+    # loaded from a model folder, whose image processor says 224 px: @up still scales it, to whole patches
+    up, transform = create_encoder("dinov2_vits14@up", weights=tiny("dinov2_vits14"), runtime="torch")
+    plain, _ = create_encoder("dinov2_vits14", weights=tiny("dinov2_vits14"), runtime="torch")
+    assert plain.config.input_size == 224 and up.config.input_size == transform.policy["input_size"] == 266
+    assert up.embed_batch(_pixels(2, size=266)).shape == (2, up.config.embed_dim)
 
 
 def test_multi_scale_is_the_plain_features_then_those_of_the_upsampled_image():

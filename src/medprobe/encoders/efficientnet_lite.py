@@ -127,7 +127,8 @@ def _build(config, path):
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    network = EfficientNet.from_name(config.arch)
+    # The package pads its convolutions TensorFlow-'same' for one input size, fixed when built (@up's is not the native one)
+    network = EfficientNet.from_name(config.arch, image_size=config.input_size)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state)
@@ -138,8 +139,7 @@ def _build(config, path):
     def pooled_at(size):
         if size == config.input_size:
             return _pooled(network, stages)
-        # The package pads its convolutions TensorFlow-'same' for one input size, fixed when built: at another size
-        # (the @ms and @up recipes' larger scales) the same weights need a network built for that size.
+        # @ms's larger scale: the same weights in a network padded for that size
         scaled = EfficientNet.from_name(config.arch, image_size=size)
         scaled.load_state_dict(state)
         return _pooled(scaled, stages)

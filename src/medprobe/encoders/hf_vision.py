@@ -21,6 +21,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NEEDED = [("config.json",), ("model.safetensors", "pytorch_model.bin")]
 OPTIONAL = ("preprocessor_config.json",)
+PATCH = 14  # every model here is a ViT with 14 px patches
 # PIL resampling codes used by transformers image processors
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
@@ -71,7 +72,10 @@ def find_folder(config, weights=None):
 
 def variant(config, suffix):
     """`dinov2_vitb14@tokens,tta`: the recipes of `medprobe.encoders.recipes` (tokens, ms, up, tta, tta8, pad)."""
-    config, _ = recipes.parse(config, suffix, ("tokens", "ms", "up"))
+    base_size = config.input_size
+    config, parts = recipes.parse(config, suffix, ("tokens", "ms", "up"))
+    if "up" in parts:
+        config = replace(config, input_size=recipes.up_size(base_size, PATCH))
     return replace(config, embed_dim=_width_to_dim(config, config.embed_dim))
 
 
@@ -111,6 +115,8 @@ def config_from_folder(config, folder):
         changes.update(_preprocessing(json.loads(processor_file.read_text()), processor_file))
         if config.resize_mode == "pad":  # the @pad recipe outranks the folder's resize, not its sizes
             changes["resize_mode"] = "pad"
+        if "up" in recipes.recipe_of(config):  # @up scales the folder's input size
+            changes["input_size"] = recipes.up_size(changes["input_size"], int(model.get("patch_size", PATCH)))
     return replace(config, **changes)
 
 
@@ -161,6 +167,6 @@ def _build(config, folder):
 
     tokens = "tokens" in recipes.recipe_of(config)
     pooled = TokenOutput(model) if tokens else PooledOutput(model)
-    # DINOv2 interpolates its position embeddings to any input size, so one module serves every @ms or @up scale
+    # DINOv2 interpolates its position embeddings to any input size, so one module serves both @ms scales
     return recipes.with_views(recipes.with_scales(lambda size: pooled, config), config)
 

@@ -6,7 +6,8 @@ name and `extra`, so it is in the cache key, results.json and the report. ',' jo
 because '+' already fuses encoders ('a+b').
 
 Every recipe runs inside the torch module (or, for `pad`, the transform), so it exports to ONNX
-and runs on every runtime unchanged; `ms` (a second, larger scale) and `up` (one larger scale) upsample inside the module too.
+and runs on every runtime unchanged; `ms` (a second, larger scale) upsamples inside the module too. `up` (one larger
+scale) is a larger input size, so the transform resizes each image once, straight to it.
 """
 
 from dataclasses import replace
@@ -18,8 +19,10 @@ from medprobe.core.names import did_you_mean
 # For Lite0, 1.5x (336 px) had a higher CV AUC than Lite2's native 260 px on RetinaMNIST and HAM10000 and 0.0007 less on
 # PneumoniaMNIST; concatenating the two scales beat averaging them on val in 5 of 6 cases (docs/recipes.md).
 MS_SCALE = 1.5
-# @up runs the network once, on the pixels upsampled UP_SCALE times: Lite0 at Lite2's native 260 px. Alone, 260 px had a
-# higher CV AUC than 224 px on all three datasets, and than 336 px on PneumoniaMNIST (docs/recipes.md).
+# @up runs the network once, at UP_SCALE times its input size: Lite0 at Lite2's native 260 px. Alone, 260 px had a
+# higher CV AUC than 224 px on all three datasets, and than 336 px on PneumoniaMNIST (docs/recipes.md). The transform
+# resizes to that size itself: upsampling 224 px pixels inside the graph interpolated twice, and OpenVINO's
+# Interpolate took 15 % of the int8 network's time (docs/speed.md).
 UP_SCALE = 260 / 224
 
 # name: what it does. Family-specific ones (stages, tokens) are offered only by the families that have them.
@@ -30,7 +33,7 @@ RECIPES = {
     "tta8": "mean embedding over the 8 flips and right-angle rotations (8 passes; for fundus, skin, pathology)",
     "pad": "images smaller than the input are centred on a black canvas, not upsampled (MedMNIST+)",
     "ms": f"multi-scale: features at the input size and at {MS_SCALE}x it (upsampled inside the network), concatenated",
-    "up": f"the network run once on the image upsampled {UP_SCALE:.3g}x (inside the network; 260 px for Lite0)",
+    "up": f"the network run once at {UP_SCALE:.3g}x its input size (the image resized straight to it; 260 px for Lite0)",
 }
 TOKEN_BLOCKS = 4  # the @tokens recipe reads the last 4 transformer blocks, as DINOv2's linear evaluation does
 VIEW_RECIPES = {"tta": 2, "tta8": 8}  # recipe -> encoder passes per image
@@ -68,8 +71,18 @@ def parse(config, suffix, family_recipes=(), refused=None):
     if "ms" in ordered:
         changes["extra"]["scales"] = [1.0, MS_SCALE]
     if "up" in ordered:
-        changes["extra"]["scales"] = [UP_SCALE]
+        changes["input_size"] = up_size(config.input_size)
     return replace(config, **changes), ordered
+
+
+def up_size(size, patch=1):
+    """The @up input size for a network whose plain input is `size` px: a whole number of `patch`-px patches (a ViT
+    drops a partial patch at the edge).
+
+    >>> up_size(224), up_size(224, patch=14)
+    (260, 266)
+    """
+    return patch * round(size * UP_SCALE / patch)
 
 
 def recipe_of(config):
@@ -77,7 +90,7 @@ def recipe_of(config):
 
 
 def scales(config):
-    """Input sizes the network runs at, as multiples of the config's input size: [1.0] without @ms or @up."""
+    """Input sizes the network runs at, as multiples of the config's input size: [1.0] without @ms."""
     return list(config.extra.get("scales", [1.0]))
 
 
