@@ -7,7 +7,7 @@ bf16 (autocast, channels-last) is ~2x faster again on AVX512-BF16 but its per-im
 fp32 is only 0.988-0.995 on these images, below the 0.999 guard, so it is opt-in, as is int8.
 OpenVINO's bf16 (openvino-bf16) is ~1.9x ONNX Runtime fp32 on pre-decoded pixels at a mean per-image
 cosine of 0.994-0.998, and kept every test AUC inside the fp32 CI on three data sets; opt-in all the
-same (docs/speed.md says why). `fast` is openvino-int8 on images upsampled by OpenCV: 2.46x the default end to end
+same (docs/speed.md says why). `fast` is openvino-int8 on images upsampled by OpenCV: 2.70x the default end to end
 on 512 HAM10000 JPEGs, every test AUC inside the fp32 CI, opt-in (docs/speed.md says why it is not the default).
 The exported .onnx files live in the cache folder (`_onnx/`), keyed by the encoder config and
 a fingerprint of the weights, so they are built once per machine and never committed.
