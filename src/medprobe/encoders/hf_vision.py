@@ -72,10 +72,7 @@ def find_folder(config, weights=None):
 
 def variant(config, suffix):
     """`dinov2_vitb14@tokens,tta`: the recipes of `medprobe.encoders.recipes` (tokens, ms, up, tta, tta8, pad)."""
-    base_size = config.input_size
-    config, parts = recipes.parse(config, suffix, ("tokens", "ms", "up"))
-    if "up" in parts:
-        config = replace(config, input_size=recipes.up_size(base_size, PATCH))
+    config, _ = recipes.parse(config, suffix, ("tokens", "ms", "up"), patch=PATCH)
     return replace(config, embed_dim=_width_to_dim(config, config.embed_dim))
 
 

@@ -40,12 +40,12 @@ VIEW_RECIPES = {"tta": 2, "tta8": 8}  # recipe -> encoder passes per image
 GENERIC = ("tta", "tta8", "pad")
 
 
-def parse(config, suffix, family_recipes=(), refused=None):
+def parse(config, suffix, family_recipes=(), refused=None, patch=1):
     """(config with the recipe recorded, the recipe parts in canonical order) for `name@suffix`.
 
     Unknown or clashing parts are refused by name, and so are those in `refused` ({recipe: why this
-    family cannot run it}). The name is rewritten in canonical order, so '@tta,stages' and
-    '@stages,tta' share one cache entry.
+    family cannot run it}). `patch` rounds @up's input size (see up_size). The name is rewritten in canonical
+    order, so '@tta,stages' and '@stages,tta' share one cache entry.
 
     >>> parse(config, "tta,stages", ("stages",))[1]
     ('stages', 'tta')
@@ -71,7 +71,7 @@ def parse(config, suffix, family_recipes=(), refused=None):
     if "ms" in ordered:
         changes["extra"]["scales"] = [1.0, MS_SCALE]
     if "up" in ordered:
-        changes["input_size"] = up_size(config.input_size)
+        changes["input_size"] = up_size(config.input_size, patch)
     return replace(config, **changes), ordered
 
 
