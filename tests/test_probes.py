@@ -97,6 +97,49 @@ def test_cv_scores_are_an_independent_repeated_cv():
     assert fitted.selection["scores"][str(C)] == pytest.approx(expected, abs=1e-12)
 
 
+def _twins(n_groups=60, per_group=3, dim=40, seed=0):
+    """Images that come in groups (a patient's or a lesion's) with a label per group and no signal beyond the group."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), per_group)
+    y = np.repeat(np.arange(n_groups) % 2, per_group)
+    X = rng.normal(size=(n_groups, dim))[groups] + 0.1 * rng.normal(size=(len(groups), dim))
+    return X.astype(np.float32), y, groups
+
+
+def test_grouped_cv_keeps_each_group_in_one_fold_and_stops_rewarding_memorised_twins():
+    X, y, groups = _twins()
+    tr, va = slice(0, 150), slice(150, None)
+    plain = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task="binary", selection="cv")
+    grouped = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task="binary", selection="cv", groups=(groups[tr], groups[va]))
+    # a fold that holds out one image of a group but trains on its twins scores the memory of them, not a finding
+    assert plain.selection["best_auc"] > 0.9
+    assert grouped.selection["best_auc"] < 0.75
+    assert grouped.selection["folds_keep_groups_whole"] and not plain.selection["folds_keep_groups_whole"]
+    assert "keeping each group whole" in grouped.selection["criterion"]
+
+
+def test_grouped_cv_scores_are_scikit_learns_stratified_group_kfold():
+    from sklearn.metrics import make_scorer, roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    X, y, groups = _twins(n_groups=40)
+    X = X + 0.8 * y[:, None]  # some signal, so the grid has a best value
+    fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))
+    C = float(next(iter(fitted.selection["scores"])))
+    scorer = make_scorer(roc_auc_score, response_method="predict_proba")
+    folds = [split for repeat in range(3) for split in StratifiedGroupKFold(5, shuffle=True, random_state=repeat).split(X, y, groups)]
+    for train, held in folds:
+        assert not set(groups[train]) & set(groups[held])
+    expected = cross_val_score(make_probe("logreg", C=C), X, y, cv=folds, scoring=scorer).mean()
+    assert fitted.selection["scores"][str(C)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_grouped_folds_are_no_more_than_the_groups():
+    X, y, groups = _twins(n_groups=6, per_group=10)  # three groups of each class: a fold needs one of each
+    fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))
+    assert fitted.selection["folds"] == 3
+
+
 def test_cv_grid_widens_past_an_edge_within_bounds():
     from medprobe.probes.fit import _widen
 

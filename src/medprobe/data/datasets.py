@@ -37,6 +37,9 @@ class Dataset:
     info: dict = field(default_factory=dict)
     columns: dict = field(default_factory=dict)  # metadata, one str array per column (a CSV's extra columns, --metadata)
     digests: list | None = None  # SHA-256 of each image's content, once computed
+    # One id per row shared by the images of one group (--group: a patient, a lesion) and by identical copies, or None.
+    # Splits are drawn by it, and the probe's CV folds keep each group whole with it.
+    groups: np.ndarray | None = None
 
     def __len__(self):
         return len(self.ids)
@@ -62,6 +65,7 @@ class Dataset:
             self, ids=self.ids[rows], splits=self.splits[rows], labels=self.labels[rows], images=self.images.subset(rows),
             info=dict(self.info), columns={k: v[rows] for k, v in self.columns.items()},
             digests=None if self.digests is None else [self.digests[r] for r in rows],
+            groups=None if self.groups is None else self.groups[rows],
         )
         if check:
             _check(kept)
@@ -114,7 +118,8 @@ class DataSpec:
         """
         data, report = scanned or self.scan()
         data = replace(data, splits=data.splits.copy(), info=copy.deepcopy(data.info))
-        prepare(data, group_ids(data, self.group), self.group, self.split_seed)
+        data.groups = group_ids(data, self.group)
+        prepare(data, data.groups, self.group, self.split_seed)
         if self.group:
             record_straddling(data, self.group)
         return data, report

@@ -8,6 +8,9 @@ Two selection protocols (`selection`), both recorded in `FittedProbe.selection`:
   the best value sits at its edge and refined to half steps around it; the simplest value within
   one standard error of the best is taken (the one-standard-error rule) and the probe is fitted on
   train+val. It never sees test.
+
+Given `groups` (images of one patient or lesion, or identical copies), every fold keeps each group whole, as
+the splits do: otherwise a fold is scored on images whose twins it trained on, and CV rewards memorising them.
 """
 
 from dataclasses import dataclass, field
@@ -20,9 +23,11 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import (
+    GroupKFold,
     KFold,
     RepeatedKFold,
     RepeatedStratifiedKFold,
+    StratifiedGroupKFold,
     StratifiedKFold,
     cross_val_predict,
 )
@@ -131,7 +136,7 @@ class FittedProbe:
 
 
 def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class", class_weight=None, seed=0, label_names=None,
-              selection="val"):
+              selection="val", groups=None):
     """Choose the probe's hyper-parameter and fit it, by one of two protocols (`selection`).
 
     "val" (MedMNIST's rule, the one to use beside MedMNIST rows): chosen by val AUC (or CV on train
@@ -140,7 +145,8 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
     `selection` records the protocol, every grid point's score and what the probe was fitted on.
 
     Folds adapt to the smallest class: CV uses min(5, its size) folds and the svm's calibration
-    min(3, its size). When val cannot score (absent, or one class) and the smallest class is too
+    min(3, its size). `groups` ((train ids, val ids): one group id per row, or None) keeps each group in one
+    fold, and then the folds are also at most the number of groups. When val cannot score (absent, or one class) and the smallest class is too
     small to cross-validate, the probe's default is used and `selection` says so.
 
     >>> fitted = fit_probe("logreg", X_tr, y_tr, X_va, y_va, task="binary", selection="cv")
@@ -162,15 +168,17 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
             f"least 2 of each class (3 for its usual 3 folds); add training images of {which}, or use --probe logreg or knn"
         )
     have_val = X_val is not None and len(X_val) > 0 and _scorable(y_val, task)
+    groups_train, groups_val = groups if groups is not None else (None, None)
     if selection == "cv":
         X_pool, y_pool = (np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])) if have_val else (X_train, y_train)
+        groups_pool = None if groups is None else (np.concatenate([groups_train, groups_val]) if have_val else groups_train)
         pooled_smallest = smallest_class(y_pool, task)[0]
-        if min(CV_FOLDS, pooled_smallest) >= 2:
+        if min(CV_FOLDS, pooled_smallest, _group_count(groups_pool, y_pool, task)) >= 2:
             with threadpool_limits(limits=1, user_api="blas"):
                 return _fit_by_cv(name, param, values, X_pool, y_pool, task, class_weight, seed, pooled_smallest,
-                                  "train+val" if have_val else "train")
+                                  "train+val" if have_val else "train", groups_pool)
     calibration = min(CALIBRATION_FOLDS, smallest)
-    folds = min(CV_FOLDS, smallest)
+    folds = min(CV_FOLDS, smallest, _group_count(groups_train, y_train, task))
     scores, fitted = {}, {}
     # One BLAS thread: these problems are small, and OpenBLAS's spinning threads made the sweep ~15x
     # slower whenever the other core was busy (measured: 14.8 s vs 0.9 s for RetinaMNIST's six fits).
@@ -181,11 +189,11 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
                 fitted[value] = probe.fit(X_train, y_train)
                 scores[value] = selection_auc(y_val, probe.predict_proba(X_val), task)
             elif folds >= 2:
-                scores[value] = _cv_auc(probe, X_train, y_train, task, seed, folds)
+                scores[value] = _cv_auc(probe, X_train, y_train, task, seed, folds, groups_train)
         usable = [v for v in values if np.isfinite(scores.get(v, np.nan))]
         if usable:
             best = max(usable, key=lambda v: (scores[v], -values.index(v)))
-            criterion = "val AUC" if have_val else f"{folds}-fold CV AUC on train"
+            criterion = "val AUC" if have_val else f"{folds}-fold CV AUC on train{_grouped(groups_train)}"
         else:
             best = DEFAULTS[name] if DEFAULTS[name] in values else values[len(values) // 2]
             why = "the val split cannot score AUC (absent, or a single class)" if not have_val or not scores else "no grid point gave a finite AUC"
@@ -222,16 +230,20 @@ def _widen(grid, best, name, n_train):
     return sorted(set(grid) | extra)
 
 
-def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fit_on):
+def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fit_on, groups=None):
     """Repeated CV over a grid walked from its simple end, widened at its edges and refined to half steps around the
     best value; then the one-standard-error rule, and one fit on all of X."""
-    folds = min(CV_FOLDS, smallest)
+    folds = min(CV_FOLDS, smallest, _group_count(groups, y, task))
     calibration = min(CALIBRATION_FOLDS, smallest)
-    if task == "multi-label":
-        splits = list(RepeatedKFold(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed).split(X))
-    else:
-        splits = list(RepeatedStratifiedKFold(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed).split(X, y))
+    if groups is None:
+        repeated = RepeatedKFold if task == "multi-label" else RepeatedStratifiedKFold
+        splits = list(repeated(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed).split(X, y))
+    else:  # scikit-learn has no repeated grouped splitter: one shuffled partition per repeat
+        splits = [split for repeat in range(CV_REPEATS) for split in _folds(X, y, task, folds, seed + repeat, groups)]
     splits = [(train, held) for train, held in splits if _scorable(y[held], task)]
+    if not splits:
+        raise ProbeError(f"no {folds}-fold split of the {fit_on} images keeping each group whole holds every class in a fold; "
+                         f"add images of more groups, or use --selection val")
     n_train = min(len(train) for train, _ in splits)
     fold_aucs, means = {}, {}
 
@@ -275,15 +287,15 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     # it trades a statistically invisible loss for a probe less tuned to these particular folds.
     chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
     estimator = make_probe(name, task, class_weight, seed, calibration, **{param: chosen}).fit(X, y)
-    first_repeat = KFold(folds, shuffle=True, random_state=seed) if task == "multi-label" else StratifiedKFold(folds, shuffle=True, random_state=seed)
-    out_of_fold = cross_val_predict(make_probe(name, task, class_weight, seed, calibration, **{param: chosen}), X, y, cv=first_repeat,
+    out_of_fold = cross_val_predict(make_probe(name, task, class_weight, seed, calibration, **{param: chosen}), X, y, cv=_folds(X, y, task, folds, seed, groups),
                                     method="predict_proba")
     selection = {
         "protocol": "cv",
-        "criterion": f"{folds}-fold CV AUC on {fit_on} ({CV_REPEATS} repeats), one-standard-error rule",
+        "criterion": f"{folds}-fold CV AUC on {fit_on} ({CV_REPEATS} repeats){_grouped(groups)}, one-standard-error rule",
         "fit_on": fit_on,
         "folds": folds,
         "repeats": CV_REPEATS,
+        "folds_keep_groups_whole": groups is not None,
         "best": best,
         "best_auc": means[best] if np.isfinite(means[best]) else None,
         "best_se": ses[best],
@@ -320,10 +332,32 @@ def _scorable(y, task):
     return len(np.unique(y)) >= 2
 
 
-def _cv_auc(probe, X, y, task, seed, n_folds):
-    folds = KFold(n_folds, shuffle=True, random_state=seed) if task == "multi-label" else StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+def _folds(X, y, task, n_folds, seed, groups=None):
+    """One shuffled k-fold partition of the rows: stratified by class unless multi-label, and groups kept whole if given."""
+    if groups is None:
+        folds = KFold(n_folds, shuffle=True, random_state=seed) if task == "multi-label" else StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+        return list(folds.split(X, y if task != "multi-label" else None))
+    if task == "multi-label":  # no stratification by several labels at once: whole groups, shuffled
+        return list(GroupKFold(n_folds, shuffle=True, random_state=seed).split(X, groups=groups))
+    return list(StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(X, y, groups))
+
+
+def _group_count(groups, y, task):
+    """How many folds the groups allow: each held-out fold needs a group of every class (for multi-label, any group)."""
+    if groups is None:
+        return CV_FOLDS
+    if task == "multi-label":
+        return len(np.unique(groups))
+    return min(len(np.unique(groups[y == c])) for c in np.unique(y))
+
+
+def _grouped(groups):
+    return "" if groups is None else ", folds keeping each group whole"
+
+
+def _cv_auc(probe, X, y, task, seed, n_folds, groups=None):
     aucs = []
-    for train, held in folds.split(X, y if task != "multi-label" else None):
+    for train, held in _folds(X, y, task, n_folds, seed, groups):
         if not _scorable(y[held], task):
             continue
         fitted = clone(probe).fit(X[train], y[train])
