@@ -71,6 +71,7 @@ def main():
         task = data.task
         y = data.labels.ravel() if task != "multi-label" else data.labels
         tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
+        groups = None if data.groups is None else (data.groups[tr], data.groups[va])  # CV folds keep lesions whole
         # the @ms recipe itself (so the bench finds it in the store): 224 px columns, then 336 px ones
         both = embedded(data, get_config(f"{BASE},ms"))
         base = both[:, : both.shape[1] // 2]
@@ -86,7 +87,7 @@ def main():
             if args.combos and label not in args.combos.split(","):
                 continue
             X = normalised(raw, norm)
-            fitted = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task, selection=args.selection)
+            fitted = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task, selection=args.selection, groups=groups)
             scores = fitted.selection
             chooses = scores.get("best_auc") if args.selection == "cv" else max(v for v in scores["scores"].values() if v is not None)
             se = f" ± {scores['best_se']:.4f}" if args.selection == "cv" else ""

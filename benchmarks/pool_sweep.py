@@ -106,17 +106,18 @@ def main():
         task = data.task
         y = data.labels.ravel() if task != "multi-label" else data.labels
         tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
+        groups = None if data.groups is None else (data.groups[tr], data.groups[va])  # CV folds keep lesions whole
         parts = [(base, embed(data, enc, make_transform(config), EmbedOptions(base, runtime="onnx", progress=False)).vectors)
                  for base, config, enc in encoders]
         for combo in args.combos.split(","):
             Xc = columns(parts, combo)
-            fitted = fit_probe("logreg", Xc[tr], y[tr], Xc[va], y[va], task, selection=args.selection)
+            fitted = fit_probe("logreg", Xc[tr], y[tr], Xc[va], y[va], task, selection=args.selection, groups=groups)
             scores = fitted.selection
             chooses = scores.get("best_auc") if args.selection == "cv" else max(v for v in scores["scores"].values() if v is not None)
             se = f" ± {scores['best_se']:.4f}" if args.selection == "cv" else ""
             m = evaluate(y[te], fitted.predict_scores(Xc[te]), task, n_boot=1000, seed=0)
             lo, hi = m["auc_ci"]
-            print(f"| {name} | {combo} | {Xc.shape[1]} | {args.selection} | {chooses:.5f}{se} | {m['auc']:.3f} [{lo:.3f}, {hi:.3f}] | {fitted.params} |",
+            print(f"| {name} | {combo} | {Xc.shape[1]} | {args.selection} | {chooses:.5f}{se} | {m['auc']:.4f} [{lo:.3f}, {hi:.3f}] | {fitted.params} |",
                   flush=True)
 
 

@@ -21,7 +21,7 @@ def test_run_writes_results_predictions_and_summary(tmp_path, capsys):
     assert results["encoder"]["config"]["input_size"] == 260  # @up: Lite0 at 260 px
     assert results["preprocessing"]["small_images"].startswith("upsampled to 260")
     assert str(results["probe"]["params"]["C"]) in results["probe"]["selection"]["scores"]  # a value the selection scored
-    assert results["encoder"]["name"] == "efficientnet_lite0@stages,up" and results["probe"]["selection"]["protocol"] == "cv"  # the defaults
+    assert results["encoder"]["name"] == "efficientnet_lite0@stages,up,max" and results["probe"]["selection"]["protocol"] == "cv"  # the defaults
     assert len(results["cache"]["key"]) == 64 and results["versions"]["scikit-learn"]
     assert {"load_s", "embed_s", "fit_s", "total_s"} <= set(results["timings"])
     assert (out / "summary.md").read_text().startswith("# t ")

@@ -111,7 +111,7 @@ def test_tta_is_the_mean_of_the_flipped_embeddings():
     np.testing.assert_allclose(averaged.embed_batch(pixels), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad", "stages,ms", "stages,up"])
+@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad", "stages,ms", "stages,up", "stages,up,max"])
 def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
     encoder, _ = create_encoder(f"efficientnet_lite0@{recipe}", runtime="onnx")
     encoder.prepare(4, tmp_path)
@@ -145,6 +145,29 @@ def test_up_is_the_network_run_on_the_image_resized_to_the_larger_size():
     out = up.embed_batch(pixels)
     assert out.shape == (2, HEAD_DIM)
     np.testing.assert_allclose(out, _lite0_head_at(pixels, 260, up.module.net.state_dict()), rtol=1e-4, atol=1e-5)
+
+
+def test_max_is_the_average_pooled_vector_then_the_maxima_of_the_same_maps():
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    config = get_config("efficientnet_lite0@max,up,stages")
+    assert config.name == "efficientnet_lite0@stages,up,max" and config.embed_dim == 2 * (HEAD_DIM + 784)
+    assert get_config("efficientnet_lite0@max").embed_dim == 2 * HEAD_DIM
+    averaged, _ = create_encoder("efficientnet_lite0@stages,up", runtime="torch")
+    both, _ = create_encoder("efficientnet_lite0@stages,up,max", runtime="torch")
+    pixels = _pixels(2, size=260)
+    out = both.embed_batch(pixels)
+    half = config.embed_dim // 2
+    np.testing.assert_array_equal(out[:, :half], averaged.embed_batch(pixels))  # the default's columns, untouched
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=260)
+    reference.load_state_dict(both.module.net.state_dict())
+    with torch.inference_mode():
+        head_max = reference.eval().extract_features(torch.from_numpy(pixels)).amax(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(out[:, -HEAD_DIM:], head_max, rtol=1e-5, atol=1e-6)
+    assert (out[:, half:] >= out[:, :half] - 1e-6).all()  # a map's maximum is never below its mean
+    with pytest.raises(EncoderError, match="unknown recipe 'max'"):
+        get_config("dinov2_vits14@max")
 
 
 def test_up_rounds_a_vit_to_whole_patches(tiny):

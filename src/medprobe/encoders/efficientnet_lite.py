@@ -69,20 +69,22 @@ HEAD_DIM = 1280
 
 
 def variant(config, suffix):
-    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, ms, up, tta, tta8, pad)."""
+    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, ms, up, max, tta, tta8, pad)."""
     channels = STAGE_CHANNELS[config.name]
-    config, parts = recipes.parse(config, suffix, ("stages", "ms", "up"))
+    config, parts = recipes.parse(config, suffix, ("stages", "ms", "up", "max"))
     if "stages" in parts:
         stages = tuple(config.extra.get("stages", STAGES))
         config = replace(config, extra={**config.extra, "stages": list(stages)},
                          embed_dim=HEAD_DIM + sum(channels[s - 1] for s in stages))
-    return replace(config, embed_dim=config.embed_dim * len(recipes.scales(config)))
+    poolings = 2 if "max" in parts else 1
+    return replace(config, embed_dim=config.embed_dim * poolings * len(recipes.scales(config)))
 
 
-def _pooled(network, stages=()):
+def _pooled(network, stages=(), with_max=False):
     """Wrap the network so it returns global-average-pooled features, not ImageNet logits.
 
-    With `stages`, the pooled outputs of those stages (1-7) come first, then the head's 1280.
+    With `stages`, the pooled outputs of those stages (1-7) come first, then the head's 1280. With `with_max` (@max)
+    the same maps' global maxima follow in the same order, so the first half is exactly the average-pooled vector.
     """
     import torch
 
@@ -99,13 +101,16 @@ def _pooled(network, stages=()):
         def forward(self, pixels):
             net = self.net
             x = net._swish(net._bn0(net._conv_stem(pixels)))
-            pooled = []
+            maps = []
             for index, block in enumerate(net._blocks):
                 x = block(x)  # eval mode: drop-connect is off, as in extract_features
                 if index in taps:
-                    pooled.append(x.mean(dim=(2, 3)))
-            x = net._swish(net._bn1(net._conv_head(x)))
-            return torch.cat(pooled + [x.mean(dim=(2, 3))], dim=1)
+                    maps.append(x)
+            maps.append(net._swish(net._bn1(net._conv_head(x))))
+            pooled = [m.mean(dim=(2, 3)) for m in maps]
+            if with_max:
+                pooled += [m.amax(dim=(2, 3)) for m in maps]
+            return torch.cat(pooled, dim=1)
 
     return PooledFeatures(network)
 
@@ -135,14 +140,15 @@ def _build(config, path):
     except Exception as e:  # a wrong or corrupt file: say which one
         raise EncoderError(f"{path}: not a valid {config.name} state dict ({e})") from e
     stages = config.extra.get("stages", ()) if "stages" in recipes.recipe_of(config) else ()
+    with_max = "max" in recipes.recipe_of(config)
 
     def pooled_at(size):
         if size == config.input_size:
-            return _pooled(network, stages)
+            return _pooled(network, stages, with_max)
         # @ms's larger scale: the same weights in a network padded for that size
         scaled = EfficientNet.from_name(config.arch, image_size=size)
         scaled.load_state_dict(state)
-        return _pooled(scaled, stages)
+        return _pooled(scaled, stages, with_max)
 
     return recipes.with_views(recipes.with_scales(pooled_at, config), config)
 
