@@ -9,7 +9,7 @@ same subprocess; (2) test AUC with 95 % CI of each `--auc-runtimes` on RetinaMNI
 (4) peak RSS at two sizes; (5) a cold `medprobe run`.
 
 Every variant embeds the same real images with the same encoder (the library's default,
-EfficientNet-Lite0@stages,up: real weights, 260 px) in its own subprocess, one after another, so each has its own peak RSS and none inherits
+EfficientNet-Lite0@stages,up,max: real weights, 260 px) in its own subprocess, one after another, so each has its own peak RSS and none inherits
 another's threads or caches. On a shared machine timings are noisy, which is why the ratios to (a),
 measured in the same run, are the figures to quote; `--repeats 2` alternates the variants twice and
 keeps each one's best.

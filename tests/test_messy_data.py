@@ -257,7 +257,7 @@ def test_a_re_encoded_copy_of_a_train_image_in_test_is_reported_as_a_near_duplic
     done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50")
     assert done.returncode == 0, done.stderr
     close = results(tmp_path / "o")["near_duplicates"]
-    # the floor, or what this encoder makes typical of near train pairs when that is closer (0.959 with @stages,up here)
+    # the floor, or what this encoder makes typical of near train pairs when that is closer (train_nn_p99)
     assert close["count"] >= 1 and close["floor"] == 0.95 and close["threshold"] == max(0.95, close["train_nn_p99"])
     assert {"test": "test/mel/resaved.jpg", "train": f"train/mel/{original.name}"} == {k: close["examples"][0][k] for k in ("test", "train")}
     assert results(tmp_path / "o")["dataset"]["duplicates"]["identical_groups"] == 0  # not byte-identical: only the embedding sees it
