@@ -13,9 +13,11 @@ Given `groups` (images of one patient or lesion, or identical copies), every fol
 the splits do: otherwise a fold is scored on images whose twins it trained on, and CV rewards memorising them.
 """
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
@@ -67,6 +69,7 @@ DEFAULTS = {"logreg": 1.0, "svm": 1e-2, "knn": 10, "pca_logreg": 1.0, "lda": 0.1
 CV_FOLDS, CALIBRATION_FOLDS = 5, 3
 SELECTIONS = ("val", "cv")
 CV_REPEATS = 3  # 5 folds x 3 repeats: each grid point's AUC is a mean of 15, and its standard error is usable
+CV_THREADS = min(CV_FOLDS * CV_REPEATS, os.cpu_count() or 1)
 MAX_WIDENINGS = 3  # how often the cv grid may grow past an edge (by two steps each time)
 # The simpler (more regularised) end of each grid, for the one-standard-error rule.
 SIMPLER = {"logreg": min, "svm": min, "pca_logreg": min, "knn": max, "lda": max, "ridge": max}
@@ -250,8 +253,12 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     def score(value):
         if value not in fold_aucs:
             probe = make_probe(name, task, class_weight, seed, calibration, **{param: value})
-            fold_aucs[value] = np.array([selection_auc(y[held], clone(probe).fit(X[train], y[train]).predict_proba(X[held]), task)
-                                         for train, held in splits])
+            def fold_auc(train, held):
+                return selection_auc(y[held], clone(probe).fit(X[train], y[train]).predict_proba(X[held]), task)
+
+            # The folds run on threads, one BLAS thread each (set by the caller): scikit-learn's solvers release the GIL
+            # in their BLAS calls, and RetinaMNIST's 15 folds took 4.9 s against 7.7 s one after another on 2 cores.
+            fold_aucs[value] = np.array(Parallel(n_jobs=CV_THREADS, prefer="threads")(delayed(fold_auc)(*split) for split in splits))
             finite = fold_aucs[value][np.isfinite(fold_aucs[value])]
             means[value] = float(finite.mean()) if len(finite) else float("-inf")  # -inf: never the best
         return means[value]
