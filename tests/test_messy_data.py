@@ -136,6 +136,9 @@ def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_n
     assert record["groups"]["straddling_groups"] == 0 and record["resplit"]["by"] == "lesion_id"
     assert {s for s in record["made_splits"]} == {"val", "test"}
     assert "cache hit" in grouped.stdout  # same images, new split: nothing re-embedded
+    # the probe's CV keeps lesions whole too: no fold is scored on a lesion it trained on
+    selection = results(tmp_path / "grouped")["probe"]["selection"]
+    assert selection["folds_keep_groups_whole"] and "keeping each group whole" in selection["criterion"]
 
 
 def test_a_group_column_that_does_not_exist_is_explained(tmp_path, ham_subset, medprobe):

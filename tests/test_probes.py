@@ -134,6 +134,13 @@ def test_grouped_cv_scores_are_scikit_learns_stratified_group_kfold():
     assert fitted.selection["scores"][str(C)] == pytest.approx(expected, abs=1e-12)
 
 
+def test_grouped_cv_for_multi_label_keeps_groups_whole_too():
+    X, y, groups = _twins()
+    labels = np.stack([y, 1 - y], axis=1)
+    fitted = fit_probe("logreg", X, labels, task="multi-label", selection="cv", groups=(groups, None))
+    assert fitted.selection["folds_keep_groups_whole"] and fitted.selection["best_auc"] < 0.75
+
+
 def test_grouped_folds_are_no_more_than_the_groups():
     X, y, groups = _twins(n_groups=6, per_group=10)  # three groups of each class: a fold needs one of each
     fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))
