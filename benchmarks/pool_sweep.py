@@ -15,6 +15,7 @@ import argparse
 from dataclasses import replace
 
 import numpy as np
+from ms_sweep import scored_row
 from recipe_sweep import DATASETS
 
 from medprobe.data.datasets import DataSpec
@@ -24,8 +25,6 @@ from medprobe.encoders import efficientnet_lite
 from medprobe.encoders.registry import get_config
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.transforms import make_transform
-from medprobe.evaluation.metrics import evaluate
-from medprobe.probes.fit import fit_probe
 
 BASE = "efficientnet_lite0@stages,up"
 
@@ -46,22 +45,15 @@ def pooled_four_ways(network, taps):
             self.net = net
 
         def forward(self, pixels):
-            net = self.net
-            x = net._swish(net._bn0(net._conv_stem(pixels)))
-            maps = []
-            for index, block in enumerate(net._blocks):
-                x = block(x)
-                if index in taps:
-                    maps.append(x)
-            x = net._swish(net._bn1(net._conv_head(x)))
-            maps.append(x)
+            maps = efficientnet_lite.tapped_maps(self.net, pixels, taps)
             avg = [m.mean(dim=(2, 3)) for m in maps]
             top = [m.amax(dim=(2, 3)) for m in maps]
             # sqrt(E[x^2] - E[x]^2): exports to ONNX without a std operator
             std = [((m * m).mean(dim=(2, 3)) - a * a).clamp(min=0).sqrt() for m, a in zip(maps, avg)]
-            side = x.shape[2]
+            head = maps[-1]
+            side = head.shape[2]
             half = (side + 1) // 2
-            grid = [x[:, :, r:r + half, c:c + half].mean(dim=(2, 3)) for r in (0, side - half) for c in (0, side - half)]
+            grid = [head[:, :, r:r + half, c:c + half].mean(dim=(2, 3)) for r in (0, side - half) for c in (0, side - half)]
             return torch.cat(avg + top + std + grid, dim=1)
 
     return FourPools(network)
@@ -78,9 +70,7 @@ def encoder(base, interpolation):
     def build():
         network = EfficientNet.from_name(config.arch, image_size=config.input_size)
         network.load_state_dict(torch.load(efficientnet_lite._packaged_weights(config), map_location="cpu", weights_only=True))
-        filters = [block._block_args.output_filters for block in network._blocks]
-        ends = [i for i in range(len(filters)) if i + 1 == len(filters) or filters[i + 1] != filters[i]]
-        return pooled_four_ways(network, set(ends))
+        return pooled_four_ways(network, set(efficientnet_lite.stage_ends(network)))
 
     return config, TorchEncoder(config, build, "cpu", "onnx")
 
@@ -103,22 +93,10 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
         data, _ = DataSpec(**DATASETS[name]).load()
-        task = data.task
-        y = data.labels.ravel() if task != "multi-label" else data.labels
-        tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
-        groups = None if data.groups is None else (data.groups[tr], data.groups[va])  # CV folds keep lesions whole
         parts = [(base, embed(data, enc, make_transform(config), EmbedOptions(base, runtime="onnx", progress=False)).vectors)
                  for base, config, enc in encoders]
         for combo in args.combos.split(","):
-            Xc = columns(parts, combo)
-            fitted = fit_probe("logreg", Xc[tr], y[tr], Xc[va], y[va], task, selection=args.selection, groups=groups)
-            scores = fitted.selection
-            chooses = scores.get("best_auc") if args.selection == "cv" else max(v for v in scores["scores"].values() if v is not None)
-            se = f" ± {scores['best_se']:.4f}" if args.selection == "cv" else ""
-            m = evaluate(y[te], fitted.predict_scores(Xc[te]), task, n_boot=1000, seed=0)
-            lo, hi = m["auc_ci"]
-            print(f"| {name} | {combo} | {Xc.shape[1]} | {args.selection} | {chooses:.5f}{se} | {m['auc']:.4f} [{lo:.3f}, {hi:.3f}] | {fitted.params} |",
-                  flush=True)
+            print(scored_row(name, combo, columns(parts, combo), data, args.selection), flush=True)
 
 
 if __name__ == "__main__":

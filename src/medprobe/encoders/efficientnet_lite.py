@@ -80,6 +80,23 @@ def variant(config, suffix):
     return replace(config, embed_dim=config.embed_dim * poolings * len(recipes.scales(config)))
 
 
+def stage_ends(network):
+    """Index of the last block of each of the 7 stages: a stage ends where the next block changes the channel count."""
+    filters = [block._block_args.output_filters for block in network._blocks]
+    return [i for i in range(len(filters)) if i + 1 == len(filters) or filters[i + 1] != filters[i]]
+
+
+def tapped_maps(net, pixels, taps):
+    """The feature maps a recipe pools: the outputs of the blocks in `taps`, then the head's."""
+    x = net._swish(net._bn0(net._conv_stem(pixels)))
+    maps = []
+    for index, block in enumerate(net._blocks):
+        x = block(x)  # eval mode: drop-connect is off, as in extract_features
+        if index in taps:
+            maps.append(x)
+    return maps + [net._swish(net._bn1(net._conv_head(x)))]
+
+
 def _pooled(network, stages=(), with_max=False):
     """Wrap the network so it returns global-average-pooled features, not ImageNet logits.
 
@@ -88,9 +105,7 @@ def _pooled(network, stages=(), with_max=False):
     """
     import torch
 
-    # a stage ends where the next block changes the channel count (or the network ends)
-    filters = [block._block_args.output_filters for block in network._blocks]
-    ends = [i for i in range(len(filters)) if i + 1 == len(filters) or filters[i + 1] != filters[i]]
+    ends = stage_ends(network)
     taps = {ends[s - 1] for s in stages}
 
     class PooledFeatures(torch.nn.Module):
@@ -99,14 +114,7 @@ def _pooled(network, stages=(), with_max=False):
             self.net = net
 
         def forward(self, pixels):
-            net = self.net
-            x = net._swish(net._bn0(net._conv_stem(pixels)))
-            maps = []
-            for index, block in enumerate(net._blocks):
-                x = block(x)  # eval mode: drop-connect is off, as in extract_features
-                if index in taps:
-                    maps.append(x)
-            maps.append(net._swish(net._bn1(net._conv_head(x))))
+            maps = tapped_maps(self.net, pixels, taps)
             pooled = [m.mean(dim=(2, 3)) for m in maps]
             if with_max:
                 pooled += [m.amax(dim=(2, 3)) for m in maps]
