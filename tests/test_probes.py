@@ -141,6 +141,13 @@ def test_grouped_cv_for_multi_label_keeps_groups_whole_too():
     assert fitted.selection["folds_keep_groups_whole"] and fitted.selection["best_auc"] < 0.75
 
 
+def test_a_class_from_a_single_group_cannot_be_cross_validated_and_says_so():
+    X, y, groups = _twins(n_groups=12, per_group=5)
+    groups[y == 1] = -1  # every positive image from one patient
+    fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))
+    assert "all come from one group" in fitted.selection["criterion"] and fitted.params["C"] == 1.0
+
+
 def test_grouped_folds_are_no_more_than_the_groups():
     X, y, groups = _twins(n_groups=6, per_group=10)  # three groups of each class: a fold needs one of each
     fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))

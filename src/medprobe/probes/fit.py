@@ -200,8 +200,9 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
         else:
             best = DEFAULTS[name] if DEFAULTS[name] in values else values[len(values) // 2]
             why = "the val split cannot score AUC (absent, or a single class)" if not have_val or not scores else "no grid point gave a finite AUC"
-            criterion = (f"none: {why}, and {which} has {smallest} training image(s), too few to cross-validate; "
-                         f"used the default {param}={best}")
+            few = (f"{which} has {smallest} training image(s), too few to cross-validate" if smallest < 2 or groups_train is None
+                   else "a class's training images all come from one group, and CV cannot hold out part of a group")
+            criterion = f"none: {why}, and {few}; used the default {param}={best}"
         # With a val split the winner was already fitted on train alone; otherwise it is fitted on all of train now.
         estimator = fitted.get(best) or make_probe(name, task, class_weight, seed, calibration, **{param: best}).fit(X_train, y_train)
     selection = {"protocol": selection, "criterion": criterion, "fit_on": "train",
@@ -324,7 +325,7 @@ def smallest_class(y, task, label_names=None):
         return int(counts[j]), f"label {names[j] if names else j!r}"
     classes, counts = np.unique(y, return_counts=True)
     k = int(np.argmin(counts))
-    return int(counts[k]), f"class {names[classes[k]] if names else classes[k]!r}"
+    return int(counts[k]), f"class {names[classes[k]] if names else classes[k].item()!r}"
 
 
 def selection_auc(y_true, scores, task):
