@@ -91,8 +91,7 @@ def scored_row(name, label, X, data, selection):
     task = data.task
     y = data.labels.ravel() if task != "multi-label" else data.labels
     tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
-    groups = None if data.groups is None else (data.groups[tr], data.groups[va])
-    fitted = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task, selection=selection, groups=groups)
+    fitted = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task, selection=selection, groups=data.groups_of(tr, va))
     scores = fitted.selection
     chooses = scores.get("best_auc") if selection == "cv" else max(v for v in scores["scores"].values() if v is not None)
     se = f" ± {scores['best_se']:.4f}" if selection == "cv" else ""

@@ -53,6 +53,10 @@ class Dataset:
     def indices(self, split):
         return np.flatnonzero(self.splits == split)
 
+    def groups_of(self, *rows):
+        """The group ids of each set of `rows` (what `fit_probe(groups=...)` takes), or None when there are no groups."""
+        return None if self.groups is None else tuple(self.groups[r] for r in rows)
+
     def describe(self):
         """JSON-ready description recorded in results."""
         counts = {s: int((self.splits == s).sum()) for s in SPLITS}

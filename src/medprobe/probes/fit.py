@@ -148,9 +148,10 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
     `selection` records the protocol, every grid point's score and what the probe was fitted on.
 
     Folds adapt to the smallest class: CV uses min(5, its size) folds and the svm's calibration
-    min(3, its size). `groups` ((train ids, val ids): one group id per row, or None) keeps each group in one
-    fold, and then the folds are also at most the number of groups. When val cannot score (absent, or one class) and the smallest class is too
-    small to cross-validate, the probe's default is used and `selection` says so.
+    min(3, its size). `groups` ((train ids, val ids), one id per row, or None: `Dataset.groups_of`) keeps each
+    group in one fold, and then there are at most as many folds as the rarest class has groups. When val cannot
+    score (absent, or one class) and the smallest class is too small to cross-validate, the probe's default is
+    used and `selection` says so.
 
     >>> fitted = fit_probe("logreg", X_tr, y_tr, X_va, y_va, task="binary", selection="cv")
     >>> fitted.params, fitted.selection["fit_on"]

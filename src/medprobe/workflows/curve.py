@@ -95,8 +95,7 @@ def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seed
                 rows = train if shot == "all" else sample_per_class(y, train, shot, np.random.default_rng(seed))
                 record = {"shots": str(shot), "seed": seed, "n_train": int(len(rows))}
                 try:
-                    groups = None if data.groups is None else (data.groups[rows], data.groups[val])
-                    fitted = fit_probe(probe, X[rows], y[rows], X[val], y[val], data.task, None, seed, groups=groups)
+                    fitted = fit_probe(probe, X[rows], y[rows], X[val], y[val], data.task, None, seed, groups=data.groups_of(rows, val))
                 except (MedprobeError, ValueError) as e:  # e.g. the svm's 3-fold calibration with 1 image per class
                     log.warning("curve point %s shots, seed %d skipped: %s", shot, seed, e)
                     runs.append({**record, "error": str(e)})

@@ -101,9 +101,9 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         X = encoded.embeddings.vectors
         fitted = fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, X[train], y[train])
     else:
-        groups = None if data.groups is None else (data.groups[train], data.groups[val])
         fits = [fit_probe(probe_spec.name, c.embeddings.vectors[train], y[train], c.embeddings.vectors[val], y[val], data.task,
-                          probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection, groups) for c in candidates]
+                          probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection, data.groups_of(train, val))
+                for c in candidates]
         # The encoder is one more hyper-parameter: chosen by the same protocol's score (val or CV), never by test.
         best = max(range(len(fits)), key=lambda i: fits[i].selected_auc())
         encoded, fitted = candidates[best], fits[best]
