@@ -111,7 +111,7 @@ def test_tta_is_the_mean_of_the_flipped_embeddings():
     np.testing.assert_allclose(averaged.embed_batch(pixels), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad", "stages,ms", "stages,up", "stages,up,max"])
+@pytest.mark.parametrize("recipe", ["stages", "tta8", "stages,tta,pad", "stages,ms", "stages,up", "stages,up,max", "stages,up,max,std"])
 def test_onnx_runs_each_recipe_and_equals_eager(recipe, tmp_path):
     encoder, _ = create_encoder(f"efficientnet_lite0@{recipe}", runtime="onnx")
     encoder.prepare(4, tmp_path)
@@ -168,6 +168,26 @@ def test_max_is_the_average_pooled_vector_then_the_maxima_of_the_same_maps():
     assert (out[:, half:] >= out[:, :half] - 1e-6).all()  # a map's maximum is never below its mean
     with pytest.raises(EncoderError, match="unknown recipe 'max'"):
         get_config("dinov2_vits14@max")
+
+
+def test_std_follows_the_maxima_and_is_each_channels_spread_over_the_map():
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    config = get_config("efficientnet_lite1@std,stages,max")
+    assert config.name == "efficientnet_lite1@stages,max,std" and config.embed_dim == 3 * (HEAD_DIM + 784)
+    assert get_config("efficientnet_lite0@std").embed_dim == 2 * HEAD_DIM
+    with_max, _ = create_encoder("efficientnet_lite0@stages,max", runtime="torch")
+    three, _ = create_encoder("efficientnet_lite0@stages,max,std", runtime="torch")
+    pixels = _pixels(2)
+    out = three.embed_batch(pixels)
+    np.testing.assert_array_equal(out[:, : 2 * (HEAD_DIM + 784)], with_max.embed_batch(pixels))  # @max's columns, untouched
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=224)
+    reference.load_state_dict(three.module.net.state_dict())
+    with torch.inference_mode():
+        head = reference.eval().extract_features(torch.from_numpy(pixels)).double()
+    np.testing.assert_allclose(out[:, -HEAD_DIM:], head.std(dim=(2, 3), unbiased=False).numpy(), rtol=1e-4, atol=1e-5)
+    assert (out[:, -(HEAD_DIM + 784):] >= 0).all() and out[:, -HEAD_DIM:].max() > 0
 
 
 def test_up_rounds_a_vit_to_whole_patches(tiny):

@@ -66,18 +66,25 @@ STAGE_CHANNELS = {
     "efficientnet_lite2": (16, 24, 48, 88, 120, 208, 352),
 }
 HEAD_DIM = 1280
+# Poolings of each tapped map beside its global average (@max, @std); their columns follow the average's in this order.
+POOLINGS = ("max", "std")
 
 
 def variant(config, suffix):
-    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, ms, up, max, tta, tta8, pad)."""
+    """`efficientnet_lite0@stages,tta`: the recipes of `medprobe.encoders.recipes` (stages, ms, up, max, std, tta, tta8, pad)."""
     channels = STAGE_CHANNELS[config.name]
-    config, parts = recipes.parse(config, suffix, ("stages", "ms", "up", "max"))
+    config, parts = recipes.parse(config, suffix, ("stages", "ms", "up", *POOLINGS))
     if "stages" in parts:
         stages = tuple(config.extra.get("stages", STAGES))
         config = replace(config, extra={**config.extra, "stages": list(stages)},
                          embed_dim=HEAD_DIM + sum(channels[s - 1] for s in stages))
-    poolings = 2 if "max" in parts else 1
+    poolings = 1 + len(_extra_poolings(config))
     return replace(config, embed_dim=config.embed_dim * poolings * len(recipes.scales(config)))
+
+
+def _extra_poolings(config):
+    """The recipe's poolings beyond the global average, in column order."""
+    return tuple(p for p in POOLINGS if p in recipes.recipe_of(config))
 
 
 def stage_ends(network):
@@ -97,11 +104,12 @@ def tapped_maps(net, pixels, taps):
     return maps + [net._swish(net._bn1(net._conv_head(x)))]
 
 
-def _pooled(network, stages=(), with_max=False):
+def _pooled(network, stages=(), extra=()):
     """Wrap the network so it returns global-average-pooled features, not ImageNet logits.
 
-    With `stages`, the pooled outputs of those stages (1-7) come first, then the head's 1280. With `with_max` (@max)
-    the same maps' global maxima follow in the same order, so the first half is exactly the average-pooled vector.
+    With `stages`, the pooled outputs of those stages (1-7) come first, then the head's 1280. Each of `extra`
+    ("max": @max, "std": @std) adds the same maps pooled that way, in the same order, so the first block is
+    exactly the average-pooled vector.
     """
     import torch
 
@@ -115,9 +123,13 @@ def _pooled(network, stages=(), with_max=False):
 
         def forward(self, pixels):
             maps = tapped_maps(self.net, pixels, taps)
-            pooled = [m.mean(dim=(2, 3)) for m in maps]
-            if with_max:
+            means = [m.mean(dim=(2, 3)) for m in maps]
+            pooled = list(means)
+            if "max" in extra:
                 pooled += [m.amax(dim=(2, 3)) for m in maps]
+            if "std" in extra:
+                # centred before squaring (E[x²] - E[x]² cancels in float32), written out: ONNX has no std operator
+                pooled += [(m - a[:, :, None, None]).square().mean(dim=(2, 3)).sqrt() for m, a in zip(maps, means)]
             return torch.cat(pooled, dim=1)
 
     return PooledFeatures(network)
@@ -148,15 +160,15 @@ def _build(config, path):
     except Exception as e:  # a wrong or corrupt file: say which one
         raise EncoderError(f"{path}: not a valid {config.name} state dict ({e})") from e
     stages = config.extra.get("stages", ()) if "stages" in recipes.recipe_of(config) else ()
-    with_max = "max" in recipes.recipe_of(config)
+    extra = _extra_poolings(config)
 
     def pooled_at(size):
         if size == config.input_size:
-            return _pooled(network, stages, with_max)
+            return _pooled(network, stages, extra)
         # @ms's larger scale: the same weights in a network padded for that size
         scaled = EfficientNet.from_name(config.arch, image_size=size)
         scaled.load_state_dict(state)
-        return _pooled(scaled, stages, with_max)
+        return _pooled(scaled, stages, extra)
 
     return recipes.with_views(recipes.with_scales(pooled_at, config), config)
 

@@ -35,6 +35,7 @@ RECIPES = {
     "ms": f"multi-scale: features at the input size and at {MS_SCALE}x it (upsampled inside the network), concatenated",
     "up": f"the network run once at {UP_SCALE:.3g}x its input size (the image resized straight to it; 260 px for Lite0)",
     "max": "global max-pooled features of the same maps (stages and head) after the average-pooled ones",
+    "std": "per-channel standard deviation over each of the same maps, after the average- (and max-) pooled features",
 }
 TOKEN_BLOCKS = 4  # the @tokens recipe reads the last 4 transformer blocks, as DINOv2's linear evaluation does
 VIEW_RECIPES = {"tta": 2, "tta8": 8}  # recipe -> encoder passes per image
