@@ -147,10 +147,18 @@ def test_up_is_the_network_run_on_the_image_resized_to_the_larger_size():
     np.testing.assert_allclose(out, _lite0_head_at(pixels, 260, up.module.net.state_dict()), rtol=1e-4, atol=1e-5)
 
 
-def test_max_is_the_average_pooled_vector_then_the_maxima_of_the_same_maps():
+def _reference_head(encoder, pixels):
+    """The head's feature maps from the package's own Lite0 network with the encoder's weights, in float64."""
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=pixels.shape[-1])
+    reference.load_state_dict(encoder.module.net.state_dict())
+    with torch.inference_mode():
+        return reference.eval().extract_features(torch.from_numpy(pixels)).double()
+
+
+def test_max_is_the_average_pooled_vector_then_the_maxima_of_the_same_maps():
     config = get_config("efficientnet_lite0@max,up,stages")
     assert config.name == "efficientnet_lite0@stages,up,max" and config.embed_dim == 2 * (HEAD_DIM + 784)
     assert get_config("efficientnet_lite0@max").embed_dim == 2 * HEAD_DIM
@@ -160,10 +168,7 @@ def test_max_is_the_average_pooled_vector_then_the_maxima_of_the_same_maps():
     out = both.embed_batch(pixels)
     half = config.embed_dim // 2
     np.testing.assert_array_equal(out[:, :half], averaged.embed_batch(pixels))  # the default's columns, untouched
-    reference = EfficientNet.from_name("efficientnet-lite0", image_size=260)
-    reference.load_state_dict(both.module.net.state_dict())
-    with torch.inference_mode():
-        head_max = reference.eval().extract_features(torch.from_numpy(pixels)).amax(dim=(2, 3)).numpy()
+    head_max = _reference_head(both, pixels).amax(dim=(2, 3)).numpy()
     np.testing.assert_allclose(out[:, -HEAD_DIM:], head_max, rtol=1e-5, atol=1e-6)
     assert (out[:, half:] >= out[:, :half] - 1e-6).all()  # a map's maximum is never below its mean
     with pytest.raises(EncoderError, match="unknown recipe 'max'"):
@@ -171,9 +176,6 @@ def test_max_is_the_average_pooled_vector_then_the_maxima_of_the_same_maps():
 
 
 def test_std_follows_the_maxima_and_is_each_channels_spread_over_the_map():
-    import torch
-    from efficientnet_lite_pytorch import EfficientNet
-
     config = get_config("efficientnet_lite1@std,stages,max")
     assert config.name == "efficientnet_lite1@stages,max,std" and config.embed_dim == 3 * (HEAD_DIM + 784)
     assert get_config("efficientnet_lite0@std").embed_dim == 2 * HEAD_DIM
@@ -182,11 +184,8 @@ def test_std_follows_the_maxima_and_is_each_channels_spread_over_the_map():
     pixels = _pixels(2)
     out = three.embed_batch(pixels)
     np.testing.assert_array_equal(out[:, : 2 * (HEAD_DIM + 784)], with_max.embed_batch(pixels))  # @max's columns, untouched
-    reference = EfficientNet.from_name("efficientnet-lite0", image_size=224)
-    reference.load_state_dict(three.module.net.state_dict())
-    with torch.inference_mode():
-        head = reference.eval().extract_features(torch.from_numpy(pixels)).double()
-    np.testing.assert_allclose(out[:, -HEAD_DIM:], head.std(dim=(2, 3), unbiased=False).numpy(), rtol=1e-4, atol=1e-5)
+    head_std = _reference_head(three, pixels).std(dim=(2, 3), unbiased=False).numpy()
+    np.testing.assert_allclose(out[:, -HEAD_DIM:], head_std, rtol=1e-4, atol=1e-5)
     assert (out[:, -(HEAD_DIM + 784):] >= 0).all() and out[:, -HEAD_DIM:].max() > 0
 
 
