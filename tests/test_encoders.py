@@ -239,7 +239,7 @@ def test_pre_projection_features(name, tiny):
 def test_feature_suffix_errors():
     with pytest.raises(EncoderError, match="@pre"):
         get_config("clip_vit_b16@post")
-    with pytest.raises(EncoderError, match="unknown recipe 'pre'.*offers stages, ms, up, max, tta, tta8, pad"):
+    with pytest.raises(EncoderError, match="unknown recipe 'pre'.*offers stages, ms, up, max, std, tta, tta8, pad"):
         get_config("efficientnet_lite0@pre")
     with pytest.raises(EncoderError, match="no '@' recipes"):
         get_config("resnet18@pre")
