@@ -46,15 +46,11 @@ def pooled_four_ways(network, taps):
 
         def forward(self, pixels):
             maps = efficientnet_lite.tapped_maps(self.net, pixels, taps)
-            avg = [m.mean(dim=(2, 3)) for m in maps]
-            top = [m.amax(dim=(2, 3)) for m in maps]
-            # sqrt(E[x^2] - E[x]^2): exports to ONNX without a std operator
-            std = [((m * m).mean(dim=(2, 3)) - a * a).clamp(min=0).sqrt() for m, a in zip(maps, avg)]
             head = maps[-1]
             side = head.shape[2]
             half = (side + 1) // 2
             grid = [head[:, :, r:r + half, c:c + half].mean(dim=(2, 3)) for r in (0, side - half) for c in (0, side - half)]
-            return torch.cat(avg + top + std + grid, dim=1)
+            return torch.cat(efficientnet_lite.pooled_maps(maps, ("max", "std")) + grid, dim=1)
 
     return FourPools(network)
 
@@ -64,7 +60,9 @@ def encoder(base, interpolation):
     from efficientnet_lite_pytorch import EfficientNet
 
     config = get_config(base)
-    name = f"{base},pools4" + ("" if interpolation == config.interpolation else f",{interpolation}")
+    # its own store entry; "pools4s" since the std columns are the recipe's centred ones (the old "pools4" stores held
+    # E[x²] - E[x]²), so no store of the old computation is read back under this name
+    name = f"{base},pools4s" + ("" if interpolation == config.interpolation else f",{interpolation}")
     config = replace(config, name=name, embed_dim=blocks(base)["grid"][1], interpolation=interpolation)
 
     def build():

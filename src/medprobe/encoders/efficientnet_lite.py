@@ -122,17 +122,21 @@ def _pooled(network, stages=(), extra=()):
             self.net = net
 
         def forward(self, pixels):
-            maps = tapped_maps(self.net, pixels, taps)
-            means = [m.mean(dim=(2, 3)) for m in maps]
-            pooled = list(means)
-            if "max" in extra:
-                pooled += [m.amax(dim=(2, 3)) for m in maps]
-            if "std" in extra:
-                # centred before squaring (E[x²] - E[x]² cancels in float32), written out: ONNX has no std operator
-                pooled += [(m - a[:, :, None, None]).square().mean(dim=(2, 3)).sqrt() for m, a in zip(maps, means)]
-            return torch.cat(pooled, dim=1)
+            return torch.cat(pooled_maps(tapped_maps(self.net, pixels, taps), extra), dim=1)
 
     return PooledFeatures(network)
+
+
+def pooled_maps(maps, extra=()):
+    """Each map's global average, then, for each of `extra` in POOLINGS order, every map pooled that way."""
+    means = [m.mean(dim=(2, 3)) for m in maps]
+    pooled = list(means)
+    if "max" in extra:
+        pooled += [m.amax(dim=(2, 3)) for m in maps]
+    if "std" in extra:
+        # centred before squaring (E[x²] - E[x]² cancels in float32), written out: ONNX has no std operator
+        pooled += [(m - a[:, :, None, None]).square().mean(dim=(2, 3)).sqrt() for m, a in zip(maps, means)]
+    return pooled
 
 
 def load(config, weights=None, device="cpu", runtime="auto"):
