@@ -3,15 +3,8 @@
 import logging
 
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
+from numerics import BF16_BAND, INT8_BAND
 from test_embed_fast import fresh, real  # noqa: F401  (the module-scoped fixture of real weights and images)
-
-# Smallest per-image cosine to fp32 PyTorch eager over the 12 fixture images (EfficientNet-Lite0), as measured:
-#   bf16: 0.988-0.995 (README, docs/speed.md on a Zen 4), 0.9956 on an AVX512-BF16 EPYC (guard, first 8: 0.9964);
-#   int8: 0.93-0.97 (README), 0.9547 (docs/speed.md), 0.9216 on an AVX512-VNNI EPYC (guard, first 8: 0.9408).
-# Each band leaves ~0.01-0.02 of margin below the lowest measurement, and its top is below what an exact fp32
-# backend gives (~1 - 1e-6), so a runtime that silently ran fp32, or one that wrecked the embeddings, fails.
-BF16_BAND = (0.98, MIN_COSINE)
-INT8_BAND = (0.90, 0.99)
 
 
 def test_bf16_is_approximate_so_it_is_opt_in_and_the_guard_says_so(real, caplog):
