@@ -9,7 +9,7 @@ import torch
 from conftest import write_image_folder, write_npz
 from medprobe.cli import main
 from medprobe.data.datasets import DataSpec, load_dataset
-from medprobe.workflows.baseline import CHECKPOINT, build_resnet18, load_pixels, train_baseline
+from medprobe.workflows.baseline import CHECKPOINT, TrainingConfig, build_resnet18, load_pixels, train_baseline
 
 
 def test_28px_model_is_medmnists_cifar_style_resnet18():
@@ -29,7 +29,7 @@ def test_224px_model_is_stock_torchvision_resnet18():
 
 def test_one_epoch_run_writes_results_predictions_and_checkpoint(tmp_path):
     write_npz(tmp_path / "tiny.npz", n_train=24, n_val=9, n_test=12, classes=3)
-    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), out=tmp_path / "out", epochs=1, n_boot=50, progress=False)
+    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), TrainingConfig(epochs=1), out=tmp_path / "out", n_boot=50, progress=False)
     training, timings, test = results.training, results.timings, results.metrics["test"]
     assert results.to_json()["kind"] == "baseline" and training["epochs_done"] == 1 and training["best_epoch"] == 1
     assert training["capped"] and "protocol's 100" in training["capped_reason"]
@@ -49,7 +49,7 @@ def test_one_epoch_run_writes_results_predictions_and_checkpoint(tmp_path):
 
 def test_wall_clock_cap_stops_early_and_is_labelled(tmp_path):
     write_npz(tmp_path / "tiny.npz", n_train=16, n_val=6, n_test=9, classes=3)
-    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), epochs=100, max_minutes=1e-4, n_boot=20, progress=False)
+    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), TrainingConfig(epochs=100, max_minutes=1e-4), n_boot=20, progress=False)
     training = results.training
     assert training["epochs_done"] == 1 and training["capped"] and "wall-clock cap" in training["capped_reason"]
 
@@ -59,7 +59,7 @@ def test_224px_upsamples_28px_images_nearest(tmp_path):
     data = load_dataset(tmp_path / "tiny.npz")
     pixels = load_pixels(data, 224)
     assert pixels.shape == (15, 3, 28, 28)  # kept at 28 px; upsampled per batch
-    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), size=224, epochs=1, batch_size=8, n_boot=20, progress=False)
+    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), TrainingConfig(size=224, epochs=1, batch_size=8), n_boot=20, progress=False)
     assert results.method["input"] == "28 px images upsampled (nearest)" and results.training["size"] == 224
 
 
@@ -85,7 +85,7 @@ def test_zero_epochs_is_refused(tmp_path):
 @pytest.mark.parametrize("task_classes", [2])
 def test_binary_scores_have_two_columns(tmp_path, task_classes):
     write_npz(tmp_path / "tiny.npz", n_train=12, n_val=6, n_test=8, classes=task_classes)
-    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), epochs=1, n_boot=20, progress=False)
+    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), TrainingConfig(epochs=1), n_boot=20, progress=False)
     assert results.dataset["task"] == "binary" and set(results.metrics["test"]["per_class_auc"]) == {"1"}
 
 
@@ -100,7 +100,7 @@ def test_interrupt_scores_the_best_checkpoint_and_labels_it(tmp_path, monkeypatc
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
-    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), out=tmp_path / "out", epochs=5, n_boot=20, progress=False)
+    results = train_baseline(DataSpec(tmp_path / "tiny.npz"), TrainingConfig(epochs=5), out=tmp_path / "out", n_boot=20, progress=False)
     training = results.training
     assert training["epochs_done"] == 1 and training["capped"] and "interrupted during epoch 2" in training["capped_reason"]
     assert (tmp_path / "out" / "results.json").is_file()

@@ -28,6 +28,7 @@ datasets:
 encoders: [efficientnet_lite0]
 probes: [logreg, knn]
 seeds: [0]
+selections: [val]
 n_boot: 50
 curve:
   shots: [1, 2, all]
@@ -38,7 +39,7 @@ curve:
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """One real grid (2 datasets x 1 encoder x 2 probes) run once for the module, with a 1-epoch baseline."""
-    from medprobe.workflows.baseline import train_baseline
+    from medprobe.workflows.baseline import TrainingConfig, train_baseline
 
     root = tmp_path_factory.mktemp("bench")
     write_npz(root / "tiny.npz", n_train=12, n_val=6, n_test=9, classes=3)
@@ -46,7 +47,7 @@ def bench(tmp_path_factory):
     (root / "grid.yaml").write_text(CONFIG)
     cache = root / "cache"
     out = root / "out"
-    train_baseline(DataSpec(str(root / "tiny.npz")), out=out / "baselines" / "tiny", epochs=1, n_boot=50, progress=False)
+    train_baseline(DataSpec(str(root / "tiny.npz")), TrainingConfig(epochs=1), out=out / "baselines" / "tiny", n_boot=50, progress=False)
     options = EmbedOptions(cache_dir=str(cache), progress=False)
     manifest = run_bench(load_config(root / "grid.yaml"), out, options=options)
     return {"root": root, "out": out, "cache": cache, "options": options, "manifest": manifest}

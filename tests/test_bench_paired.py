@@ -23,6 +23,7 @@ datasets:
 encoders: [efficientnet_lite0]
 probes: [logreg, knn]
 seeds: 2
+selections: [val]
 n_boot: 200
 """
 
@@ -30,7 +31,7 @@ n_boot: 200
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """2 probes x 2 seeds on a tiny noisy npz (AUCs below 1), with a 1-epoch baseline."""
-    from medprobe.workflows.baseline import train_baseline
+    from medprobe.workflows.baseline import TrainingConfig, train_baseline
 
     root = tmp_path_factory.mktemp("bench_paired")
     write_npz(root / "noisy.npz", n_train=30, n_val=9, n_test=24, classes=3)
@@ -41,7 +42,7 @@ def bench(tmp_path_factory):
     np.savez(root / "noisy.npz", **arrays)
     (root / "grid.yaml").write_text(CONFIG)
     out = root / "out"
-    train_baseline(DataSpec(str(root / "noisy.npz")), out=out / "baselines" / "noisy", epochs=1, n_boot=50, progress=False)
+    train_baseline(DataSpec(str(root / "noisy.npz")), TrainingConfig(epochs=1), out=out / "baselines" / "noisy", n_boot=50, progress=False)
     manifest = run_bench(load_config(root / "grid.yaml"), out, options=EmbedOptions(cache_dir=str(root / "cache"), progress=False))
     return out, manifest
 

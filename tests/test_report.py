@@ -25,7 +25,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 def run_folder(tmp_path_factory):
     """A real `medprobe run` folder (EfficientNet-Lite0 on a tiny npz) with a curve, plus a 1-epoch baseline folder."""
     from medprobe.probes.spec import ProbeSpec
-    from medprobe.workflows.baseline import train_baseline
+    from medprobe.workflows.baseline import TrainingConfig, train_baseline
     from medprobe.workflows.curve import run_curve
     from medprobe.workflows.run import EvalOptions, run
 
@@ -35,7 +35,7 @@ def run_folder(tmp_path_factory):
     options = EmbedOptions("efficientnet_lite0", cache_dir=str(root / "cache"), progress=False)
     run(data, options, ProbeSpec("logreg"), EvalOptions(n_boot=50), out=root / "run")
     run_curve(data, options, shots="1,2,all", seeds=[0, 1], out=root / "run")
-    train_baseline(data, out=root / "baseline", epochs=1, n_boot=50, progress=False)
+    train_baseline(data, TrainingConfig(epochs=1), out=root / "baseline", n_boot=50, progress=False)
     return root
 
 

@@ -1,6 +1,7 @@
 """`medprobe baseline`: ResNet-18 trained from scratch with the MedMNIST v2 protocol, its cost measured here."""
 
-from medprobe.cli.args import add_data_args, data_spec
+from medprobe.cli.args import add_data_args, add_n_boot, data_spec
+from medprobe.core import defaults
 
 
 def add_commands(commands):
@@ -13,8 +14,8 @@ def add_commands(commands):
     parser.add_argument("--max-minutes", type=float, help="wall-clock cap; training stops at the last epoch that fits")
     parser.add_argument("--batch-size", type=int, help="protocol: 128")
     parser.add_argument("--lr", type=float, help="protocol: 1e-3")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    parser.add_argument("--seed", type=int, default=defaults.SEED)
+    add_n_boot(parser)
     parser.add_argument("--out", default="medprobe-baseline", help="results folder (default ./medprobe-baseline)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -23,7 +24,7 @@ def cmd_baseline(args):
     import signal
 
     from medprobe.reporting.results import format_table
-    from medprobe.workflows.baseline import train_baseline
+    from medprobe.workflows.baseline import TrainingConfig, train_baseline
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -31,10 +32,8 @@ def cmd_baseline(args):
     # `kill PID` of a background run ends training early but still scores and saves the best checkpoint.
     signal.signal(signal.SIGTERM, stop)
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    result = train_baseline(
-        data_spec(args, size=28), out=args.out, size=args.size, max_minutes=args.max_minutes, seed=args.seed, n_boot=args.n_boot,
-        progress=not args.quiet, **{k: v for k, v in given.items() if v is not None},
-    )
+    config = TrainingConfig(size=args.size, max_minutes=args.max_minutes, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    result = train_baseline(data_spec(args, size=28), config, out=args.out, n_boot=args.n_boot, progress=not args.quiet)
     training, timings = result.training, result.timings
     print(f"{result.title} · {training['epochs_done']} epochs" + (f" (CAPPED: {training['capped_reason']})" if training["capped"] else ""))
     print(format_table(result.metrics["test"]))

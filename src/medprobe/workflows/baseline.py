@@ -23,11 +23,12 @@ by the wall-clock cap, is labelled capped.
 import copy
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from medprobe.core import defaults
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_bytes, check_writable_folder
@@ -97,146 +98,172 @@ def _scores(model, pixels, rows, size, task, batch_size=256):
     return np.concatenate(out).astype(np.float64)
 
 
-def train_baseline(
-    data_spec,
-    out=None,
-    size=28,
-    epochs=PROTOCOL["epochs"],
-    max_minutes=None,
-    batch_size=PROTOCOL["batch_size"],
-    lr=PROTOCOL["lr"],
-    seed=0,
-    n_boot=1000,
-    progress=True,
-):
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the ResNet-18 is trained: MedMNIST v2's protocol unless a field is overridden (fewer epochs are labelled capped).
+
+    >>> TrainingConfig(size=224, epochs=10)
+    """
+
+    size: int = 28
+    epochs: int = PROTOCOL["epochs"]
+    batch_size: int = PROTOCOL["batch_size"]
+    lr: float = PROTOCOL["lr"]
+    max_minutes: float | None = None  # wall-clock cap: training stops at the last epoch that fits
+    seed: int = defaults.SEED
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise MedprobeError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:  # BatchNorm cannot train on a single image
+            raise MedprobeError(f"--batch-size must be at least 2, got {self.batch_size}")
+
+
+@dataclass
+class _Best:
+    """The checkpoint with the best validation AUC so far."""
+
+    val_auc: float = -1.0
+    epoch: int | None = None
+    state: dict | None = None
+
+
+def train_baseline(data_spec, config=TrainingConfig(), out=None, n_boot=defaults.N_BOOTSTRAP, progress=True):
     """Train ResNet-18 from scratch on `dataset` and score the best-val-AUC checkpoint on test.
 
-    >>> result = train_baseline(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), out="/tmp/baseline_retina")
+    >>> result = train_baseline(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), TrainingConfig(epochs=5), out="/tmp/retina")
     >>> result.metrics["test"]["auc"], result.timings["train_cpu_s"]
     """
     import torch
-    from torch import nn
     from tqdm.auto import tqdm
 
-    if size not in (28, 224):
-        log.warning("MedMNIST v2 trained at 28 and 224 px; %d px is outside its protocol", size)
-    if epochs < 1:
-        raise MedprobeError(f"--epochs must be at least 1, got {epochs}")
+    if config.size not in (28, 224):
+        log.warning("MedMNIST v2 trained at 28 and 224 px; %d px is outside its protocol", config.size)
     if out is not None:
         check_writable_folder(out)
     started, started_cpu = time.perf_counter(), cpu_seconds()
     # MedMNIST's "224" models saw the 28 px images upsampled, so always read the 28 px file.
     data, _ = replace(data_spec, size=28).load()
-    pixels = load_pixels(data, size)
-    load_s = time.perf_counter() - started
+    pixels = load_pixels(data, config.size)
+    timings = {"load_s": time.perf_counter() - started}
     train, val, test = (data.indices(s) for s in ("train", "val", "test"))
-    task, labels = data.task, data.labels
-    n_out = labels.shape[1] if task == "multi-label" else len(data.label_names)
+    n_out = data.labels.shape[1] if data.task == "multi-label" else len(data.label_names)
 
-    torch.manual_seed(seed)
-    generator = np.random.default_rng(seed)
-    model = build_resnet18(n_out, size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    milestones = [int(f * epochs) for f in PROTOCOL["lr_milestones"]]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=PROTOCOL["lr_gamma"])
-    loss_fn = nn.BCEWithLogitsLoss() if task == "multi-label" else nn.CrossEntropyLoss()
-    target = torch.from_numpy(labels).float() if task == "multi-label" else torch.from_numpy(labels).long()
-
-    history, best = [], {"val_auc": -1.0, "epoch": None, "state": None}
-    capped_reason = f"--epochs {epochs} < the protocol's {PROTOCOL['epochs']}" if epochs < PROTOCOL["epochs"] else ""
+    torch.manual_seed(config.seed)
+    model = build_resnet18(n_out, config.size)
+    epoch = _Epoch(model, config, data.task, data.labels, pixels)
+    history, best = [], _Best()
+    capped_reason = f"--epochs {config.epochs} < the protocol's {PROTOCOL['epochs']}" if config.epochs < PROTOCOL["epochs"] else ""
     train_started, train_started_cpu = time.perf_counter(), cpu_seconds()
-    bar = tqdm(range(epochs), desc=f"ResNet-18 {size} px on {data.name}", unit="epoch", disable=not progress or None)
-    for epoch in bar:
-        tick = time.perf_counter()
-        model.train()
-        order = generator.permutation(train)
-        losses = []
+    bar = tqdm(range(config.epochs), desc=f"ResNet-18 {config.size} px on {data.name}", unit="epoch", disable=not progress or None)
+    for number in bar:
         try:
-            for start in range(0, len(order), batch_size):
-                rows = np.sort(order[start:start + batch_size])
-                if len(rows) < 2:  # BatchNorm cannot train on a single image
-                    continue
-                optimizer.zero_grad()
-                loss = loss_fn(model(_batch(pixels, rows, size)), target[rows])
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
+            record = epoch.run(train, val)
         except KeyboardInterrupt:
-            if best["state"] is None:
+            if best.state is None:
                 raise
             # Stopped by hand (Ctrl-C, or SIGTERM via the CLI): score the best checkpoint so far, labelled as capped.
-            capped_reason = f"interrupted during epoch {epoch + 1}; the best of the {epoch} finished epochs is scored"
+            capped_reason = f"interrupted during epoch {number + 1}; the best of the {number} finished epochs is scored"
             log.warning("baseline: %s", capped_reason)
             break
-        scheduler.step()
-        val_scores = _scores(model, pixels, val, size, task)
-        val_auc, val_acc = medmnist_auc(labels[val], val_scores, task), medmnist_acc(labels[val], val_scores, task)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": val_auc, "val_acc": val_acc,
-                        "seconds": round(time.perf_counter() - tick, 3)})
-        if val_auc > best["val_auc"]:
-            best = {"val_auc": val_auc, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+        history.append({"epoch": number + 1, **record})
+        if record["val_auc"] > best.val_auc:
+            best = _Best(record["val_auc"], number + 1, copy.deepcopy(model.state_dict()))
             if out is not None:
-                _save_checkpoint(Path(out) / CHECKPOINT, best, size, n_out)
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_auc=f"{val_auc:.3f}", best=best["epoch"])
+                _save_checkpoint(Path(out) / CHECKPOINT, best, config.size, n_out)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val_auc=f"{record['val_auc']:.3f}", best=best.epoch)
         if out is not None:  # a long run can be followed with `tail -f OUT/history.csv`, bar or no bar
             _append_history(Path(out) / HISTORY, history[-1])
         elapsed = time.perf_counter() - train_started
-        if max_minutes is not None and epoch + 1 < epochs and elapsed + history[-1]["seconds"] > 60 * max_minutes:
-            capped_reason = f"wall-clock cap of {max_minutes:g} min reached after {epoch + 1} of {epochs} epochs"
+        if config.max_minutes is not None and number + 1 < config.epochs and elapsed + record["seconds"] > 60 * config.max_minutes:
+            capped_reason = f"wall-clock cap of {config.max_minutes:g} min reached after {number + 1} of {config.epochs} epochs"
             log.warning("baseline: %s", capped_reason)
             break
     bar.close()
-    train_s, train_cpu_s = time.perf_counter() - train_started, cpu_seconds() - train_started_cpu
+    timings.update(train_s=time.perf_counter() - train_started, train_cpu_s=cpu_seconds() - train_started_cpu)
 
-    model.load_state_dict(best["state"])
+    model.load_state_dict(best.state)
     tick, tick_cpu = time.perf_counter(), cpu_seconds()
-    test_scores = _scores(model, pixels, test, size, task)
-    metrics = {
-        "val": evaluate(labels[val], _scores(model, pixels, val, size, task), task, data.label_names, n_boot, seed),
-        "test": evaluate(labels[test], test_scores, task, data.label_names, n_boot, seed),
-    }
-    epochs_done = len(history)
-    result = BaselineResult(
+    scores = {split: _scores(model, pixels, rows, config.size, data.task) for split, rows in (("val", val), ("test", test))}
+    metrics = {split: evaluate(data.labels[rows], scores[split], data.task, data.label_names, n_boot, config.seed)
+               for split, rows in (("val", val), ("test", test))}
+    timings.update(train_images_per_s=len(history) * len(train) / timings["train_s"], evaluate_s=time.perf_counter() - tick,
+                   evaluate_cpu_s=cpu_seconds() - tick_cpu, total_s=time.perf_counter() - started,
+                   total_cpu_s=cpu_seconds() - started_cpu)
+    result = _baseline_result(data, config, pixels.shape[-1], history, best, capped_reason, metrics, timings, torch.get_num_threads())
+    if out is not None:
+        write_run_folder(out, result, data.ids[test], data.labels[test], scores["test"])
+    return result
+
+
+class _Epoch:
+    """One epoch of the protocol: a shuffled pass of Adam over train, the learning-rate schedule's step, then val AUC/ACC."""
+
+    def __init__(self, model, config, task, labels, pixels):
+        import torch
+        from torch import nn
+
+        self.model, self.config, self.task, self.labels, self.pixels = model, config, task, labels, pixels
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        milestones = [int(f * config.epochs) for f in PROTOCOL["lr_milestones"]]
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=PROTOCOL["lr_gamma"])
+        self.loss_fn = nn.BCEWithLogitsLoss() if task == "multi-label" else nn.CrossEntropyLoss()
+        self.target = torch.from_numpy(labels).float() if task == "multi-label" else torch.from_numpy(labels).long()
+        self.generator = np.random.default_rng(config.seed)
+
+    def run(self, train, val):
+        """The epoch's record: mean loss, val AUC and ACC, seconds."""
+        tick = time.perf_counter()
+        self.model.train()
+        order = self.generator.permutation(train)
+        losses = []
+        for start in range(0, len(order), self.config.batch_size):
+            rows = np.sort(order[start:start + self.config.batch_size])
+            if len(rows) < 2:  # BatchNorm cannot train on a single image
+                continue
+            self.optimizer.zero_grad()
+            loss = self.loss_fn(self.model(_batch(self.pixels, rows, self.config.size)), self.target[rows])
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+        self.scheduler.step()
+        scores = _scores(self.model, self.pixels, val, self.config.size, self.task)
+        truth = self.labels[val]
+        return {"loss": float(np.mean(losses)), "val_auc": medmnist_auc(truth, scores, self.task),
+                "val_acc": medmnist_acc(truth, scores, self.task), "seconds": round(time.perf_counter() - tick, 3)}
+
+
+def _baseline_result(data, config, native_size, history, best, capped_reason, metrics, timings, threads):
+    capped = len(history) < PROTOCOL["epochs"]
+    return BaselineResult(
         dataset=data.describe(),
         method={
-            "name": f"resnet18_{size}",
-            "description": f"ResNet-18 trained from scratch at {size} px, MedMNIST v2 protocol",
-            "stem": "3x3 stride-1 conv1, no max-pool (MedMNIST 28 px)" if size < 64 else "torchvision stock (7x7 stride-2, max-pool)",
-            "input": "28 px images upsampled (nearest)" if size > pixels.shape[-1] else f"{pixels.shape[-1]} px",
+            "name": f"resnet18_{config.size}",
+            "description": f"ResNet-18 trained from scratch at {config.size} px, MedMNIST v2 protocol",
+            "stem": "3x3 stride-1 conv1, no max-pool (MedMNIST 28 px)" if config.size < 64 else "torchvision stock (7x7 stride-2, max-pool)",
+            "input": "28 px images upsampled (nearest)" if config.size > native_size else f"{native_size} px",
         },
         training={
             **PROTOCOL,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "size": size,
-            "epochs_done": epochs_done,
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "size": config.size,
+            "epochs_done": len(history),
             "protocol_epochs": PROTOCOL["epochs"],
-            "capped": epochs_done < PROTOCOL["epochs"],
-            "capped_reason": capped_reason if epochs_done < PROTOCOL["epochs"] else "",
-            "max_minutes": max_minutes,
-            "best_epoch": best["epoch"],
-            "best_val_auc": best["val_auc"],
+            "capped": capped,
+            "capped_reason": capped_reason if capped else "",
+            "max_minutes": config.max_minutes,
+            "best_epoch": best.epoch,
+            "best_val_auc": best.val_auc,
             "selection": "best val AUC (MedMNIST) over epochs",
-            "threads": torch.get_num_threads(),
+            "threads": threads,
             "history": history,
         },
         metrics=metrics,
-        timings={
-            "load_s": load_s,
-            "train_s": train_s,
-            "train_cpu_s": train_cpu_s,
-            "train_images_per_s": epochs_done * len(train) / train_s,
-            "evaluate_s": time.perf_counter() - tick,
-            "evaluate_cpu_s": cpu_seconds() - tick_cpu,
-            "total_s": time.perf_counter() - started,
-            "total_cpu_s": cpu_seconds() - started_cpu,
-        },
-        seed=seed,
+        timings=timings,
+        seed=config.seed,
     )
-    if out is not None:
-        write_run_folder(out, result, data.ids[test], labels[test], test_scores)
-    return result
 
 
 def _append_history(path, record):
@@ -254,6 +281,6 @@ def _save_checkpoint(path, best, size, n_out):
     import torch
 
     buffer = io.BytesIO()
-    torch.save({"state_dict": best["state"], "epoch": best["epoch"], "val_auc": best["val_auc"], "size": size,
+    torch.save({"state_dict": best.state, "epoch": best.epoch, "val_auc": best.val_auc, "size": size,
                 "num_classes": n_out, "arch": "resnet18"}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
