@@ -75,7 +75,7 @@ def test_curve_takes_the_embedding_flags_and_scans_images(tmp_path, capsys, medp
 def test_bench_curves_use_the_configs_runtime(tmp_path, tiny):
     # Before: bench cells ran with the config's runtime but its curves with the default one (another cache entry).
     (tmp_path / "grid.yaml").write_text(
-        "datasets: [tiny.npz]\nencoders: [efficientnet_lite0]\nprobes: [logreg]\nruntime: bf16\nn_boot: 50\n"
+        "datasets: [tiny.npz]\nencoders: [efficientnet_lite0]\nprobes: [logreg]\nruntime: bf16\nselections: [val]\nn_boot: 50\n"
         "curve: {shots: [2, all], seeds: [0]}\n"
     )
     assert run_main("bench", tmp_path / "grid.yaml", "--out", tmp_path / "b", "--quiet", "--no-report") == 0
@@ -138,7 +138,7 @@ def test_report_orders_bench_runs_as_the_config_does(tmp_path):
         write_npz(tmp_path / f"{name}.npz", n_train=20, n_val=6, n_test=10, classes=2, seed=len(name))
     (tmp_path / "grid.yaml").write_text(
         "datasets:\n  - {dataset: zeta.npz, name: 'zeta (v2)'}\n  - {dataset: beta.npz, name: beta}\n"
-        "encoders: [efficientnet_lite0]\nprobes: [logreg, knn]\nn_boot: 50\n"
+        "encoders: [efficientnet_lite0]\nprobes: [logreg, knn]\nselections: [val]\nn_boot: 50\n"
     )
     assert run_main("bench", tmp_path / "grid.yaml", "--out", tmp_path / "b", "--quiet") == 0
     assert sorted(p.name for p in (tmp_path / "b" / "cells").iterdir()) == ["beta", "zeta_v2"]

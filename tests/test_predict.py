@@ -66,7 +66,7 @@ def test_predict_round_trip_equals_in_process_probabilities(fitted_model, tmp_pa
     options = EmbedOptions(cache_dir=str(cache), progress=False)
     X = embed(data, encoder, transform, options).vectors
     train, val = data.indices("train"), data.indices("val")
-    probe = fit_probe("logreg", X[train], data.labels[train], X[val], data.labels[val], data.task, None, 0)
+    probe = fit_probe("logreg", X[train], data.labels[train], X[val], data.labels[val], data.task, None, 0, selection="val")
     new_data = Dataset("new", data.task, data.label_names, np.array([str(p) for p in files]), np.array([""] * 6), np.zeros(6, np.int64), FileImages(files))
     expected = probe.predict_scores(embed(new_data, encoder, transform, options).vectors)
     got = np.array([[float(r[f"p_{name}"]) for name in data.label_names] for r in rows])

@@ -21,7 +21,7 @@ def _blobs(n=120, classes=3, dim=16, seed=0, shift=2.0):
 def test_each_probe_learns_and_scores_columns_in_class_order(name):
     X, y = _blobs()
     Xv, yv = _blobs(seed=1)
-    fitted = fit_probe(name, X, y, Xv, yv, task="multi-class")
+    fitted = fit_probe(name, X, y, Xv, yv, task="multi-class", selection="val")
     scores = fitted.predict_scores(Xv)
     assert scores.shape == (120, 3) and np.allclose(scores.sum(1), 1)
     assert list(fitted.estimator.classes_) == [0, 1, 2]
@@ -32,14 +32,14 @@ def test_each_probe_learns_and_scores_columns_in_class_order(name):
 
 def test_without_val_the_parameter_is_chosen_by_cv():
     X, y = _blobs(classes=2)
-    fitted = fit_probe("logreg", X, y, task="binary")
+    fitted = fit_probe("logreg", X, y, task="binary", selection="val")
     assert fitted.selection["criterion"].startswith("5-fold CV")
     assert len(fitted.selection["scores"]) == 6
 
 
 def test_balanced_class_weight_is_passed_through_and_knn_refuses_it():
     X, y = _blobs(classes=2)
-    fitted = fit_probe("logreg", X, y, *_blobs(classes=2, seed=2), task="binary", class_weight="balanced")
+    fitted = fit_probe("logreg", X, y, *_blobs(classes=2, seed=2), task="binary", class_weight="balanced", selection="val")
     assert fitted.estimator.named_steps["clf"].class_weight == "balanced"
     with pytest.raises(ProbeError, match="knn probe has no class_weight"):
         make_probe("knn", class_weight="balanced")
@@ -48,7 +48,7 @@ def test_balanced_class_weight_is_passed_through_and_knn_refuses_it():
 def test_multilabel_probe_gives_one_column_per_label():
     X, y = _blobs(classes=2)
     labels = np.stack([y, 1 - y, (X[:, 2] > 0).astype(int)], axis=1)
-    fitted = fit_probe("logreg", X, labels, X, labels, task="multi-label")
+    fitted = fit_probe("logreg", X, labels, X, labels, task="multi-label", selection="val")
     assert fitted.predict_scores(X).shape == (120, 3)
 
 

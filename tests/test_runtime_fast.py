@@ -165,7 +165,7 @@ def test_a_probe_fitted_with_fast_loads_and_refuses_pillow_pixels(tmp_path):
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(40, 6)), np.arange(40) % 2
-    fitted = fit_probe("logreg", X[:30], y[:30], X[30:], y[30:], task="binary")
+    fitted = fit_probe("logreg", X[:30], y[:30], X[30:], y[30:], task="binary", selection="val")
     data = Dataset("toy", "binary", ["a", "b"], np.arange(30).astype(str), np.array(["train"] * 30), y[:30], FileImages([]))
     folder = save_model(tmp_path / "model", fitted, data, SimpleNamespace(config=CONFIG), make_transform(CONFIG, "opencv"), "efficientnet_lite0")
     model = load_model(folder)  # the recorded OpenCV resize is this installation's `fast` preprocessing: accepted

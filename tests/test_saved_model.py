@@ -33,7 +33,7 @@ def toy_data(task, n=90, dim=12, seed=0):
 
 def saved(tmp_path, probe="logreg", task="multi-class"):
     X, y = toy_data(task)
-    fitted = fit_probe(probe, X[:60], y[:60], X[60:75], y[60:75], task=task)
+    fitted = fit_probe(probe, X[:60], y[:60], X[60:75], y[60:75], task=task, selection="val")
     names = ["a", "b"] if task == "binary" else ["a", "b", "c"]
     data = Dataset("toy", task, names, np.arange(60).astype(str), np.array(["train"] * 60), y[:60], FileImages([]))
     config = get_config(ENCODER)

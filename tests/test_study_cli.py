@@ -23,7 +23,7 @@ def _saved_with_decisions(tmp_path, calibrate="isotonic"):
     rng = np.random.default_rng(0)
     y = np.arange(120) % 2
     X = rng.normal(size=(120, 8)) + y[:, None] * 0.7
-    fitted = fit_probe("logreg", X[:80], y[:80], X[80:100], y[80:100], task="binary")
+    fitted = fit_probe("logreg", X[:80], y[:80], X[80:100], y[80:100], task="binary", selection="val")
     decisions = fit_decisions(y[80:100], fitted.predict_scores(X[80:100]), "binary", ["a", "b"],
                               StudyOptions(("youden", "specificity=0.9"), calibrate))
     data = Dataset("toy", "binary", ["a", "b"], np.arange(80).astype(str), np.array(["train"] * 80), y[:80], FileImages([]))

@@ -1,8 +1,8 @@
 """The flag groups commands share, and the one place each group becomes its options object."""
 
+from medprobe.core import defaults
 from medprobe.data.leakage import DUPLICATES
 from medprobe.data.scan import ON_ERROR
-from medprobe.embedding.options import DEFAULT_ENCODER
 from medprobe.encoders.runtimes import RUNTIMES
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -35,8 +35,8 @@ def add_on_error(parser, records):
 def add_encoder_args(parser, choose_encoder=True):
     if choose_encoder:
         parser.add_argument(
-            "--encoder", default=DEFAULT_ENCODER,
-            help=f"registered encoder name (see `medprobe encoders`), default {DEFAULT_ENCODER}; name@recipe,recipe: feature recipes "
+            "--encoder", default=defaults.ENCODER,
+            help=f"registered encoder name (see `medprobe encoders`), default {defaults.ENCODER}; name@recipe,recipe: feature recipes "
             "(stages, ms, up, tta, tta8, pad; ViTs: tokens; clip_*@pre: before the projection); a+b concatenates several; "
             "a|b embeds with each and lets the probe's selection choose",
         )
@@ -61,13 +61,18 @@ def add_cache_args(parser):
 def add_probe_args(parser, probes="logreg, svm, knn, pca_logreg, lda, ridge, or zeroshot (CLIP text prompts, no training; needs --prompts)"):
     parser.add_argument("--probe", default="logreg", help=f"{probes}; see `medprobe probes`")
     parser.add_argument("--class-weight", choices=("balanced",), help="reweight classes inversely to their frequency (logreg, svm)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=defaults.SEED)
     parser.add_argument(
-        "--selection", choices=("cv", "val"), default="cv",
+        "--selection", choices=("cv", "val"), default=defaults.SELECTION,
         help="how the probe's hyper-parameter is chosen: 'cv' (default: repeated stratified CV over train+val, one-standard-error "
         "rule, fitted on train+val; val metrics are then not held out) or 'val' (MedMNIST's rule: best val AUC, fitted on train; "
         "use it to compare with MedMNIST's published rows)",
     )
+
+
+def add_n_boot(parser, what="the CIs"):
+    parser.add_argument("--n-boot", type=int, default=defaults.N_BOOTSTRAP,
+                        help=f"bootstrap resamples for {what} (default {defaults.N_BOOTSTRAP})")
 
 
 def data_spec(args, size=None):
@@ -97,7 +102,7 @@ def embed_options(args):
 def probe_spec(args):
     from medprobe.probes.spec import ProbeSpec
 
-    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed, getattr(args, "selection", "cv"))
+    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed, getattr(args, "selection", defaults.SELECTION))
 
 
 def add_study_args(parser, chooses=True):

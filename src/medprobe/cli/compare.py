@@ -2,6 +2,9 @@
 
 import json
 
+from medprobe.cli.args import add_n_boot
+from medprobe.core import defaults
+
 
 def add_commands(commands):
     compare = commands.add_parser(
@@ -12,8 +15,9 @@ def add_commands(commands):
     compare.add_argument("run_b", metavar="RUN_B", help="another results folder with the same test images")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON instead of the table")
     compare.add_argument("--out", metavar="FILE", help="also write the comparison as JSON to FILE")
-    compare.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the paired CI (default 1000)")
-    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0, the seed a run's own CIs use)")
+    add_n_boot(compare, "the paired CI")
+    compare.add_argument("--seed", type=int, default=defaults.SEED,
+                         help=f"bootstrap seed (default {defaults.SEED}, the seed a run's own CIs use)")
 
 
 def cmd_compare(args):

@@ -1,6 +1,7 @@
 """`medprobe curve`: test AUC against labelled train images per class, from cached embeddings."""
 
 from medprobe.cli.args import add_data_args, add_encoder_args, data_spec, embed_options
+from medprobe.core import defaults
 from medprobe.core.errors import MedprobeError
 
 DEFAULT_SHOTS = "1,2,5,10,25,50,100,all"
@@ -12,6 +13,8 @@ def add_commands(commands):
     add_data_args(parser, on_error_records="leaves them out of every point")
     add_encoder_args(parser)
     parser.add_argument("--probe", default="logreg", help="logreg, svm or knn")
+    parser.add_argument("--selection", choices=("cv", "val"), default=defaults.SELECTION,
+                        help="'cv' (default): CV on each point's drawn images only; 'val': chosen on the full val split")
     parser.add_argument("--shots", default=DEFAULT_SHOTS, help="images per class, comma-separated (default %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds per point (default %(default)s)")
     parser.add_argument("--out", default="medprobe-curve", help="folder for curve.json and curve.csv (a run folder works)")
@@ -25,7 +28,8 @@ def cmd_curve(args):
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError as e:
         raise MedprobeError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
-    curve = run_curve(data_spec(args), embed_options(args), args.probe, args.shots, seeds, out=args.out, force=args.force)
+    curve = run_curve(data_spec(args), embed_options(args), args.probe, args.shots, seeds, out=args.out, force=args.force,
+                      selection=args.selection)
     print(f"{curve.dataset['name']} · {args.encoder} · {args.probe}: test AUC by labelled train images per class")
     print(f"{'shots':>6} {'n train':>8} {'AUC mean':>9} {'± sd':>7} {'min':>7} {'max':>7}")
     for p in curve.points:

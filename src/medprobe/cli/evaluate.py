@@ -3,6 +3,7 @@
 from medprobe.cli.args import (
     add_data_args,
     add_encoder_args,
+    add_n_boot,
     add_study_args,
     data_spec,
     embed_options,
@@ -20,7 +21,7 @@ def add_commands(commands):
     parser.add_argument("--rows", choices=ROWS, default="all",
                         help="which rows of the dataset to evaluate: all (default; an external set is all evaluation data) or one split")
     parser.add_argument("--out", default="medprobe-evaluate", help="results folder (default ./medprobe-evaluate)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    add_n_boot(parser)
     add_study_args(parser, chooses=False)
 
 

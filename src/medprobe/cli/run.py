@@ -3,6 +3,7 @@
 from medprobe.cli.args import (
     add_data_args,
     add_encoder_args,
+    add_n_boot,
     add_probe_args,
     add_study_args,
     data_spec,
@@ -20,7 +21,7 @@ def add_commands(commands):
     add_probe_args(run)
     run.add_argument("--prompts", help="for --probe zeroshot: YAML or JSON file mapping each class name to a list of prompts")
     run.add_argument("--out", default="medprobe-run", help="results folder (default ./medprobe-run)")
-    run.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    add_n_boot(run)
     add_study_args(run)
     run.add_argument(
         "--seeds", type=int, metavar="N",
@@ -36,7 +37,7 @@ def add_commands(commands):
     add_probe_args(fit, probes="logreg, svm or knn")
     fit.add_argument("--save", required=True, metavar="MODEL_DIR", help="folder for the saved probe")
     fit.add_argument("--out", help="also write a results folder (results.json, predictions.csv, summary.md)")
-    fit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    add_n_boot(fit)
     add_study_args(fit)
 
 

@@ -3,14 +3,11 @@
 import os
 from dataclasses import dataclass, field
 
+from medprobe.core import defaults
 from medprobe.core.errors import MedprobeError
 from medprobe.encoders.runtimes import RUNTIMES, check_installed
 
-# The default encoder: EfficientNet-Lite0 with its 7 stages pooled beside the head (@stages: it beat the plain head on
-# RetinaMNIST, PneumoniaMNIST and HAM10000 alike, at the same cost), run on the image upsampled to 260 px (@up: its CV
-# and val AUCs beat 224 px on all three, for 1.35-1.5x the embedding time), every map also max-pooled (@max: CV and val
-# AUCs above average pooling alone on all three, for no extra network pass; docs/recipes.md).
-DEFAULT_ENCODER = "efficientnet_lite0@stages,up,max"
+DEFAULT_ENCODER = defaults.ENCODER  # why this one: core/defaults.py
 # Rows per committed cache shard: the most work a kill can lose.
 DEFAULT_SHARD_SIZE = 512
 

@@ -5,6 +5,7 @@ CLIP-style models, `variant`); they are listed once here. `register_family` and
 `register_encoder` add a family of your own.
 """
 
+from medprobe.core import defaults
 from medprobe.core.errors import EncoderError, UnknownNameError
 from medprobe.encoders import efficientnet_lite, hf_vision, open_clip_family, runtimes, torchvision_resnet
 from medprobe.encoders.base import EncoderConfig
@@ -67,8 +68,8 @@ def encoder_status(name):
     return _AVAILABILITY[config.family](config)
 
 
-def create_encoder(name, weights=None, device="cpu", runtime="auto"):
-    """Build an encoder, with its runtime chosen now, and the transform that belongs to it.
+def create_encoder(name=defaults.ENCODER, weights=None, device="cpu", runtime="auto"):
+    """Build an encoder (by default medprobe's default recipe), with its runtime chosen now, and its transform.
 
     >>> encoder, transform = create_encoder("efficientnet_lite0", runtime="onnx")
     >>> encoder.embed_batch(np.stack([transform(img)])).shape

@@ -16,8 +16,9 @@ it is never nan. When every class is present this is exactly MedMNIST's number.
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-N_BOOTSTRAP = 1000
-BOOTSTRAP_SEED = 0
+from medprobe.core.defaults import N_BOOTSTRAP
+from medprobe.core.defaults import SEED as BOOTSTRAP_SEED
+
 # MedMNIST's evaluator (medmnist/evaluator.py, getACC) calls a score positive when it is strictly above 0.5.
 # Every decision in medprobe (ACC, confusion matrices, `predict`) goes through `predictions` below.
 THRESHOLD = 0.5

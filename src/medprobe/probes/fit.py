@@ -40,6 +40,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+from medprobe.core import defaults
 from medprobe.core.errors import ProbeError, UnknownNameError
 from medprobe.evaluation.metrics import binary_columns
 
@@ -138,8 +139,8 @@ class FittedProbe:
         return self.estimator.predict_proba(X)
 
 
-def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class", class_weight=None, seed=0, label_names=None,
-              selection="val", groups=None):
+def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class", class_weight=None, seed=defaults.SEED,
+              label_names=None, selection=defaults.SELECTION, groups=None):
     """Choose the probe's hyper-parameter and fit it, by one of two protocols (`selection`).
 
     "val" (MedMNIST's rule, the one to use beside MedMNIST rows): chosen by val AUC (or CV on train

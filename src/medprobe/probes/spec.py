@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from medprobe.core import defaults
 from medprobe.core.errors import ProbeError
 from medprobe.probes.fit import SELECTIONS, make_probe
 from medprobe.probes.zeroshot import read_prompts
@@ -21,8 +22,8 @@ class ProbeSpec:
     name: str = "logreg"
     class_weight: str | None = None
     prompts: str | None = None
-    seed: int = 0
-    selection: str = "cv"  # the measured best; "val" is MedMNIST's rule (see probes.fit)
+    seed: int = defaults.SEED
+    selection: str = defaults.SELECTION  # "val" is MedMNIST's rule (see probes.fit)
 
     def check(self):
         """Raise now for anything that would only fail after the embedding pass."""

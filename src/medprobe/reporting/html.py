@@ -360,7 +360,9 @@ def write_report(results_dir, out=None, all_runs=False, baselines=()):
         figs = [page.figure(curve_figure(cs, f"Data efficiency · {name}"), f"Test AUC vs labelled images per class, {name}")
                 for name, cs in groups.items()]
         page.add("<div class='grid'>" + "\n".join(figs) + "</div>")
-        page.add("<p class='muted'>Line: mean over seeds; bars: ± 1 sd; band: min–max. Hyper-parameters chosen on the full val split.</p>")
+        chosen = {"val": "on the full val split", "cv": "by CV on each point's own images"}
+        how = "; ".join(sorted({chosen[c.spec.get("selection", "val")] for c in found["curves"]}))
+        page.add(f"<p class='muted'>Line: mean over seeds; bars: ± 1 sd; band: min–max. Hyper-parameters chosen {how}.</p>")
     else:
         page.add("<p class='muted'>No curve.json found; <code>medprobe curve --dataset … --out RESULTS_DIR</code> adds one in seconds "
                  "from the cached embeddings.</p>")

@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from medprobe.core import defaults
 from medprobe.core.errors import BenchConfigError, MedprobeError
 from medprobe.core.files import atomic_write_text, check_writable_folder
 from medprobe.core.names import did_you_mean, slug
@@ -43,7 +44,7 @@ _TOP_KEYS = {"name", "datasets", "encoders", "probes", "seeds", "data_dir", "siz
 # How a dataset's images are chosen and split (DataSpec's fields); set per dataset, recorded in each cell's spec.
 _DATA_OPTIONS = ("metadata", "metadata_key", "group", "resplit", "duplicates")
 _DATASET_KEYS = {"dataset", "name", "data_dir", "size", "reference", "comparable", "note", *_DATA_OPTIONS}
-_CURVE_KEYS = {"shots", "seeds", "probe", "encoders"}
+_CURVE_KEYS = {"shots", "seeds", "probe", "encoders", "selection"}
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def resolve_config(raw, base=".", name="bench"):
     for key in ("datasets", "encoders", "probes"):
         if not raw.get(key):
             raise BenchConfigError(f"bench config: '{key}' must list at least one entry")
-    selections = [str(s) for s in raw.get("selections", ["val"])]
+    selections = [str(s) for s in raw.get("selections", [defaults.SELECTION])]
     for selection in selections:
         if selection not in SELECTIONS:
             raise BenchConfigError(f"bench config: unknown selection {selection!r}; choose from {', '.join(SELECTIONS)}")
@@ -105,17 +106,20 @@ def resolve_config(raw, base=".", name="bench"):
             "shots": [str(s) for s in curve.get("shots", DEFAULT_SHOTS)],
             "seeds": [int(s) for s in curve.get("seeds", DEFAULT_SEEDS)],
             "probe": curve.get("probe", "logreg"),
+            "selection": str(curve.get("selection", defaults.SELECTION)),
             "encoders": list(curve.get("encoders", raw["encoders"])),
         }
+        if curve["selection"] not in SELECTIONS:
+            raise BenchConfigError(f"bench config 'curve': unknown selection {curve['selection']!r}; choose from {', '.join(SELECTIONS)}")
     return {
         "name": str(raw.get("name", name)),
         "datasets": datasets,
         "encoders": [str(e) for e in raw["encoders"]],
         "probes": [str(p) for p in raw["probes"]],
-        "seeds": _seeds(raw.get("seeds", [0])),
+        "seeds": _seeds(raw.get("seeds", [defaults.SEED])),
         "selections": selections,
         "class_weight": raw.get("class_weight"),
-        "n_boot": int(raw.get("n_boot", 1000)),
+        "n_boot": int(raw.get("n_boot", defaults.N_BOOTSTRAP)),
         "batch_size": int(raw.get("batch_size", 64)),
         "projection": raw.get("projection", "pca"),
         "runtime": raw.get("runtime"),  # None: the encoder's default (see `medprobe run --runtime`)
@@ -192,7 +196,7 @@ def cells(config):
     """Every (dataset, encoder, probe, seed) cell, ordered so each embedding is computed once and then reused."""
     for dataset in config["datasets"]:
         for encoder in config["encoders"]:
-            for probe, selection in ((p, s) for p in config["probes"] for s in config.get("selections", ["val"])):
+            for probe, selection in ((p, s) for p in config["probes"] for s in config.get("selections", [defaults.SELECTION])):
                 for seed in config["seeds"]:
                     spec = {
                         "dataset": dataset["dataset"],
@@ -308,6 +312,7 @@ def _run_curves(config, out, force, options):
                 run_curve(
                     data_spec(dataset), replace(options, encoder=encoder),
                     config["curve"]["probe"], shots=config["curve"]["shots"], seeds=config["curve"]["seeds"], out=out / folder, force=force,
+                    selection=config["curve"].get("selection", defaults.SELECTION),
                 )
             except (MedprobeError, ValueError, RuntimeError) as e:
                 log.error("curve %s failed: %s", folder, e)

@@ -1,8 +1,12 @@
 """`medprobe curve`: test AUC against the number of labelled training images per class.
 
 It reads the cached embeddings (computing them once if absent), then for each shot count and
-seed draws that many train images per class, chooses the probe's hyper-parameter on the full
-val split as `medprobe run` does, and scores the test split. Only probes are fitted, so a
+seed draws that many train images per class, chooses the probe's hyper-parameter by the
+selection protocol, fits it, and scores the test split. "cv" (the default, as in `medprobe run`)
+cross-validates on the drawn images alone and fits on them, so a point uses no labels beyond its
+shots (too few to cross-validate: the probe's default, said in each run's `criterion`); "val"
+chooses on the full val split and fits on the drawn images (MedMNIST's rule; val's labels help
+every point). Only probes are fitted, so a
 curve costs seconds once the embeddings exist. "all" uses the whole train split; it does not
 depend on the seed, so it is fitted once.
 """
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe.core import defaults
 from medprobe.core.costs import Stopwatch
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import check_writable_folder
@@ -56,7 +61,8 @@ def sample_per_class(labels, rows, shots, rng):
     return np.unique(np.array(picked, dtype=np.int64))
 
 
-def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seeds=DEFAULT_SEEDS, out=None, force=False):
+def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seeds=DEFAULT_SEEDS, out=None, force=False,
+              selection=defaults.SELECTION):
     """Data-efficiency curve; writes curve.json and curve.csv into `out` when given.
 
     >>> curve = run_curve(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), out="runs/retina_curve")
@@ -64,14 +70,14 @@ def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seed
     """
     options = options or EmbedOptions()
     shots, seeds = parse_shots(shots), [int(s) for s in seeds]
-    ProbeSpec(probe).check()
+    ProbeSpec(probe, selection=selection).check()
     if out is not None:
         check_writable_folder(out)
     if "+" in options.encoder:
         raise MedprobeError(f"curve embeds with one encoder; got the fusion {options.encoder!r}")
     # Everything that changes the points; a folder holding a curve of this spec is done.
     spec = {**asdict(data_spec), "encoder": options.encoder, "weights": options.weights, "runtime": options.runtime,
-            "probe": probe, "shots": [str(s) for s in shots], "seeds": seeds}
+            "probe": probe, "selection": selection, "shots": [str(s) for s in shots], "seeds": seeds}
     if out is not None and not force and (Path(out) / CURVE_JSON).is_file():
         try:
             previous = read_curve(out)
@@ -95,14 +101,17 @@ def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seed
                 rows = train if shot == "all" else sample_per_class(y, train, shot, np.random.default_rng(seed))
                 record = {"shots": str(shot), "seed": seed, "n_train": int(len(rows))}
                 try:
-                    fitted = fit_probe(probe, X[rows], y[rows], X[val], y[val], data.task, None, seed, groups=data.groups_of(rows, val))
+                    held = val if selection == "val" else val[:0]  # cv: no labels beyond the point's shots
+                    fitted = fit_probe(probe, X[rows], y[rows], X[held], y[held], data.task, None, seed, selection=selection,
+                                       groups=data.groups_of(rows, held))
                 except (MedprobeError, ValueError) as e:  # e.g. the svm's 3-fold calibration with 1 image per class
                     log.warning("curve point %s shots, seed %d skipped: %s", shot, seed, e)
                     runs.append({**record, "error": str(e)})
                     continue
                 scores = fitted.predict_scores(X[test])
                 runs.append({**record, "auc": medmnist_auc(y[test], scores, data.task),
-                             "acc": medmnist_acc(y[test], scores, data.task), "params": fitted.params})
+                             "acc": medmnist_acc(y[test], scores, data.task), "params": fitted.params,
+                             "criterion": fitted.selection["criterion"]})
     curve = CurveResult(
         spec=spec,
         dataset=data.describe(),
