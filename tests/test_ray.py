@@ -1,6 +1,7 @@
 """`--ray`: a local Ray on this machine embeds real images into the same store, image for image, as the local path."""
 
 import csv
+import json
 import os
 import signal
 import sys
@@ -181,6 +182,34 @@ def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in store.glob("rows-*.parquet") if p.name in kept} == kept
     assert len(list(store.glob("rows-*.parquet"))) == len(kept) + 1 and len(store_vectors(store)) == 96
     np.testing.assert_array_equal(resumed.vectors, reference)
+
+
+@pytest.mark.ray
+def test_embed_on_ray_then_run_report_and_bench_say_the_cpu_cost_is_unknown(local_ray, ham, tmp_path, capsys):
+    """Issue 24: rows embedded on Ray carry no CPU cost; `run` crashed on them. Every later command now says "unknown"."""
+    cache, run, bench = tmp_path / "cache", tmp_path / "run", tmp_path / "bench"
+    common = ["--dataset", str(ham), "--encoder", ENCODER, "--cache-dir", str(cache), "--quiet"]
+    assert main(["embed", *common, "--ray", "--ray-actors", "1"]) == 0
+    assert main(["run", *common, "--selection", "val", "--n-boot", "200", "--out", str(run)]) == 0
+    timings = json.loads((run / "results.json").read_text())["timings"]
+    assert timings["embedded_now"] == 0 and timings["embedded_from_store"] == 96  # read from the Ray-filled store
+    assert timings["embed_cost_cpu_s"] is None and "CPU seconds unknown for 96 images" in timings["embed_cost_source"]
+    assert timings["embed_cost_s"] > 0  # the wall time the driver saw is known
+
+    assert main(["report", str(run)]) == 0
+    assert "unknown + " in (run / "report.html").read_text()  # CPU s (embed + fit): the embedding's share is unknown
+
+    assert main(["baseline", "--dataset", str(ham), "--epochs", "1", "--n-boot", "50", "--out", str(bench / "baselines" / "ham"), "--quiet"]) == 0
+    (tmp_path / "grid.yaml").write_text(f"datasets: [{ham}]\nencoders: [{ENCODER}]\nprobes: [logreg]\nselections: [val]\nn_boot: 200\n")
+    assert main(["bench", str(tmp_path / "grid.yaml"), "--out", str(bench), "--baseline", str(bench / "baselines" / "ham"),
+                 "--cache-dir", str(cache), "--quiet"]) == 0
+    capsys.readouterr()
+    row = next(line for line in (bench / "table.md").read_text().splitlines() if line.startswith(f"| {ENCODER} + logreg"))
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert cells[4] == "unknown" and cells[-1] == "unknown"  # CPU s and the compute ratio: unknown, not a number
+    assert "compute ratio ≈ " + f"{ENCODER} + logreg unknown" in (bench / "table.md").read_text()  # the capped baseline's projection
+    page = (bench / "report.html").read_text()
+    assert "<td>unknown</td>" in page and "compute ratio to ResNet-18" in page
 
 
 def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -114,9 +114,9 @@ def _esc(value):
     return html.escape(str(value))
 
 
-def _fmt(value, digits=3, signed=False):
+def _fmt(value, digits=3, signed=False, missing="–"):
     if value is None or value == "":
-        return "–"
+        return missing
     if isinstance(value, str):
         return _esc(value)
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
@@ -132,7 +132,7 @@ def _run_metrics_table(runs):
     for _, r in runs:
         t = r.metrics["test"]
         embed_cpu, fit_cpu = r.cpu_seconds
-        cpu = f"{embed_cpu:.1f} + {fit_cpu:.1f}" if embed_cpu is not None and fit_cpu is not None else "–"
+        cpu = f"{_fmt(embed_cpu, 1, missing='unknown')} + {_fmt(fit_cpu, 1, missing='unknown')}"
         params = r.probe.get("params", {})
         rows.append(
             f"<tr><td>{_esc(r.title)}</td><td>{t['auc']:.3f}</td><td>{ci_text(t['auc_ci'], '–', False)}</td>"
@@ -171,10 +171,11 @@ def _bench_table(bench_root, manifest, rows=None):
                 continue
             ci = lambda m: _fmt(r.get(m)) + (f" [{r[m + '_lo']:.3f}, {r[m + '_hi']:.3f}]" if r.get(m + "_lo") is not None else "")
             cells = [_esc(r["method"]) + (" (not comparable)" if r["kind"] == "reference" and not dataset["comparable"] else ""),
-                     _esc(r.get("seed", "")), ci("auc"), ci("acc"), _fmt(r.get("cpu_s"), 1)]
+                     _esc(r.get("seed", "")), ci("auc"), ci("acc"),
+                     _fmt(r.get("cpu_s"), 1, missing="unknown" if r["kind"] == "probe" else "–")]
             if has_base:
                 ratio = r.get("compute_ratio")
-                cells += [_fmt(r.get("delta_auc_baseline"), signed=True), _ratio(ratio)]
+                cells += [_fmt(r.get("delta_auc_baseline"), signed=True), "unknown" if ratio is None and r["kind"] == "probe" else _ratio(ratio)]
             if dataset["reference"]:
                 if r["kind"] == "probe":
                     cells += [_fmt(r["auc"] - r18["auc"], signed=True) if r18 else "–", _fmt(r["auc"] - best_ref["auc"], signed=True)]
@@ -219,7 +220,8 @@ def _study_section(page, result):
     if external:
         parts.append(f"<p class='note'>External evaluation of the saved model <code>{_esc(external['model'])}</code> (trained on "
                      f"{_esc(external['trained_on'])}) on {_esc(external['rows'])} rows of {_esc(result.dataset['name'])}; its calibrator "
-                     "and thresholds are the saved ones, chosen on its original val split.</p>")
+                     f"and thresholds are the saved ones, fitted on its training data's "
+                     f"{_esc((test.get('operating_points') or {}).get('chosen_on', 'val'))}.</p>")
     if test.get("operating_points"):
         parts += ["<h4>Operating points</h4>", operating_points_html(test)]
     if test.get("calibration"):
@@ -285,6 +287,9 @@ def _compute_section(page, found):
                     ratio = b.timings["train_cpu_s"] / (e["embed"] + e["fit"])
                     lines.append(f"<li>{_esc(e['label'])}: {_ratio(ratio)} fewer CPU seconds than {_esc(label)}, "
                                  f"ΔAUC {e['auc'] - b.metrics['test']['auc']:+.3f}</li>")
+                elif e.get("train") is None:
+                    lines.append(f"<li>{_esc(e['label'])}: compute ratio to {_esc(label)} unknown (its embeddings' CPU seconds "
+                                 "were not recorded: embedded on Ray)</li>")
             if training["capped"]:
                 lines.append(f"<li><b>{_esc(label)} is capped</b>: {_esc(training['capped_reason'])}.</li>")
         if not any(e.get("embed") is not None or e.get("train") is not None for e in entries):

@@ -211,8 +211,11 @@ def paired_text(row, name):
     return f"{delta:+.3f}{interval}" + (f" p={p:.2g}" if p is not None and p < 0.001 else f" p={p:.3f}" if p is not None else "")
 
 
-def _ratio(value):
-    return "–" if value is None else f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
+UNKNOWN = "unknown"  # a cost that was not measured (images embedded on Ray): said so, never shown as a number
+
+
+def _ratio(value, missing="–"):
+    return missing if value is None else f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
 
 
 def _md(text):
@@ -220,8 +223,8 @@ def _md(text):
     return str(text).replace("|", "\\|")
 
 
-def _cpu(value):
-    return "–" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+def _cpu(value, missing="–"):
+    return missing if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def table_markdown(rows, manifest):
@@ -262,9 +265,9 @@ def table_markdown(rows, manifest):
             if r.get("auc") is None:
                 lines.append(f"| {_md(r['method'])} | {r['seed']} | failed: {r.get('error', '')} |" + " |" * (len(header) - 3))
                 continue
-            cells_ = [_md(r["method"]), str(r["seed"]), _ci(r, "auc"), _ci(r, "acc"), _cpu(r.get("cpu_s")), paired_text(r, "best")]
+            cells_ = [_md(r["method"]), str(r["seed"]), _ci(r, "auc"), _ci(r, "acc"), _cpu(r.get("cpu_s"), UNKNOWN), paired_text(r, "best")]
             if bases:
-                cells_ += [paired_text(r, "baseline"), _ratio(r.get("compute_ratio"))]
+                cells_ += [paired_text(r, "baseline"), _ratio(r.get("compute_ratio"), UNKNOWN)]
             cells_ += [f"{_num(r.get(f'delta_auc_{k}'), signed=True)} / {_num(r.get(f'delta_acc_{k}'), signed=True)}" for _, k in ref_cols]
             lines.append("| " + " | ".join(cells_) + " |")
         for r in bases:
@@ -276,8 +279,8 @@ def table_markdown(rows, manifest):
             if r["status"] == "capped" and r.get("epochs_done"):
                 # A projection, labelled as one: the measured ratio above uses the capped (smaller) cost.
                 projected = r["cpu_s"] / r["epochs_done"] * r["protocol_epochs"]
-                best = [p for p in probes if p.get("cpu_s")]
-                ratios = ", ".join(f"{p['method']} {_ratio(projected / p['cpu_s'])}" for p in best)
+                ratios = ", ".join(f"{p['method']} {_ratio(projected / p['cpu_s'] if p.get('cpu_s') else None, UNKNOWN)}"
+                                   for p in probes if p.get("auc") is not None)
                 notes.append(f"The trained baseline is CAPPED at {r['epochs_done']} of {r['protocol_epochs']} epochs, so its CPU s "
                              f"and the compute ratios above understate the conventional cost. At its measured rate of "
                              f"{r['cpu_s'] / r['epochs_done']:.0f} CPU s per epoch, {r['protocol_epochs']} epochs would take "

@@ -3,6 +3,7 @@
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -15,10 +16,11 @@ from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
 from medprobe.evaluation.operating_points import column_names
-from medprobe.evaluation.study import StudyOptions, fit_decisions, score_decisions
+from medprobe.evaluation.study import StudyOptions, decisions_fitted_on, fit_decisions, score_decisions
 from medprobe.evaluation.subgroups import group_values
 from medprobe.probes.fit import SAVABLE, fit_probe
-from medprobe.probes.saved import save_model
+from medprobe.probes.index import training_index
+from medprobe.probes.saved import check_save_folder, save_model
 from medprobe.probes.spec import ZEROSHOT, ProbeSpec
 from medprobe.probes.zeroshot import fit_zeroshot
 from medprobe.reporting.results import RunResult, project_2d, write_run_folder
@@ -37,7 +39,7 @@ class EvalOptions:
     study: StudyOptions = field(default_factory=StudyOptions)
 
 
-def check_before_images(options, probe_spec, out=None, save=None):
+def check_before_images(options, probe_spec, out=None, save=None, data_spec=None):
     """Everything about a run that can be checked without images, so a typo never costs a scan or an embedding pass.
 
     Returns the encoder choices ('a|b' -> ['a', 'b']).
@@ -47,7 +49,7 @@ def check_before_images(options, probe_spec, out=None, save=None):
     if out is not None:
         check_writable_folder(out)
     if save is not None:
-        check_writable_folder(save, "--save")
+        check_save_folder(save, _user_paths(data_spec, out))
     choices = split_choices(options.encoder)
     if len(choices) > 1 and probe_spec.name == ZEROSHOT:
         raise ModelError(f"--encoder {options.encoder!r}: choosing among encoders ('|') needs a fitted probe, not zeroshot")
@@ -56,7 +58,7 @@ def check_before_images(options, probe_spec, out=None, save=None):
     return choices
 
 
-def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None, scanned=None):
+def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None, scanned=None, index=True):
     """Run one (dataset, encoder, probe) experiment; write its results folder when `out` is given.
 
     >>> result = run(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), EmbedOptions("efficientnet_lite0"),
@@ -66,12 +68,13 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     `options.encoder` may fuse several ('efficientnet_lite0+efficientnet_lite2'); a ProbeSpec named
     "zeroshot" classifies with the CLIP text prompts of its prompt file instead of fitting anything.
     With `save`, the fitted probe is also written there (see `medprobe.probes.saved`). `scanned`, an earlier
-    `data_spec.scan()`, spares repeated runs of one dataset (`--seeds`) decoding every image again.
+    `data_spec.scan()`, spares repeated runs of one dataset (`--seeds`) decoding every image again. `index` (with `save`)
+    keeps a retrieval index of the images the probe was fitted on beside it (`medprobe.probes.index`).
     """
     options, probe_spec, evaluation = options or EmbedOptions(), probe_spec or ProbeSpec(), evaluation or EvalOptions()
     timings = {}
     started, started_cpu = time.perf_counter(), cpu_seconds()
-    choices = check_before_images(options, probe_spec, out, save)
+    choices = check_before_images(options, probe_spec, out, save, data_spec)
     data, scanned = data_spec.load(scanned)
     # A misspelt subgroup column, or a calibrator that does not fit the task, is refused before any embedding.
     resolve_method(evaluation.study.calibrate, data.task)
@@ -87,9 +90,9 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     timings["embed_s"] = sum(c.embeddings.seconds for c in candidates)
     timings["embed_cpu_s"] = cpu_seconds() - tick_cpu
     # What computing every image cost, whenever it was computed: a run that read the store does not flatter the compute ratio.
-    # With a choice of encoders, every candidate's cost counts.
+    # With a choice of encoders, every candidate's cost counts. A cost not known (images embedded on Ray) stays None: unknown.
     costs = [c.embeddings.cost for c in candidates]
-    timings.update(embed_cost_s=sum(c["wall_s"] for c in costs), embed_cost_cpu_s=sum(c["cpu_s"] for c in costs),
+    timings.update(embed_cost_s=_total(c["wall_s"] for c in costs), embed_cost_cpu_s=_total(c["cpu_s"] for c in costs),
                    embed_cost_source=costs[0]["measured_in"], embedded_now=_total(c.get("computed_now") for c in costs),
                    embedded_from_store=_total(c.get("from_store") for c in costs))
 
@@ -132,7 +135,8 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     }
     if pooled:
         metrics["val"]["scored_by"] = "out-of-fold predictions (selection cv fitted the probe on train+val)"
-    decisions = fit_decisions(y[decided_on], decision_scores, data.task, data.label_names, evaluation.study)
+    decisions = fit_decisions(y[decided_on], decision_scores, data.task, data.label_names, evaluation.study,
+                              decisions_fitted_on(fitted.selection.get("fit_on"), out_of_fold))
     metrics["test"].update(score_decisions(y[test], scores["test"], data.task, data.label_names, decisions,
                                            {k: v[test] for k, v in data.columns.items()}, evaluation.study, evaluation.n_boot,
                                            probe_spec.seed, data.name))
@@ -168,9 +172,25 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         xy = project_2d(X[test], evaluation.projection, probe_spec.seed)
         write_run_folder(out, result, data.ids[test], y[test], scores["test"], projection=(xy, evaluation.projection))
     if save is not None:
+        fitted_on = np.concatenate([train, val]) if fitted.selection.get("fit_on") == "train+val" else train
         save_model(save, fitted, data, encoded.encoders[0], encoded.transforms[0], options.encoder, options.weights, metrics, probe_spec.seed,
-                   decisions)
+                   decisions, training_index(data, X, fitted_on) if index else None, calibration=encoded.encoders[0].int8_calibration)
     return result
+
+
+def _user_paths(data_spec, out):
+    """(label, path, also refuse inside it) for what a --save folder must never be or hold: the data and the results."""
+    paths = [("the --out folder", out, True)] if out is not None else []
+    if data_spec is None:
+        return paths
+    source = Path(data_spec.dataset)
+    if source.is_dir():
+        paths.append(("the dataset folder", source, True))
+    elif source.suffix.lower() in (".csv", ".npz"):
+        paths.append(("the dataset file", source, False))  # a model beside (not over) a manifest or an npz is fine
+    paths += [(label, path, False) for label, path in (("the --metadata file", data_spec.metadata), ("the MedMNIST folder", data_spec.data_dir))
+              if path is not None]
+    return paths
 
 
 def _total(counts):
