@@ -8,9 +8,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
 	touch $@
 
-# Headless Chromium renders the HTML report in its test (Debian package; skipped where it is already present).
+# Headless Chromium renders the HTML report in its test, and chromium-driver lets the serve page's test upload a file
+# (Debian packages; skipped where they are already present).
 chromium:
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	@(command -v chromium && command -v chromedriver) >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
 		|| echo "could not install chromium (needs root): the HTML report screenshot test will fail"
 
 demo: $(VENV)/.installed

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "medprobe"
 # Lower number = lower layer. A module may import its own sub-package and any strictly lower layer.
-LAYERS = {"core": 0, "data": 1, "encoders": 1, "evaluation": 1, "embedding": 2, "probes": 2, "reporting": 3, "workflows": 4, "cli": 5}
+LAYERS = {"core": 0, "data": 1, "encoders": 1, "evaluation": 1, "embedding": 2, "probes": 2, "reporting": 3, "workflows": 4, "serving": 5, "cli": 6}
 
 
 def module_name(path):

@@ -9,7 +9,7 @@ import logging
 import sys
 
 from medprobe import __version__
-from medprobe.cli import baseline, bench, cache, compare, curve, embed, evaluate, listing, predict, report, run
+from medprobe.cli import baseline, bench, cache, compare, curve, embed, evaluate, listing, predict, report, run, serve
 from medprobe.core.errors import MedprobeError, UnknownNameError
 
 # The command that lists each kind of name, for "unknown ..." errors.
@@ -20,7 +20,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="medprobe", description="Training-free medical image classification with frozen embeddings.")
     parser.add_argument("--version", action="version", version=f"medprobe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (run, embed, listing, cache, bench, baseline, curve, report, predict, evaluate, compare):
+    for module in (run, embed, listing, cache, bench, baseline, curve, report, predict, evaluate, compare, serve):
         module.add_commands(commands)
     return parser
 

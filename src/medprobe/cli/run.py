@@ -37,6 +37,9 @@ def add_commands(commands):
     add_probe_args(fit, probes="logreg, svm or knn")
     fit.add_argument("--save", required=True, metavar="MODEL_DIR", help="folder for the saved probe")
     fit.add_argument("--out", help="also write a results folder (results.json, predictions.csv, summary.md)")
+    fit.add_argument("--no-index", action="store_true",
+                     help="do not keep the retrieval index of the training images (their embeddings, ids and digests) beside the probe; "
+                     "`medprobe serve` then gives no similar cases and no out-of-distribution score")
     add_n_boot(fit)
     add_study_args(fit)
 
@@ -52,7 +55,8 @@ def _run(args, save=None):
     if getattr(args, "seeds", None) is not None:
         result = run_seeds(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, n_seeds=args.seeds)
     else:
-        result = run(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, save=save)
+        result = run(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, save=save,
+                     index=not getattr(args, "no_index", False))
     selection = result.probe["selection"]
     chosen = f" (chosen by {selection['criterion']})" if "encoder_choice" in selection else ""
     protocol = f" · selection {selection['protocol']}" if "protocol" in selection else ""

@@ -75,3 +75,12 @@ class BenchConfigError(MedprobeError):
 
 class ComparisonError(MedprobeError):
     """Two results cannot be compared pairwise: different test images, labels, task or label names."""
+
+
+class ServeError(MedprobeError):
+    """`medprobe serve` cannot start as asked (an open address without a token), or an upload cannot be answered;
+    `status` is the HTTP status an upload's error is answered with."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status

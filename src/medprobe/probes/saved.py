@@ -91,7 +91,7 @@ class SavedModel:
         _refuse_differences(self.path, "preprocessing", self.meta["preprocessing"], transform.policy)
 
 
-def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weights=None, metrics=None, seed=0, decisions=None):
+def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weights=None, metrics=None, seed=0, decisions=None, index=None):
     """Write a fitted probe and everything needed to use it on new images; return the folder.
 
     >>> save_model("models/derma", fitted, data, encoder, transform, "efficientnet_lite0")
@@ -104,6 +104,7 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
     decided, decision_arrays = (decisions or Decisions()).to_saved()
     arrays.update(decision_arrays)
     blob = save(arrays) if arrays else save({"_empty": np.zeros(0, np.float32)})
+    extra = index.files() if index is not None else {}
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -121,6 +122,8 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         # the calibrator (isotonic breakpoints in the arrays file) and each operating point's threshold, chosen on val
         "decisions": _plain(decided),
         "arrays": {"file": ARRAYS, "sha256": hashlib.sha256(blob).hexdigest()},
+        # the retrieval index of the training images (medprobe.probes.index), verified through this file's checksum
+        "index": {name: hashlib.sha256(data).hexdigest() for name, data in extra.items()} or None,
     }
     text = (json.dumps(meta, indent=1, allow_nan=True) + "\n").encode()
     # The three files are written beside the folder and swapped in together: a kill or a full disk while saving
@@ -129,6 +132,8 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         atomic_write_bytes(building / ARRAYS, blob)
         atomic_write_bytes(building / MODEL_JSON, text)
         atomic_write_bytes(building / CHECKSUM, f"{hashlib.sha256(text).hexdigest()}  {MODEL_JSON}\n".encode())
+        for name, data in extra.items():
+            atomic_write_bytes(building / name, data)
     return folder
 
 
