@@ -110,11 +110,12 @@ def add_study_args(parser, chooses=True):
     if chooses:
         parser.add_argument(
             "--operating-point", action="append", metavar="RULE",
-            help="threshold chosen on val, reported on test with CIs: youden (default), sensitivity=X, specificity=X; repeatable",
+            help="threshold chosen on held-out scores (out-of-fold over train+val with --selection cv, val with --selection val), "
+                 "reported on test with CIs: youden (default), sensitivity=X, specificity=X; repeatable",
         )
         parser.add_argument(
             "--calibrate", default="none", choices=("none", "auto", "temperature", "platt", "isotonic"),
-            help="post-hoc calibrator fitted on val: temperature (multi-class), platt or isotonic (binary), auto picks; "
+            help="post-hoc calibrator fitted on the same held-out scores: temperature (multi-class), platt or isotonic (binary), auto picks; "
             "ECE and Brier are reported either way (default none)",
         )
         parser.add_argument("--positive", metavar="CLASS",

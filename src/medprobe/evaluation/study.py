@@ -1,10 +1,13 @@
-"""From scores to a validation study: what is decided on val (calibrator, thresholds) and what is reported on test.
+"""From scores to a validation study: what is decided on held-out scores (calibrator, thresholds), what is reported on test.
 
-`fit_decisions` fits the calibrator on the val scores and then chooses every operating point on
-the *calibrated* val scores (the scores `predict` will output); `score_decisions` applies those
-decisions, unchanged, to test rows: the operating-point metrics, the calibration before/after,
-and the subgroup table. An external evaluation (`medprobe evaluate`) uses the decisions saved
-with the model, so its thresholds are the ones chosen on the original val split.
+The decisions are fitted on scores of images the probe was not fitted on (`FITTED_ON`): the val split's,
+when the probe was fitted on train alone (`--selection val`); the out-of-fold scores over train+val, when
+`--selection cv` fitted it on train+val (the default); or the out-of-fold scores over train, when there is
+no val split. `fit_decisions` fits the calibrator on those scores and then chooses every operating point on
+the *calibrated* scores (the scores `predict` will output); `score_decisions` applies the decisions,
+unchanged, to test rows: the operating-point metrics, the calibration before/after, and the subgroup table.
+Both record where the decisions were fitted. An external evaluation (`medprobe evaluate`) uses the
+decisions saved with the model, and where they were fitted.
 """
 
 from dataclasses import dataclass, field
@@ -28,10 +31,25 @@ from medprobe.evaluation.operating_points import (
 )
 from medprobe.evaluation.subgroups import SubgroupOptions, subgroup_report
 
+# Where a run's calibrator and thresholds were fitted: always scores of images the probe was not fitted on.
+ON_VAL = "val"
+ON_TRAIN_OUT_OF_FOLD = "out-of-fold scores over train"
+ON_TRAIN_VAL_OUT_OF_FOLD = "out-of-fold scores over train+val"
+FITTED_ON = (ON_VAL, ON_TRAIN_OUT_OF_FOLD, ON_TRAIN_VAL_OUT_OF_FOLD)
+# Models saved before the provenance was recorded say so rather than guess.
+NOT_RECORDED = "not recorded (saved by an older medprobe)"
+
+
+def decisions_fitted_on(probe_fit_on, out_of_fold):
+    """Which of FITTED_ON a run's decisions come from, given what the probe was fitted on and whether it has out-of-fold scores."""
+    if out_of_fold is None:
+        return ON_VAL
+    return ON_TRAIN_VAL_OUT_OF_FOLD if probe_fit_on == "train+val" else ON_TRAIN_OUT_OF_FOLD
+
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """Operating-point rules, the calibrator to fit on val, and the subgroup columns; built once and passed whole.
+    """Operating-point rules, the calibrator to fit on held-out scores, and the subgroup columns; built once and passed whole.
 
     >>> StudyOptions(("youden", "sensitivity=0.9"), calibrate="auto", subgroups=SubgroupOptions(("sex", "age")))
     """
@@ -52,11 +70,13 @@ class StudyOptions:
 
 @dataclass
 class Decisions:
-    """What was decided on val: the calibrator (or None) and the thresholds {rule: {column: choice}}."""
+    """What was decided on held-out scores: the calibrator (or None), the thresholds {rule: {column: choice}}, and where
+    both were fitted (one of FITTED_ON)."""
 
     calibrator: Calibrator | None = None
     thresholds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    fitted_on: str = ON_VAL
 
     @property
     def scores_label(self):
@@ -68,7 +88,7 @@ class Decisions:
 
     def to_saved(self):
         """(JSON record, arrays) for a saved model: thresholds with how they were chosen, the calibrator's numbers."""
-        record = {"thresholds": self.thresholds, "calibrator": None}
+        record = {"thresholds": self.thresholds, "calibrator": None, "fitted_on": self.fitted_on}
         arrays = {}
         if self.calibrator:
             record["calibrator"] = {"method": self.calibrator.method, "scalars": self.calibrator.scalars(),
@@ -103,11 +123,19 @@ class Decisions:
             if missing:
                 raise CalibrationError(f"the saved calibrator's arrays {missing} are missing from the arrays file")
             calibrator = Calibrator.restore(saved.get("method"), saved.get("scalars", {}), {n: arrays[f"calibrator.{n}"] for n in names}, task)
-        return cls(calibrator, record["thresholds"])
+        return cls(calibrator, record["thresholds"], fitted_on=str(record.get("fitted_on", NOT_RECORDED)))
 
 
-def fit_decisions(y_val, scores_val, task, label_names, options):
-    """Fit the calibrator on val, then choose each operating point on the calibrated val scores."""
+def fit_decisions(y_val, scores_val, task, label_names, options, fitted_on=ON_VAL):
+    """Fit the calibrator on held-out scores (`fitted_on`: val's, or out-of-fold ones; see FITTED_ON), then choose each
+    operating point on the calibrated scores.
+
+    >>> decisions = fit_decisions(y[val], probe.predict_scores(X[val]), "binary", ["normal", "pneumonia"], StudyOptions())
+    >>> decisions.fitted_on
+    'val'
+    """
+    if fitted_on not in FITTED_ON:
+        raise ValueError(f"fitted_on must be one of {FITTED_ON}, got {fitted_on!r}")
     y_val, scores_val = np.asarray(y_val), np.asarray(scores_val, dtype=np.float64)
     column_names(task, label_names, options.positive)  # an unknown positive class is refused by name
     method = resolve_method(options.calibrate, task)
@@ -115,12 +143,12 @@ def fit_decisions(y_val, scores_val, task, label_names, options):
     if method != "none":
         single = task != "multi-label" and len(np.unique(y_val)) < 2
         if len(y_val) == 0 or single:
-            notes.append(f"not calibrated: {method} is fitted on val, and val has {'no images' if len(y_val) == 0 else 'a single class'}")
+            notes.append(f"not calibrated: {method} is fitted on {fitted_on}, which has {'no images' if len(y_val) == 0 else 'a single class'}")
         else:
             calibrator = Calibrator.fit(method, y_val, scores_val, task)
-    decisions = Decisions(calibrator, notes=notes)
+    decisions = Decisions(calibrator, notes=notes, fitted_on=fitted_on)
     if len(y_val) == 0:
-        decisions.thresholds = {rule.name: {name: {"threshold": None, "val": None, "reached": False, "note": "no val split: no threshold chosen"}
+        decisions.thresholds = {rule.name: {name: {"threshold": None, "val": None, "reached": False, "note": f"no {fitted_on} rows: no threshold chosen"}
                                             for name in column_names(task, label_names, options.positive)} for rule in options.operating_points}
     else:
         decisions.thresholds = choose_thresholds(y_val, decisions.apply(scores_val), task, label_names, options.operating_points,
@@ -137,8 +165,10 @@ def score_decisions(y, scores, task, label_names, decisions, columns=None, optio
     final = decisions.apply(scores)
     calibration = calibration_report(y, scores, task, decisions.calibrator, weights=weights)
     calibration["notes"] = decisions.notes + calibration["notes"]
+    if decisions.calibrator:
+        calibration["fitted_on"] = decisions.fitted_on
     out = {
-        "operating_points": {"on": decisions.scores_label, "chosen_on": "val", "positive_when": "score >= threshold",
+        "operating_points": {"on": decisions.scores_label, "chosen_on": decisions.fitted_on, "positive_when": "score >= threshold",
                              "points": score_thresholds(y, final, task, label_names, decisions.thresholds, weights=weights)},
         "calibration": calibration,
     }

@@ -365,6 +365,11 @@ def summary_markdown(result):
         f"probe fit {timings['fit_s']:.1f} s. Cache key `{result.cache['key'][:16]}`.",
         "",
     ]
+    points, calibration = test.get("operating_points"), test.get("calibration") or {}
+    if points:  # where the decisions were fitted is part of the protocol: val, or out-of-fold scores (selection cv)
+        calibrator = f" and the {calibration['method']} calibrator" if calibration.get("fitted_on") else ""
+        lines += [f"Operating-point thresholds{calibrator} fitted on {points['chosen_on']}: "
+                  f"{', '.join(points['points'])} (test sensitivity and specificity in results.json and report.html).", ""]
     if result.repeats:  # `run --seeds N`: the same lines the terminal shows
         lines += ["```", *repeats_lines(result.repeats), "```", ""]
     return "\n".join(lines)

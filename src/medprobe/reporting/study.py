@@ -21,7 +21,7 @@ def study_text(test):
     lines = []
     points = test.get("operating_points")
     if points:
-        lines.append(f"operating points (threshold chosen on val, on {points['on']}; positive when score >= threshold):")
+        lines.append(f"operating points (threshold chosen on {points['chosen_on']}, on {points['on']}; positive when score >= threshold):")
         lines.append(f"  {'rule':<20}{'class':<12}{'threshold':>10}  {'sensitivity [95% CI]':<24}{'specificity [95% CI]':<24}"
                      f"{'PPV':>7}{'NPV':>7}{'F1':>7}")
         for rule, per_column in points["points"].items():
@@ -44,6 +44,8 @@ def study_text(test):
             if c:
                 extra = f"   AUC {c['auc']:.3f}" if c.get("auc") is not None and "after" in label else ""
                 lines.append(f"  {label:<20}ECE {_value(c['ece'], c['ece_ci'])}   Brier {_value(c['brier'], c['brier_ci'])}{extra}")
+        if calibration.get("after"):
+            lines.append(f"  {calibration['method']} fitted on {calibration.get('fitted_on', 'val')}")
         lines += [f"  ! {note}" for note in calibration.get("notes", [])]
     for column, table in (test.get("subgroups") or {}).items():
         lines += subgroup_lines(column, table)
@@ -102,7 +104,7 @@ def operating_points_html(test):
     points = test.get("operating_points")
     if not points:
         return ""
-    rows = ["<table><tr><th>rule</th><th>class</th><th>threshold</th><th>val sens / spec</th>"
+    rows = [f"<table><tr><th>rule</th><th>class</th><th>threshold</th><th>sens / spec on {_esc(points['chosen_on'])}</th>"
             + "".join(f"<th>{label} (test)</th>" for _, label in RATES) + "<th>TP / FP / TN / FN</th></tr>"]
     for rule, per_column in points["points"].items():
         for column, entry in per_column.items():
@@ -119,7 +121,7 @@ def operating_points_html(test):
                         + "".join(_cell(t[key], t[f"{key}_ci"]) for key, _ in RATES)
                         + f"<td>{counts['tp']} / {counts['fp']} / {counts['tn']} / {counts['fn']}</td></tr>")
     rows.append("</table>")
-    return (f"<p class='muted'>Thresholds chosen on val ({_esc(points['on'])}; positive when score &ge; threshold), "
+    return (f"<p class='muted'>Thresholds chosen on {_esc(points['chosen_on'])} ({_esc(points['on'])}; positive when score &ge; threshold), "
             "metrics on test with 95 % bootstrap CIs.</p>" + "\n".join(rows))
 
 
@@ -128,7 +130,7 @@ def calibration_html(test):
     if not calibration:
         return ""
     rows = ["<table><tr><th>scores</th><th>ECE</th><th>Brier</th><th>AUC</th><th>ACC</th></tr>"]
-    for label, key in (("probe (before)", "before"), (f"after {calibration['method']} (fitted on val)", "after")):
+    for label, key in (("probe (before)", "before"), (f"after {calibration['method']} (fitted on {calibration.get('fitted_on', 'val')})", "after")):
         c = calibration.get(key)
         if c:
             rows.append(f"<tr><td>{_esc(label)}</td>{_cell(c['ece'], c['ece_ci'])}{_cell(c['brier'], c['brier_ci'])}"
@@ -166,5 +168,6 @@ def subgroups_html(test):
             rows.append(f"<tr><td>{_esc(g['group'])}</td><td>{g['n']}</td><td>{counts}</td>" + "".join(cells) + "</tr>")
         rows.append("</table>")
         parts.append("\n".join(rows))
-        parts.append(f"<p class='muted'>Subgroups are {_esc(table['flag_rule'])}; thresholds are the ones chosen on the whole val split.</p>")
+        parts.append(f"<p class='muted'>Subgroups are {_esc(table['flag_rule'])}; thresholds are the ones chosen on all of "
+                     f"{_esc((test.get('operating_points') or {}).get('chosen_on', 'val'))}.</p>")
     return "\n".join(parts)

@@ -2,7 +2,7 @@
 
 B is embedded with the encoder the model names (through the embedding store, so images already
 embedded cost nothing), the saved probe scores it, the saved calibrator is applied and the saved
-thresholds (chosen on the *original* val split) are used unchanged. The results folder has the
+thresholds (fitted on the *original* data's val split or out-of-fold scores: `decisions.fitted_on`) are used unchanged. The results folder has the
 same layout and metrics as a run's, with `external` saying which model was evaluated on which rows.
 
 Labels are matched by name, in any order; a class of B that the model does not know, or a class
@@ -107,7 +107,7 @@ def evaluate_model(model_dir, data_spec, options=None, evaluation=None, rows="al
         seed=seed,
         external={"model": str(model_dir), "trained_on": (trained_on.get("dataset") or {}).get("name"),
                   "test_auc_where_trained": (trained_on.get("test_metrics") or {}).get("auc"), "rows": rows,
-                  "label_map": label_map, "thresholds": "saved with the model (chosen on its original val split)",
+                  "label_map": label_map, "thresholds": f"saved with the model (chosen on its training data's {model.decisions.fitted_on})",
                   "calibrator": model.decisions.calibrator.method if model.decisions.calibrator else None},
     )
     if out is not None:
