@@ -12,8 +12,8 @@ The package is layered; each sub-package imports only those below it:
     workflows   run, predict, curve, bench, baseline
     cli         the `medprobe` command
 
-The five names below are the quick-start API; they are imported on first use, so
-`import medprobe` stays cheap.
+The names below are the quick-start API (and `ImageEmbedder`, a scikit-learn transformer); they are
+imported on first use, so `import medprobe` stays cheap.
 """
 
 __version__ = "0.1.0"
@@ -24,6 +24,7 @@ _API = {
     "embed": "medprobe.embedding.embed",
     "fit_probe": "medprobe.probes.fit",
     "evaluate": "medprobe.evaluation.metrics",
+    "ImageEmbedder": "medprobe.embedding.transformer",
 }
 
 __all__ = [*_API, "__version__"]

@@ -82,6 +82,20 @@ def variant(config, suffix):
     return replace(config, embed_dim=config.embed_dim * poolings * len(recipes.scales(config)))
 
 
+def column_groups(config):
+    """(name, width) of each block of the embedding's columns, in order: scale (with @ms), then pooling, then map.
+
+    >>> column_groups(get_config("efficientnet_lite0@stages,max"))[:2], column_groups(get_config("efficientnet_lite0"))
+    ([('avg_stage1', 16), ('avg_stage2', 24)], [('avg_head', 1280)])
+    """
+    channels = STAGE_CHANNELS[config.name.partition("@")[0]]
+    stages = config.extra.get("stages", ()) if "stages" in recipes.recipe_of(config) else ()
+    maps = [(f"stage{s}", channels[s - 1]) for s in stages] + [("head", HEAD_DIM)]
+    scales = recipes.scales(config)
+    return [((f"x{scale:g}_" if len(scales) > 1 else "") + f"{pooling}_{name}", width)
+            for scale in scales for pooling in ("avg", *_extra_poolings(config)) for name, width in maps]
+
+
 def _extra_poolings(config):
     """The recipe's poolings beyond the global average, in column order."""
     return tuple(p for p in POOLINGS if p in recipes.recipe_of(config))

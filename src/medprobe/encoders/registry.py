@@ -45,6 +45,23 @@ for _family, _module in (
         register_encoder(_config)
 
 
+# Families that name their embedding's column blocks (the rest are one block, "embedding").
+_COLUMN_GROUPS = {"efficientnet_lite": efficientnet_lite.column_groups}
+
+
+def column_groups(name):
+    """(name, width) of each block of columns the encoder's embedding holds, in order; widths sum to its embed_dim.
+
+    >>> column_groups("efficientnet_lite0@stages,up,max")[-1]
+    ('max_head', 1280)
+    """
+    config = get_config(name)
+    groups = _COLUMN_GROUPS.get(config.family, lambda c: [("embedding", c.embed_dim)])(config)
+    if sum(width for _, width in groups) != config.embed_dim:  # a recipe whose layout this table does not know yet
+        return [("embedding", config.embed_dim)]
+    return groups
+
+
 def list_encoders():
     return dict(_CONFIGS)
 
