@@ -143,7 +143,7 @@ def run_medprobe(data, n, batch_size, runtime, scan=False):
     """(b) and (c): embed() exactly as the CLI calls it, with the runtime chosen (None: the default),
     alternated with pure inference of the same encoder on pre-decoded pixels; best of two each."""
     from medprobe.data.scan import scan_images
-    from medprobe.embedding.embed import decode_rows, embed
+    from medprobe.embedding.embed import embed, resized_rows
     from medprobe.embedding.options import EmbedOptions
     from medprobe.encoders import create_encoder
 
@@ -154,7 +154,7 @@ def run_medprobe(data, n, batch_size, runtime, scan=False):
     warm = dataset(data, min(n, 256))
     pixels = np.stack([transform(warm.images.load(i)) for i in range(len(warm))])  # the pure pass cycles through these
     job = dataset(data, n)
-    encoder.calibrate_on(job.content_digests(), lambda rows: decode_rows(job.images, transform, rows))  # int8: embed()'s calibration
+    encoder.calibrate_on(job.content_digests(), lambda rows: resized_rows(job.images, transform, rows))  # int8: embed()'s calibration
     encoder.embed_batch(pixels[:batch_size])
     setup = time.perf_counter() - tick
     options = EmbedOptions(ENCODER, use_cache=False, batch_size=batch_size, progress=False)

@@ -169,7 +169,7 @@ def plan_job(dataset, encoder, transform, options):
     """Hash the images, look every digest up in the store of this recipe, and cut the missing ones into chunks."""
     digests = dataset.content_digests()
     # int8 calibrates on a sample fixed by the whole data set's content, so it is known (and keyed) before any lookup
-    encoder.calibrate_on(digests, lambda rows: decode_rows(dataset.images, transform, rows))
+    encoder.calibrate_on(digests, lambda rows: resized_rows(dataset.images, transform, rows))
     description = describe_job(encoder, transform)
     store = Store(cache_root(options.cache_dir), encoder.config.name, description)
     found = store.lookup(set(digests)) if options.use_cache else {}
@@ -227,6 +227,12 @@ def _decode(images, transform, rows, pool):
 
     list(pool.map(one, range(1, len(rows))))
     return pixels
+
+
+def resized_rows(images, transform, rows):
+    """The resized uint8 (N, H, W, C) pixels of dataset `rows`, decoded with every core (e.g. an int8 calibration sample)."""
+    with ThreadPoolExecutor(usable_cores(), thread_name_prefix="medprobe-decode") as pool:
+        return np.stack(list(pool.map(lambda row: transform.resized(images.load(row)), rows)))
 
 
 def decode_rows(images, transform, rows):

@@ -67,8 +67,11 @@ class Encoded:
         return [encoder.runtime_info() for encoder in self.encoders]
 
 
-def embed_spec(dataset, options):
+def embed_spec(dataset, options, check=None):
     """Embed `dataset` with the encoder (or the '+'-joined fusion) named in `options` (an EmbedOptions).
+
+    `check(encoder, transform)`, when given, sees each part before it embeds anything: a saved model's check_encoder
+    refuses another encoder and fixes an int8 runtime's calibration.
 
     >>> encoded = embed_spec(load_dataset("retinamnist"), EmbedOptions("efficientnet_lite0+efficientnet_lite2"))
     >>> encoded.embeddings.vectors.shape
@@ -84,6 +87,8 @@ def embed_spec(dataset, options):
     encoders, transforms, parts = [], [], []
     for name in names:
         encoder, transform = create_encoder(name, weights=options.weights, device=options.device, runtime=options.runtime)
+        if check is not None:
+            check(encoder, transform)
         encoders.append(encoder)
         transforms.append(transform)
         parts.append(embed(dataset, encoder, transform, options))

@@ -55,9 +55,10 @@ class Encoder(Protocol):
         """Told before a job: how many images it embeds (picks the fast path) and where exported graphs may be cached."""
 
     def calibrate_on(self, digests: list, load) -> None:
-        """Told before the cache key is taken: the job's image digests, and `load(rows) -> pixels` for any of its rows.
+        """Told before the cache key is taken: the job's image digests, and `load(rows) -> uint8 (N, H, W, C)` resized
+        pixels for any of its rows.
 
-        Only a runtime calibrated on data (int8) uses them; it must put what it chose into `runtime`.
+        Only a runtime calibrated on data (int8) uses them; it must put what it chose into `runtime` (under "calibration").
         """
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
@@ -65,6 +66,16 @@ class Encoder(Protocol):
 
     def runtime_info(self) -> dict:
         """The runtime plus what actually ran (backend, exactness guard), for results files."""
+
+
+@runtime_checkable
+class CalibratedEncoder(Encoder, Protocol):
+    """An encoder whose int8 runtimes quantise on a calibration of images (medprobe's TorchEncoder)."""
+
+    int8_calibration: object  # the runtimes.Calibration in use: None until a job draws one or a saved model fixes one
+
+    def calibrate_with(self, calibration) -> None:
+        """Calibrate on this fixed runtimes.Calibration (a saved model's) whatever images later jobs hold (int8 only)."""
 
 
 @runtime_checkable

@@ -19,6 +19,8 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +188,41 @@ def calibration_sample(digests, size=None):
     ['a', 'b']
     """
     return sorted(set(digests))[: size or CALIBRATION_IMAGES]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The images an int8 graph's activation ranges are measured on; chosen before the store key is taken.
+
+    `record` says which (hashed into the store key and the int8 graph's file name, written to results.json);
+    `images()` gives their resized uint8 (N, H, W, C) pixels, read only when a graph must be quantised or a
+    model saved. A `fixed` one (saved with a model) is never replaced by one drawn from a job's images, so a
+    saved model gives an image the same answer whatever else the job holds.
+    """
+
+    record: dict
+    digests: tuple  # the sample's content digests, in the order record["sample_sha256"] hashes them
+    images: Callable[[], np.ndarray]
+    fixed: bool = False
+
+    def pixels(self, normalise):
+        """float32 (N, C, H, W): each image through `normalise` (the transform's), as the job's batches are."""
+        images = self.images()
+        out = np.empty((len(images), images.shape[3], *images.shape[1:3]), np.float32)
+        for image, row in zip(images, out):
+            normalise(image, row)
+        return out
+
+
+def draw_calibration(digests, load, runtime):
+    """A job's calibration: the images `calibration_sample` picks from `digests` (one per dataset row), loaded by
+    `load(rows) -> uint8 (N, H, W, C)` only when needed; rows in digest order, so the dataset's order never matters."""
+    sample = calibration_sample(digests)
+    first_row = {}
+    for row, digest in enumerate(digests):
+        first_row.setdefault(digest, row)
+    rows = [first_row[digest] for digest in sample]
+    return Calibration(calibration_record(sample, runtime=runtime), tuple(sample), lambda: load(rows))
 
 
 def calibration_record(sample, method=None, chosen="smallest SHA-256 of the job's images", runtime=None):

@@ -31,6 +31,7 @@ import numpy as np
 from medprobe.core.errors import EncoderError
 from medprobe.core.locations import cache_root
 from medprobe.encoders import runtimes
+from medprobe.encoders.transforms import make_transform
 from medprobe.encoders.weights import weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,7 @@ class TorchEncoder:
         self.planned_images = None  # how many images the coming job embeds; decides `auto`
         self.backend = None  # what actually runs, once the first batch has been embedded
         self.guard = None  # {"images": n, "min_cosine": c} of the fast backend against fp32 eager
-        self.calibration = None  # int8: the calibration_record of the sample chosen by `calibrate_on`
-        self._calibration_pixels = None  # int8: () -> that sample's pixels, decoded only if the graph must be quantised
+        self.int8_calibration = None  # int8: a runtimes.Calibration, drawn by `calibrate_on` or fixed by `calibrate_with`
         self._run = None
         self._stream = None  # OpenVINO: batches -> vectors with requests in flight across batches (see embed_batches)
         self._fingerprint = None
@@ -97,24 +97,30 @@ class TorchEncoder:
         if artifacts is not None:
             self.artifacts = artifacts
 
+    @property
+    def calibration(self):
+        """int8: the record of the calibration in use (part of `runtime`, so of the store key); else None."""
+        return self.int8_calibration.record if self.int8_calibration else None
+
     def calibrate_on(self, digests, load):
         """int8 only: calibrate on the images of `digests` (one per row of the job) chosen by runtimes.calibration_sample.
 
         Call before the store key is taken: the sample's record is part of `runtime`. `load(rows)` returns the
-        float32 pixels of those dataset rows; it is called only when the quantised graph is not cached yet.
+        resized uint8 (N, H, W, C) pixels of those dataset rows; it is called only when the quantised graph is not
+        cached yet (or the model is saved). A calibration fixed by `calibrate_with` is kept.
         """
-        if self.mode not in runtimes.INT8:
-            return
-        sample = runtimes.calibration_sample(digests)
-        first_row = {}
-        for row, digest in enumerate(digests):
-            first_row.setdefault(digest, row)
-        rows = [first_row[digest] for digest in sample]  # in digest order, so the dataset's order never matters
-        record = runtimes.calibration_record(sample, runtime=self.mode)
-        if record != self.calibration and self._run is not None:
-            self._run = self._stream = self.backend = self.guard = None  # a graph calibrated for other images: quantise again for these
-        self.calibration = record
-        self._calibration_pixels = lambda: load(rows)
+        if self.mode in runtimes.INT8 and not (self.int8_calibration and self.int8_calibration.fixed):
+            self._use(runtimes.draw_calibration(digests, load, self.mode))
+
+    def calibrate_with(self, calibration):
+        """int8 only: quantise with this fixed calibration (a saved model's) whatever images the coming jobs hold."""
+        if self.mode in runtimes.INT8:
+            self._use(calibration)
+
+    def _use(self, calibration):
+        if calibration.record != self.calibration and self._run is not None:
+            self._run = self._stream = self.backend = self.guard = None  # a graph calibrated on other images: quantise again
+        self.int8_calibration = calibration
 
     @property
     def module(self):
@@ -228,13 +234,15 @@ class TorchEncoder:
 
     def _int8_graph(self, fp32_path, pixels):
         """The int8 QDQ graph for this job's calibration, quantised once and cached beside the fp32 graph."""
-        load = self._calibration_pixels
-        if load is None:  # embed_batch called directly, outside a planned job (no store): calibrate on this batch
+        if self.int8_calibration is None:  # embed_batch called directly, outside a planned job (no store): calibrate on this batch
             import hashlib
 
-            self.calibration = runtimes.calibration_record([hashlib.sha256(p.tobytes()).hexdigest() for p in pixels], chosen="the first batch",
-                                                            runtime=self.mode)
+            digests = [hashlib.sha256(p.tobytes()).hexdigest() for p in pixels]
+            record = runtimes.calibration_record(digests, chosen="the first batch", runtime=self.mode)
+            self.int8_calibration = runtimes.Calibration(record, tuple(digests), images=None)
             load = lambda: pixels
+        else:
+            load = lambda: self.int8_calibration.pixels(make_transform(self.config).normalise)
         path = runtimes.onnx_file(self._artifact_folder(), self.config, self._fingerprint, "int8", self.calibration)
         if not path.is_file():
             calibration = load()

@@ -29,8 +29,10 @@ from medprobe.core.files import atomic_folder, atomic_write_bytes
 from medprobe.data.datasets import TASKS
 from medprobe.data.images import DECODING
 from medprobe.encoders import get_config
+from medprobe.encoders.base import CalibratedEncoder
 from medprobe.encoders.transforms import make_transform
 from medprobe.evaluation.study import Decisions
+from medprobe.probes import saved_calibration
 from medprobe.probes.fit import FittedProbe
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class SavedModel:
     meta: dict
     path: Path
     decisions: Decisions = field(default_factory=Decisions)  # calibrator and operating-point thresholds chosen on val (empty for older models)
+    calibration: object = None  # the int8 runtimes' runtimes.Calibration, saved when the probe was fitted under one (else None)
 
     def predict_scores(self, vectors):
         """The probe's probabilities, calibrated when the model carries a calibrator."""
@@ -86,13 +89,26 @@ class SavedModel:
         return list(self.meta["label_names"])
 
     def check_encoder(self, encoder, transform):
-        """Refuse to embed with an encoder or preprocessing other than the one the probe was fitted on."""
+        """Refuse to embed with an encoder or preprocessing other than the one the probe was fitted on; call before embedding.
+
+        An int8 encoder is also handed the calibration saved with the probe: quantised on each job's images instead,
+        an image's probability would depend on which other images came with it (issue 27).
+        """
         _refuse_differences(self.path, "encoder config", self.meta["encoder"]["config"], encoder.config.to_dict())
         _refuse_differences(self.path, "preprocessing", self.meta["preprocessing"], transform.policy)
+        if not isinstance(encoder, CalibratedEncoder) or "calibration" not in encoder.runtime:  # only int8 is calibrated on images
+            return
+        if self.calibration is None:
+            raise ModelError(f"{self.path} was saved without an int8 calibration (fitted under an fp32 or bf16 runtime), so an int8 "
+                             "runtime would calibrate on each job's images and answer differently for the same image; use "
+                             "--runtime auto (or onnx, openvino, openvino-bf16, bf16), or refit with the int8 runtime and --save")
+        encoder.calibrate_with(self.calibration)
 
 
-def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weights=None, metrics=None, seed=0, decisions=None, index=None):
-    """Write a fitted probe and everything needed to use it on new images; return the folder.
+def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weights=None, metrics=None, seed=0, decisions=None, index=None,
+               calibration=None):
+    """Write a fitted probe and everything needed to use it on new images (with `calibration`, the int8 runtimes'
+    runtimes.Calibration the embeddings were quantised with); return the folder.
 
     >>> save_model("models/derma", fitted, data, encoder, transform, "efficientnet_lite0")
     """
@@ -105,6 +121,7 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
     arrays.update(decision_arrays)
     blob = save(arrays) if arrays else save({"_empty": np.zeros(0, np.float32)})
     extra = index.files() if index is not None else {}
+    calibrated, calibration_blob = saved_calibration.to_saved(calibration) if calibration is not None else (None, None)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -114,6 +131,8 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         "task": dataset.task,
         "label_names": list(dataset.label_names),
         "encoder": {"name": encoder_name, "config": _plain(encoder.config.to_dict()), "weights": str(weights) if weights else None},
+        # the int8 calibration images (their own file, covered by this file's checksum); predict quantises on them alone
+        "int8_calibration": _plain(calibrated),
         "preprocessing": _plain(transform.policy),
         "decoding": DECODING,
         "probe": {"name": fitted.name, "params": _plain(fitted.params), "selection": _plain(fitted.selection)},
@@ -134,6 +153,8 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         atomic_write_bytes(building / CHECKSUM, f"{hashlib.sha256(text).hexdigest()}  {MODEL_JSON}\n".encode())
         for name, data in extra.items():
             atomic_write_bytes(building / name, data)
+        if calibration_blob is not None:
+            atomic_write_bytes(building / saved_calibration.FILE, calibration_blob)
     return folder
 
 
@@ -179,7 +200,8 @@ def load_model(folder, check_encoder=True):
         decisions = Decisions.from_saved(meta.get("decisions"), arrays, meta["task"], meta["label_names"])
     except MedprobeError as e:
         raise ModelError(f"{folder / MODEL_JSON}: {e}; refit the model") from e
-    return SavedModel(probe, meta, folder, decisions)
+    calibration = saved_calibration.from_saved(folder, meta.get("int8_calibration"), meta["encoder"]["config"])
+    return SavedModel(probe, meta, folder, decisions, calibration)
 
 
 def _check_content(folder, meta, probe):

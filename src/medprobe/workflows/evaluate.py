@@ -83,8 +83,7 @@ def evaluate_model(model_dir, data_spec, options=None, evaluation=None, rows="al
 
     options = options or EmbedOptions()
     options = replace(options, encoder=model.encoder_name, weights=options.weights or model.meta["encoder"]["weights"])
-    encoded = embed_spec(data, options)
-    model.check_encoder(encoded.encoders[0], encoded.transforms[0])
+    encoded = embed_spec(data, options, check=model.check_encoder)  # the probe's own encoder and preprocessing; int8: its saved calibration
     embedded = encoded.embeddings
     seed = int(model.meta.get("trained_on", {}).get("seed", 0))
     raw = model.probe.predict_scores(embedded.vectors)

@@ -82,7 +82,7 @@ def predict(model_dir, inputs, options=None, on_error="fail", decision=None):
     options = options or EmbedOptions()
     options = replace(options, encoder=model.encoder_name, weights=options.weights or model.meta["encoder"]["weights"])
     encoder, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
-    model.check_encoder(encoder, transform)
+    model.check_encoder(encoder, transform)  # the probe's own encoder and preprocessing; int8: the calibration saved with it
     vectors = embed(data, encoder, transform, options).vectors
     scores = model.predict_scores(vectors)
     decided = decide(scores, model.task, model.label_names, thresholds) if thresholds is not None else None
