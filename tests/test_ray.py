@@ -16,9 +16,10 @@ import pytest
 from conftest import store_rows, store_vectors
 from medprobe.cli import main
 from medprobe.data.datasets import SPLITS, load_dataset
-from medprobe.embedding.embed import embed, load_pixels
+from medprobe.data.sources import FileImages
+from medprobe.embedding.embed import describe_job, embed, load_pixels
 from medprobe.embedding.options import EmbedOptions
-from medprobe.embedding.ray import Embedder, decode_batch, embed_on_ray
+from medprobe.embedding.ray import Part, ShardEmbedder, embed_on_ray, job_blocks
 from medprobe.encoders import create_encoder
 
 ENCODER = "efficientnet_lite0"
@@ -56,24 +57,48 @@ def ham(shared_data, tmp_path_factory):
     return manifest
 
 
-def test_embedder_call_on_a_plain_batch_dict(ham):
+def test_shard_embedder_call_on_a_plain_batch_dict(ham, tmp_path):
+    """The worker without Ray: it reads and hashes each file, embeds what the store lacks, appends it, and skips it next time."""
     data = load_dataset(ham)
     encoder, transform = create_encoder(ENCODER)
-    batch = decode_batch({"index": np.arange(3)}, data.images, transform)
+    part = Part(ENCODER, options(), describe_job(encoder, transform))
+    worker = dict(images=data.images, parts=[part], root=str(tmp_path), writable=[True], held=[(frozenset(), frozenset())], n_images=3)
+    out = ShardEmbedder(**worker)({"index": np.arange(3)})
     expected = np.stack([load_pixels(data.images, transform, i) for i in range(3)])
-    np.testing.assert_array_equal(batch["pixels"], expected)
-
-    out = Embedder(options())({"index": batch["index"], "pixels": batch["pixels"]})
     np.testing.assert_array_equal(out["index"], [0, 1, 2])
-    np.testing.assert_array_equal(out["embedding"], encoder.embed_batch(expected))
+    assert list(out["sha256"]) == data.content_digests()[:3] and out["computed_0"].all()
+    np.testing.assert_array_equal(out["embedding_0"], encoder.embed_batch(expected))
+    stored = store_vectors(tmp_path)
+    assert stored.keys() == set(out["sha256"]) and all(stored[d].tobytes() == v.tobytes() for d, v in zip(out["sha256"], out["embedding_0"]))
+
+    again = ShardEmbedder(**worker)({"index": np.arange(4)})  # a new actor sees the file the first one appended
+    np.testing.assert_array_equal(again["computed_0"], [False, False, False, True])
+    assert len(store_vectors(tmp_path)) == 4
+
+
+def test_job_blocks_hold_the_local_paths_batches():
+    rows = list(range(300))
+    blocks = job_blocks(rows, shard_size=128, batch_size=32, actors=1)
+    assert [len(b) for b in blocks] == [128, 128, 44]  # whole chunks when there is enough work per actor
+    blocks = job_blocks(rows, shard_size=128, batch_size=32, actors=4)
+    assert [len(b) for b in blocks] == [32, 32, 32, 32, 32, 32, 32, 32, 32, 12]  # one batch each, never across a chunk
+    assert sum(blocks, []) == rows
 
 
 @pytest.mark.ray
-def test_ray_fills_the_local_store_image_by_image(local_ray, ham, tmp_path):
+def test_ray_fills_the_local_store_image_by_image(local_ray, ham, tmp_path, monkeypatch):
     data = load_dataset(ham)
     encoder, transform = create_encoder(ENCODER)
     ham_local = embed(data, encoder, transform, options(tmp_path / "local"))
-    on_ray = embed_on_ray(data, options(tmp_path / "ray"), concurrency=2)
+    data = load_dataset(ham)  # digests not known yet: the workers hash the files
+
+    def driver_reads(self, index, *_):
+        raise AssertionError(f"the driver read {self.paths[index]}")
+
+    with monkeypatch.context() as driver:  # patched in this process only: the Ray workers read the files
+        for method in ("content", "load", "load_content"):
+            driver.setattr(FileImages, method, driver_reads)
+        on_ray = embed_on_ray(data, options(tmp_path / "ray"), concurrency=2)
 
     assert on_ray.key == ham_local.key
     np.testing.assert_array_equal(on_ray.vectors, ham_local.vectors)

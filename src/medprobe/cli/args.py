@@ -56,6 +56,12 @@ def add_cache_args(parser):
     parser.add_argument("--cache-dir", help="embedding cache folder (default $MEDPROBE_CACHE, else the user cache)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="embed what the store lacks on Ray (the rest runs here): alone, a local Ray started for the job; "
+             "with ADDRESS (auto, ray://head:10001), that cluster",
+    )
+    parser.add_argument("--ray-actors", type=int, help="encoder actors on Ray (default: from the cluster's CPUs)")
 
 
 def add_probe_args(parser, probes="logreg, svm, knn, pca_logreg, lda, ridge, or zeroshot (CLIP text prompts, no training; needs --prompts)"):
@@ -95,6 +101,8 @@ def embed_options(args):
         "cache_dir": getattr(args, "cache_dir", None),
         "use_cache": not getattr(args, "no_cache", False),
         "progress": not getattr(args, "quiet", False),
+        "ray": getattr(args, "ray", None),
+        "ray_actors": getattr(args, "ray_actors", None),
     }
     return EmbedOptions(**{k: v for k, v in given.items() if v is not None})
 

@@ -7,25 +7,21 @@ def add_commands(commands):
     embed = commands.add_parser("embed", help="only compute (and cache) the embeddings")
     embed.set_defaults(func=cmd_embed)
     add_data_args(embed, on_error_records="lists each on the terminal")
-    add_encoder_args(embed)
-    embed.add_argument(
-        "--ray", nargs="?", const="local", metavar="ADDRESS",
-        help="embed on Ray: alone, a local Ray started for the job; with ADDRESS (auto, ray://head:10001), that cluster",
-    )
-    embed.add_argument("--ray-actors", type=int, help="encoder actors on Ray (default: one per CPU of the cluster)")
+    add_encoder_args(embed)  # with --ray and --ray-actors
 
 
 def cmd_embed(args):
+    from medprobe.data.datasets import load_dataset
     from medprobe.embedding.fusion import check_spec, embed_spec
-    from medprobe.embedding.ray import embed_on_ray
 
     options = embed_options(args)
     check_spec(options.encoder)
-    data, _ = data_spec(args).load()
-    if args.ray:
-        result = embed_on_ray(data, options, address=args.ray, concurrency=args.ray_actors)
-    else:
-        result = embed_spec(data, options).embeddings
-    print(f"{len(data)} images -> {result.vectors.shape[1]}-d in {result.seconds:.1f} s ({'cache hit' if result.from_cache else 'computed'})")
+    # On Ray the driver only lists the dataset: the workers read, hash and decode each image (an unreadable one stops
+    # the job with its name); locally the pre-scan reads them first, to list every unreadable image at once.
+    data = load_dataset(args.dataset, args.data_dir, args.size) if options.ray else data_spec(args).load()[0]
+    result = embed_spec(data, options).embeddings
+    ray = result.cost.get("ray")
+    started = f"; Ray start-up {ray['start_s']:.1f} s, {ray['actors']} actors x {ray['cpus_per_actor']} CPUs" if ray else ""
+    print(f"{len(data)} images -> {result.vectors.shape[1]}-d in {result.seconds:.1f} s ({'cache hit' if result.from_cache else 'computed'}{started})")
     if result.path:
         print(f"cache: {result.path}")

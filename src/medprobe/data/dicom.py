@@ -54,7 +54,7 @@ def _pydicom_messages(notes):
                     notes.append(line)
 
 
-def read_dicom(path):
+def read_dicom(path, source=None):
     """(uint8 (H, W) or (H, W, 3) array, notes) for the first frame of one DICOM file; or ImageError.
 
     What pydicom logs or warns about the file is returned as notes (and, for a file that fails, is
@@ -63,21 +63,23 @@ def read_dicom(path):
     >>> pixels, notes = read_dicom("chest.dcm")
     >>> pixels.dtype, notes
     (dtype('uint8'), [])
+
+    `source`, a file object of the file's bytes already read, is decoded instead of opening `path` again.
     """
     notes = []
     with _pydicom_messages(notes):
-        pixels, own = _read_dicom(path)
+        pixels, own = _read_dicom(path, source)
     return pixels, own + notes
 
 
-def _read_dicom(path):
+def _read_dicom(path, source=None):
     try:
         import pydicom
         from pydicom.pixels import pixel_array
     except ImportError as e:
         raise ImageError(path, f"is a DICOM file, and reading DICOM needs pydicom: {DECODERS_HINT}") from e
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path if source is None else source, force=True)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as e:
         raise ImageError(path, f"not a readable DICOM file ({e})") from e
     if "PixelData" not in ds:

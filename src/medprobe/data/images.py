@@ -4,6 +4,7 @@ Files are decoded by their content, not their extension: PNG, JPEG, TIFF, BMP, G
 DICOM (see `medprobe.data.dicom`). Anything that cannot be decoded raises `ImageError(path, reason)`.
 """
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,39 +59,44 @@ class Decoded:
     notes: list = field(default_factory=list)  # things worth recording, e.g. "12 frames; used the first"
 
 
-def read_image(path, fast=False):
+def read_image(path, fast=False, data=None):
     """Decode one file by its content into an 8-bit L or RGB image, with notes; or raise ImageError.
 
     `fast` decodes JPEGs at reduced scale (every byte is still read, so truncation is still caught);
-    the pre-scan uses it, embedding does not.
+    the pre-scan uses it, embedding does not. `data`, the file's bytes when they were read already (a Ray
+    worker hashes them first), is decoded instead of reading `path` again; `path` then only names the file.
 
     >>> read_image("xray.dcm").image.mode
     'L'
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as e:
-        raise ImageError(path, "file not found") from e
-    except OSError as e:
-        raise ImageError(path, f"cannot read file ({e.strerror})") from e
-    if path.is_dir():
-        raise ImageError(path, "is a folder, not an image file")
+    path = Path(path) if data is None else path
+    if data is None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as e:
+            raise ImageError(path, "file not found") from e
+        except OSError as e:
+            raise ImageError(path, f"cannot read file ({e.strerror})") from e
+        if path.is_dir():
+            raise ImageError(path, "is a folder, not an image file")
+    else:
+        size = len(data)
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
-    head = _head(path)
-    expected = _SUFFIX_FORMAT.get(path.suffix.lower())
+    head = _head(path) if data is None else data[:132]
+    source = path if data is None else io.BytesIO(data)
+    expected = _SUFFIX_FORMAT.get(Path(str(path)).suffix.lower())
     try:
         if head[128:132] == b"DICM":
-            decoded, actual = _read_dicom(path), "DICOM"
+            decoded, actual = _read_dicom(path, source), "DICOM"
         else:
-            decoded, actual = _read_pillow(path, fast, dicom_fallback=expected == "DICOM")
+            decoded, actual = _read_pillow(path, fast, dicom_fallback=expected == "DICOM", source=source)
     except MedprobeError:
         raise
     except Exception as e:  # noqa: BLE001 -- hostile bytes make decoders raise nearly any type; each becomes ImageError
         raise ImageError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
     if expected and actual != expected and not (expected == "JPEG" and actual == "MPO"):
-        decoded.notes.append(f"extension {path.suffix} but the content is {actual}; decoded as {actual}")
+        decoded.notes.append(f"extension {Path(str(path)).suffix} but the content is {actual}; decoded as {actual}")
     return decoded
 
 
@@ -109,26 +115,28 @@ def decoded_bytes(path):
     return width * height * (1 if gray else 3)
 
 
-def decode_image(path):
+def decode_image(path, data=None):
     """The decoded image alone (see `read_image`)."""
-    return read_image(path).image
+    return read_image(path, data=data).image
 
 
-def _read_dicom(path):
-    pixels, notes = read_dicom(path)
+def _read_dicom(path, source=None):
+    pixels, notes = read_dicom(path, None if source is path else source)
     return Decoded(Image.fromarray(pixels), notes)
 
 
-def _read_pillow(path, fast, dicom_fallback):
+def _read_pillow(path, fast, dicom_fallback, source=None):
     # Pillow's own bomb check warns (raw, on the terminal) above its limit and refuses at twice it, whatever
     # MEDPROBE_MAX_PIXELS says. `check_pixels` below applies our limit to the header's size before any pixel
     # is decoded, so Pillow's check is switched off rather than duplicated.
     Image.MAX_IMAGE_PIXELS = None
     try:
-        image = Image.open(path)
+        image = Image.open(path if source is None else source)
     except Image.UnidentifiedImageError as e:
         if dicom_fallback:  # a DICOM file written without the 128-byte preamble
-            return _read_dicom(path), "DICOM"
+            if isinstance(source, io.BytesIO):
+                source.seek(0)
+            return _read_dicom(path, source), "DICOM"
         raise ImageError(
             path, "not a recognised image format (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM expected)"
         ) from e

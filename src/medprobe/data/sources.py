@@ -25,6 +25,9 @@ class ImageSource(Protocol):
     def content(self, index: int) -> bytes:
         """The bytes that identify the image; their SHA-256 keys the embedding cache."""
 
+    def load_content(self, index: int, content: bytes) -> Image.Image:
+        """The image `load(index)` gives, decoded from `content(index)`'s bytes: a Ray worker reads each file once."""
+
     def describe(self, index: int) -> str:
         """How to name the row to a person: a path, or 'image #i'."""
 
@@ -58,6 +61,9 @@ class ArrayImages:
     def content(self, index):
         image = np.ascontiguousarray(self._get(index))
         return f"{image.shape}{image.dtype}".encode() + image.tobytes()
+
+    def load_content(self, index, content):
+        return self.load(index)  # the array is in memory already; its content is not a file to decode
 
     def describe(self, index):
         return f"image #{int(self.rows[index])}"
@@ -137,6 +143,9 @@ class FileImages:
             return self.paths[index].read_bytes()
         except OSError as e:
             raise ImageError(self.paths[index], f"cannot read file ({e.strerror})") from e
+
+    def load_content(self, index, content):
+        return decode_image(self.paths[index], data=content)
 
     def describe(self, index):
         return str(self.paths[index])

@@ -12,6 +12,7 @@ import numpy as np
 
 from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import Embeddings, embed
+from medprobe.embedding.ray import embed_parts_on_ray
 from medprobe.encoders import create_encoder, get_config
 
 FUSE = "+"
@@ -91,7 +92,10 @@ def embed_spec(dataset, options, check=None):
             check(encoder, transform)
         encoders.append(encoder)
         transforms.append(transform)
-        parts.append(embed(dataset, encoder, transform, options))
+    if options.ray is not None:  # every part in one pass over the images, on the cluster
+        parts = embed_parts_on_ray(dataset, list(zip(encoders, transforms)), options)
+    else:
+        parts = [embed(dataset, encoder, transform, options) for encoder, transform in zip(encoders, transforms)]
     if len(names) == 1:
         record = {"name": spec, "config": encoders[0].config.to_dict(), "runtime": encoders[0].runtime}
         return Encoded(parts[0], encoders, transforms, record, transforms[0].policy)

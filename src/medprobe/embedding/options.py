@@ -34,11 +34,13 @@ class EmbedOptions:
     use_cache: bool = True
     progress: bool = True
     shard_size: int = field(default_factory=_shard_size_from_environment)
+    ray: str | None = None  # embed on Ray: "local" (a Ray started for the job), "auto" or "ray://head:10001"
+    ray_actors: int | None = None  # encoder actors on Ray (None: from the cluster's CPUs)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise MedprobeError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
         check_installed(self.runtime)  # before the images are read
-        for name in ("batch_size", "shard_size"):
+        for name in ("batch_size", "shard_size") + (("ray_actors",) if self.ray_actors is not None else ()):
             if int(getattr(self, name)) < 1:
                 raise MedprobeError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")

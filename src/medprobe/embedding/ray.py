@@ -1,143 +1,291 @@
-"""The embedding step on Ray: the same store, the same rows, from the same `embed_batch`.
+"""The embedding step on Ray: the same store, the same rows, from the same `embed_batch`, with the workers reading.
 
 A thin adapter over `medprobe.embedding.embed`, in Ray Data's batch-inference pattern:
 
-    records (index, path, sha256) --decode_batch--> pixels --Embedder--> embeddings
+    blocks of dataset rows (index) --ShardEmbedder--> read each file once, hash it, skip what the store holds,
+                                                      decode + embed the rest, append it to the store
 
-`decode_batch` is a plain function over `medprobe.embedding.embed.load_pixels`; `Embedder` loads the encoder
-once per actor and calls `encoder.embed_batch`, exactly as the local path does. The driver hashes
-the images, looks every digest up in the store (so a stopped job resumes), and appends each chunk of
-missing images to the store as soon as all its rows are back.
+The driver lists the dataset and never reads an image: it cuts the rows into blocks laid out like the local
+path's batches, and reads back only what the workers computed (and, at the end, the store's rows of the rest).
+`ShardEmbedder` loads the encoders once per actor and calls `encoder.embed_batch`, exactly as the local path
+does; it is unit-testable on a plain dict without Ray. A fusion ('a+b') is embedded in one pass: each file is
+read and decoded once, and every part embeds what its own store lacks.
 """
 
+import hashlib
+import logging
+import os
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from medprobe.core.errors import ClusterError, MedprobeError
-from medprobe.embedding.embed import load_pixels, plan_job
+from medprobe.core.locations import cache_root
+from medprobe.embedding.embed import Job, describe_job
 from medprobe.embedding.options import EmbedOptions
+from medprobe.embedding.store import Store, content_key
 from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import INT8
 
+log = logging.getLogger(__name__)
+
 LOCAL = "local"  # start a private Ray instance for the job; anything else is an address to attach to
 INSTALL_HINT = "--ray needs Ray Data, which is not installed: pip install 'medprobe[ray]'"
+# Cores per actor at most: one ONNX Runtime session gains little beyond 8 intra-op threads on batches of 64,
+# while every further actor on a big node adds a full model's worth of throughput.
+MAX_CPUS_PER_ACTOR = 8
+THREADS_VARIABLE = "MEDPROBE_THREADS"  # read by encoders.runtimes.usable_cores: the cores an actor was given
 
 
-def decode_batch(batch, images, transform):
-    """Preprocessing as a plain function: record indices in, the local path's float32 (B, C, H, W) pixels out."""
-    pixels = np.stack([load_pixels(images, transform, int(i)) for i in batch["index"]])
-    return {"index": batch["index"], "pixels": pixels}
+@dataclass(frozen=True)
+class Part:
+    """One encoder of the job as a worker needs it: how to build it, and the store of its recipe."""
 
-
-class Embedder:
-    """The model as a Ray Data callable class: the encoder loads once per actor, each call embeds one batch.
-
-    >>> embedder = Embedder(EmbedOptions("efficientnet_lite0"))
-    >>> embedder({"index": np.arange(2), "pixels": pixels})["embedding"].shape
-    (2, 1280)
-    """
-
-    def __init__(self, options, n_images=None, artifacts=None):
-        self.encoder, _ = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
-        self.encoder.prepare(n_images=n_images, artifacts=artifacts)  # as embed() does: the job's size picks the runtime
-
-    def __call__(self, batch):
-        pixels = np.require(batch["pixels"], np.float32, "CW")  # Ray hands out read-only views; torch warns on those
-        return {"index": batch["index"], "embedding": self.encoder.embed_batch(pixels)}
+    name: str
+    options: EmbedOptions  # this part's encoder alone
+    description: dict  # describe_job(...) on the driver: the store key every worker must use
 
 
 def embed_on_ray(dataset, options=None, address=LOCAL, concurrency=None):
-    """`medprobe.embedding.embed.embed` on a Ray cluster: the same store, the same vectors, the same resume behaviour.
+    """`medprobe.embedding.embed.embed` on a Ray cluster, for one encoder: the same store, the same vectors.
 
-    `options` is the same EmbedOptions the local path takes (one encoder, not a fusion).
-    `address` is "local" (a Ray started for this job), "auto" or "ray://head:10001"; when Ray is
-    already initialised in this process that session is used. `concurrency` is the number of
-    encoder actors (default: one per CPU of the cluster; each also decodes its own batches).
-    The cost recorded per image is the driver's wall time; the workers' CPU seconds are not
-    visible to it and are recorded as unknown.
+    `address` is "local" (a Ray started for this job), "auto" or "ray://head:10001"; when Ray is already
+    initialised in this process that session is used. `concurrency` is the number of encoder actors (default:
+    from the cluster's CPUs, see `actor_layout`). A fusion goes through `embed_spec` with EmbedOptions(ray=...).
 
     >>> embed_on_ray(load_dataset("ham.csv"), EmbedOptions("efficientnet_lite0"), address="auto").vectors.shape
     (2000, 1280)
     """
+    options = replace(options or EmbedOptions(), ray=address, ray_actors=concurrency)
+    model, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
+    return embed_parts_on_ray(dataset, [(model, transform)], options)[0]
+
+
+def embed_parts_on_ray(dataset, models, options):
+    """One Embeddings per `(encoder, transform)` of `models` (the parts of a fusion), all computed in one pass on Ray.
+
+    The encoders here are only configured (lazy): the driver takes their recipes for the store keys; the
+    workers build and run their own. Costs: each computed image's wall time is measured on its worker
+    (Ray's start-up is not in it; `cost["ray"]` reports it apart); the workers' CPU seconds are not
+    visible to the driver and are recorded as unknown.
+    """
     from tqdm.auto import tqdm
 
-    options = options or EmbedOptions()
     started = time.perf_counter()
-    if options.runtime in INT8:
-        # the actors would each calibrate on their own first batch, not on the job's sample that keys the store
-        raise ClusterError(f"--runtime {options.runtime} is not available on Ray yet (its int8 calibration is chosen per job); "
-                           "embed without Ray, or use --runtime auto or openvino-bf16 on Ray")
-    ray = _import_ray()  # before hashing a million files, say that Ray is missing
-    # lazy: the driver builds the encoder for its config and the store's key, but never runs it
-    model, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
-    job = plan_job(dataset, model, transform, options)
-    bar = tqdm(total=len(job.digests), desc=f"embedding with {model.config.name} on Ray", unit="img", disable=not options.progress or None)
-    bar.update(len(job.digests) - len(job.todo))
-    if job.todo:
-        chunk_of = {row: c for c, chunk in enumerate(job.chunks) for row in chunk}
-        waiting = [set(chunk) for chunk in job.chunks]
-        embedder = {"options": options, "n_images": len(job.todo), "artifacts": job.artifacts}
-        tick = time.perf_counter()
-        with _session(ray, address):
-            batches = _pipeline(ray, dataset, job.digests, job.chunks, embedder, transform, concurrency, options.batch_size)
-            for batch in _raising_user_errors(batches):
-                rows, vectors = batch["index"].tolist(), batch["embedding"]
-                job.put(rows, vectors)
-                for row in rows:
-                    waiting[chunk_of[row]].discard(row)
-                for c in sorted({chunk_of[row] for row in rows}):
-                    if not waiting[c]:  # every row of the chunk is back: append it, in the chunk's own order
-                        now = time.perf_counter()
-                        chunk = job.chunks[c]
-                        job.commit(c, np.stack([job.computed[job.digests[r]][0] for r in chunk]), (now - tick) / len(chunk), float("nan"))
-                        waiting[c] = None
-                        tick = now
-                bar.update(len(rows))
-        missing = [c for c, rest in enumerate(waiting) if rest]
-        if missing:
-            raise ClusterError(f"the Ray job ended without returning every image of chunks {missing}; run it again to finish them")
+    for model, _ in models:
+        if model.mode in INT8:
+            # the actors would each calibrate on their own first batch, not on the job's sample that keys the store
+            raise ClusterError(f"--runtime {options.runtime} is not available on Ray yet (its int8 calibration is chosen per job); "
+                               "embed without Ray, or use --runtime auto or openvino-bf16 on Ray")
+    ray = _import_ray()
+    root = cache_root(options.cache_dir)
+    parts = [Part(model.config.name, replace(options, encoder=model.config.name, ray=None), describe_job(model, transform)) for model, transform in models]
+    stores = [Store(root, part.name, part.description) for part in parts]
+    writable = [options.use_cache and store.writable() for store in stores]
+    for store, ok in zip(stores, writable):
+        if options.use_cache and not ok:
+            log.warning("the embedding cache %s is not writable (or not a folder); embedding on Ray without saving the result there "
+                        "(set --cache-dir or MEDPROBE_CACHE to a writable folder to keep it)", store.root)
+    # What the stores hold is read from their files' digest columns (store metadata, not images): the workers skip those.
+    held = [_held_digests(store) if options.use_cache else (frozenset(), frozenset()) for store in stores]
+    n = len(dataset)
+    digests, computed = [None] * n, [{} for _ in parts]
+    bar = tqdm(total=n, desc=f"embedding with {'+'.join(p.name for p in parts)} on Ray", unit="img", disable=not options.progress or None)
+    cluster = {}
+    rows = list(range(n))
+    with _session(ray, options.ray or LOCAL, cluster):
+        layout = actor_layout(ray, options.ray_actors)
+        cluster.update(layout)
+        found = [{} for _ in parts]
+        for attempt in range(2):  # a second pass only when a store file went bad between the workers' look-up and ours
+            worker_args = {"images": dataset.images, "parts": parts, "root": str(root), "writable": writable, "held": held,
+                           "use_cache": options.use_cache, "n_images": n, "threads": layout["cpus_per_actor"]}
+            blocks = job_blocks(rows, options.shard_size, options.batch_size, layout["actors"])
+            for out in _raising_user_errors(_pipeline(ray, blocks, worker_args, layout)):
+                for i, (row, digest) in enumerate(zip(out["index"].tolist(), out["sha256"].tolist())):
+                    digests[row] = digest
+                    for p in range(len(parts)):
+                        if out[f"computed_{p}"][i]:
+                            computed[p][digest] = [out[f"embedding_{p}"][i], float(out["wall_s"][i]), float("nan")]
+                bar.update(len(out["index"]))
+            if None in digests:
+                raise ClusterError(f"the Ray job ended without returning {digests.count(None)} of {n} images; run it again to finish them")
+            # The rows the workers skipped are read from the stores here, checked as in a local run.
+            found = [store.lookup({d for d in digests if d not in done}) if options.use_cache else {} for store, done in zip(stores, computed)]
+            rows = [r for r in range(n) if any(digests[r] not in found[p] and digests[r] not in computed[p] for p in range(len(parts)))]
+            if not rows:
+                break
+            log.warning("%d images were not in the store after all (a damaged file was removed); embedding them again", len(rows))
+            held = [(frozenset(f), frozenset(p.name for p in store.files())) for f, store in zip(found, stores)]  # intact just now
+            bar.total += len(rows)
+        else:
+            raise ClusterError(f"{len(rows)} images are still missing from the store after a second pass; run the command again")
     bar.close()
-    return job.result(model.config.embed_dim, started)
+    results = []
+    for p, (part, store) in enumerate(zip(parts, stores)):
+        dim = models[p][0].config.embed_dim
+        job = Job(list(digests), part.description, content_key(digests, part.description), store, options.use_cache, found[p],
+                  todo=[], chunks=[], writable=writable[p], computed=computed[p])
+        result = job.result(dim, started)
+        result.seconds -= cluster.get("start_s", 0.0)
+        result.cost["ray"] = dict(cluster)
+        if computed[p]:
+            result.cost["measured_in"] = result.cost["measured_in"].replace("this run", "this run (wall time on the Ray workers)", 1)
+        results.append(result)
+    return results
 
 
-def _pipeline(ray, dataset, digests, chunks, embedder, transform, concurrency, batch_size):
-    """The Ray Data plan: one block of records per local batch, then decode -> embed in a pool of actors."""
+def actor_layout(ray, actors=None):
+    """How many encoder actors, each with how many CPUs, from the cluster's resources (or `actors` given).
+
+    Every node gets actors of `cpus_per_actor` CPUs (the smallest node's CPU count, at most MAX_CPUS_PER_ACTOR),
+    as many as fit on it; each actor's runtime then uses exactly those cores, so none is oversubscribed.
+    """
+    nodes = [int(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    nodes = [c for c in nodes if c > 0] or [1]
+    per_actor = max(1, min(min(nodes), MAX_CPUS_PER_ACTOR))
+    fit = sum(c // per_actor for c in nodes)
+    if actors is None:
+        actors = max(1, fit)
+    elif actors > fit:  # more actors than fit at this size: smaller ones, so all of them are placed
+        per_actor = max(1, sum(nodes) // actors)
+    return {"actors": int(actors), "cpus_per_actor": int(per_actor), "nodes": len(nodes), "cluster_cpus": sum(nodes)}
+
+
+def job_blocks(rows, shard_size, batch_size, actors):
+    """`rows` cut as the local path cuts an empty store's job (chunks of shard_size, batches of batch_size in each),
+    the batches grouped into blocks that never cross a chunk: one block is one actor call and one appended file.
+
+    Blocks hold whole local batches, so with nothing stored every batch an encoder sees is the local path's: CPU
+    kernels may round a row differently in a batch of another size, and the vectors must match bit for bit. Small
+    jobs get blocks of one batch, so that every actor has work.
+    """
+    chunks = [rows[c : c + shard_size] for c in range(0, len(rows), shard_size)]
+    batches = [[chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)] for chunk in chunks]
+    per_block = max(1, sum(map(len, batches)) // (2 * actors))
+    return [[row for batch in in_chunk[b : b + per_block] for row in batch] for in_chunk in batches for b in range(0, len(in_chunk), per_block)]
+
+
+class ShardEmbedder:
+    """The model as a Ray Data callable class: encoders load once per actor; each call takes one block of rows.
+
+    For each row: read the file once and hash it; rows whose digest a part's store holds are skipped for that
+    part; the rest are decoded once, embedded by every part that lacks them, in the local path's batches, and
+    appended to that part's store as one file.
+
+    >>> embedder = ShardEmbedder(data.images, [Part("efficientnet_lite0", EmbedOptions("efficientnet_lite0"), description)], ...)
+    >>> embedder({"index": np.arange(64)})["embedding_0"].shape
+    (64, 1280)
+    """
+
+    def __init__(self, images, parts, root, writable, held, use_cache=True, n_images=None, threads=1):
+        os.environ[THREADS_VARIABLE] = str(threads)  # before any runtime session is made: it sizes its pool from this
+        import torch
+
+        torch.set_num_threads(threads)
+        self.images, self.parts, self.writable, self.use_cache, self.threads = images, parts, writable, use_cache, threads
+        self.held = [set(digests) for digests, _ in held]  # what each part's store holds, as far as this actor knows
+        self.files = [set(names) for _, names in held]
+        self.models, self.stores = [], []
+        for part, ok in zip(parts, writable):
+            o = part.options
+            model, transform = create_encoder(o.encoder, weights=o.weights, device=o.device, runtime=o.runtime)
+            # as embed() does: the job's size picks the runtime, and an exported graph is kept beside the stores
+            model.prepare(n_images=n_images, artifacts=Path(root) if ok else Path(tempfile.gettempdir()) / "medprobe-artifacts")
+            self.models.append((model, transform))
+            self.stores.append(Store(root, part.name, part.description))
+        self.batch_size = parts[0].options.batch_size
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="medprobe-read")
+
+    def __call__(self, batch):
+        tick = time.perf_counter()
+        rows = [int(i) for i in batch["index"]]
+        contents = list(self.pool.map(self.images.content, rows))  # each file read once, here
+        digests = [hashlib.sha256(c).hexdigest() for c in contents]
+        out = {"index": np.asarray(rows, np.int64), "sha256": np.asarray(digests, dtype=object)}
+        for p, store in enumerate(self.stores if self.use_cache else ()):
+            # Files added since this actor last looked (other actors; a lost one whose block this is, rerun): skipped too.
+            digests_added, names = _held_digests(store, skip=self.files[p])
+            self.held[p] |= digests_added
+            self.files[p] |= names
+        todo = []  # per part: positions in the block to compute (the first of each digest it lacks)
+        for held in self.held:
+            seen, mine = set(), []
+            for i, digest in enumerate(digests):
+                if digest not in held and digest not in seen:
+                    seen.add(digest)
+                    mine.append(i)
+            todo.append(mine)
+        vectors = [np.zeros((len(rows), model.config.embed_dim), np.float32) for model, _ in self.models]
+        for positions, group in _same_rows(todo):
+            for first in range(0, len(positions), self.batch_size):
+                at = positions[first : first + self.batch_size]
+                images = list(self.pool.map(lambda i: self.images.load_content(rows[i], contents[i]), at))
+                for p in group:
+                    model, transform = self.models[p]
+                    pixels = np.stack(list(self.pool.map(transform, images)))
+                    vectors[p][at] = model.embed_batch(pixels)
+        n_computed = len(set().union(*map(set, todo)))
+        wall = (time.perf_counter() - tick) / max(1, n_computed)
+        for p, store in enumerate(self.stores):
+            out[f"computed_{p}"] = np.isin(np.arange(len(rows)), todo[p])
+            out[f"embedding_{p}"] = vectors[p]
+            if todo[p] and self.writable[p]:
+                n = len(todo[p])
+                path = store.append([digests[i] for i in todo[p]], vectors[p][todo[p]], np.full(n, wall), np.full(n, np.nan))
+                self.files[p].add(path.name)
+                self.held[p].update(digests[i] for i in todo[p])
+        out["wall_s"] = np.full(len(rows), wall)
+        return out
+
+
+def _same_rows(todo):
+    """[(positions, [parts])]: parts lacking the same rows share one decode of each image."""
+    groups = {}
+    for p, positions in enumerate(todo):
+        if positions:
+            groups.setdefault(tuple(positions), []).append(p)
+    return [(list(positions), parts) for positions, parts in groups.items()]
+
+
+def _held_digests(store, skip=()):
+    """(digests, file names): every digest in the store's files but `skip` (their digest columns only).
+
+    A file that cannot be read is left to `lookup`, which drops it; its images are computed again.
+    """
+    import pyarrow.parquet as pq
+
+    held, names = set(), set()
+    for path in store.files():
+        if path.name in skip:
+            continue
+        names.add(path.name)
+        try:
+            held.update(pq.read_table(path, columns=["image_sha256"], page_checksum_verification=True).column(0).to_pylist())
+        except Exception:  # noqa: BLE001 -- torn or foreign: pyarrow raises many types
+            continue
+    return frozenset(held), frozenset(names)
+
+
+def _pipeline(ray, blocks, worker_args, layout):
+    """The Ray Data plan: one block of row indices per actor call, read -> hash -> look up -> decode -> embed -> append."""
     import pyarrow as pa
 
-    blocks = []
-    for chunk in chunks:
-        # Blocks are cut like the local path's batches and each is embedded whole (batch_size=None below):
-        # CPU kernels may round differently for another batch size, and the output must match bit for bit.
-        for first in range(0, len(chunk), batch_size):
-            rows = chunk[first : first + batch_size]
-            blocks.append(
-                pa.table(
-                    {
-                        "index": pa.array(rows, pa.int64()),
-                        "path": [dataset.images.describe(i) for i in rows],  # for people reading the plan
-                        "sha256": [digests[i] for i in rows],
-                    }
-                )
-            )
-    if concurrency is None:
-        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    # Ray Data fuses the two steps into one actor per CPU, so pixels never cross the object store.
     # File datasets ship only their paths to the workers; in-memory (npz) arrays go once into the object store.
     # Failures use Ray Data's defaults: a task on a lost worker reruns (max_retries=3), a dead actor restarts
-    # and its in-flight batches rerun (max_restarts=-1, max_task_retries=-1). Ray 2.60 deprecates setting
-    # them per call, so they are left at those defaults; tests/test_ray.py kills an actor to hold them to it.
-    records = ray.data.from_arrow(blocks)
-    pixels = records.map_batches(
-        decode_batch,
-        fn_kwargs={"images": dataset.images, "transform": transform},
-        batch_size=None,
-    )
-    embedded = pixels.map_batches(
-        Embedder,
-        fn_constructor_kwargs=embedder,
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
+    # and its in-flight blocks rerun (max_restarts=-1, max_task_retries=-1). A rerun block finds what the lost
+    # worker appended already in no look-up, so it may append those rows again: the store keeps the first.
+    records = ray.data.from_arrow([pa.table({"index": pa.array(block, pa.int64())}) for block in blocks])
+    embedded = records.map_batches(
+        ShardEmbedder,
+        fn_constructor_kwargs=worker_args,
+        compute=ray.data.ActorPoolStrategy(size=layout["actors"]),
+        num_cpus=layout["cpus_per_actor"],
         batch_size=None,
     )
     return embedded.iter_batches(batch_size=None, batch_format="numpy")
@@ -153,8 +301,11 @@ def _import_ray():
 
 
 @contextmanager
-def _session(ray, address):
-    """Use the process's Ray session if there is one; else start (LOCAL) or attach to one for this job only."""
+def _session(ray, address, cluster):
+    """Use the process's Ray session if there is one; else start (LOCAL) or attach to one for this job only.
+
+    `cluster["start_s"]` gets the seconds Ray took to start or attach: reported apart from the embedding.
+    """
     context = ray.data.DataContext.get_current()
     # medprobe's own progress bar instead of Ray's; a worker's ImageError reaches the driver as itself.
     settings = {"enable_progress_bars": False, "raise_original_map_exception": True}
@@ -162,9 +313,11 @@ def _session(ray, address):
     for name, value in settings.items():
         setattr(context, name, value)
     owned = not ray.is_initialized()
+    tick = time.perf_counter()
     try:
         if owned:
             _init(ray, address)
+        cluster["start_s"] = time.perf_counter() - tick
         yield
     finally:
         for name, value in saved.items():

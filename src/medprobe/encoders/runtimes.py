@@ -68,11 +68,15 @@ def resize_library(runtime):
 
 
 def usable_cores():
-    """CPU cores this process may run on (affinity-aware, so containers and `taskset` are respected)."""
+    """CPU cores this process may run on (affinity-aware, so containers and `taskset` are respected).
+
+    $MEDPROBE_THREADS lowers it: a Ray actor sets it to the CPUs Ray gave it, so its runtime does not take the node's.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return min(cores, int(os.environ.get("MEDPROBE_THREADS") or cores))
 
 
 def min_cosine(a, b):
