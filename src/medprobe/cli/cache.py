@@ -1,6 +1,6 @@
 """`medprobe cache`: what the embedding store holds, whether it is intact, and removing what is no longer wanted."""
 
-from medprobe.core.errors import MedprobeError
+from medprobe.core.errors import CacheError, MedprobeError
 
 
 def add_commands(commands):
@@ -21,21 +21,33 @@ def cmd_cache(args):
     if args.prune:
         if args.older_than is None and args.encoder is None:
             raise MedprobeError("--prune needs --older-than DAYS and/or --encoder NAME (nothing is deleted without one)")
-        removed = prune(root, args.older_than, args.encoder)
+        removed, failed = prune(root, args.older_than, args.encoder)
         print(f"removed {len(removed)} store(s), {sum(r['images'] for r in removed):,} embeddings, "
               f"{sum(r['bytes'] for r in removed) / 1e6:.1f} MB")
+        if failed:
+            record, reason = failed[0]
+            raise CacheError(f"could not delete {len(failed)} store(s), the first {record['path']} ({reason}); "
+                             "a read-only store is pruned by its owner, or with write permission on its folder")
         return
     stores = list_stores(root)
     print(f"{root}: {len(stores)} store(s)")
     print(f"{'encoder':<24}{'precision':<10}{'images':>10}{'files':>7}{'MB':>9}  folder")
     for record in stores:
-        print(f"{record['encoder']:<24}{record['runtime']:<10}{record['images']:>10,}{record['files']:>7}{record['bytes'] / 1e6:>9.1f}  {record['path']}")
+        note = f"  ({record['note']})" if record["note"] else ""
+        print(f"{record['encoder']:<24}{record['runtime']:<10}{record['images']:>10,}{record['files']:>7}{record['bytes'] / 1e6:>9.1f}  {record['path']}{note}")
     if args.verify:
-        bad_total = 0
+        bad_total, kept = 0, []
         for record in stores:
             good, bad = verify_store(record["path"])
             bad_total += len(bad)
             for path, reason in bad:
                 print(f"  damaged: {path}: {reason}")
-                path.unlink(missing_ok=True)
-        print(f"verified {len(stores)} store(s): {bad_total} damaged file(s) removed (their images are embedded again when next needed)")
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as e:  # a read-only store: reads leave the file out, but it cannot be removed here
+                    kept.append((path, e.strerror or str(e)))
+        print(f"verified {len(stores)} store(s): {bad_total - len(kept)} damaged file(s) removed (their images are embedded again when next needed)")
+        if kept:
+            path, reason = kept[0]
+            raise CacheError(f"{len(kept)} damaged file(s) could not be removed, the first {path} ({reason}); runs leave them out, "
+                             "and the store's owner can remove them with `medprobe cache --verify`")

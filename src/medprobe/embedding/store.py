@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RECIPE = "_recipe.json"  # the leading underscore: pyarrow, pandas and polars skip it when reading the folder
 ROWS = "rows-*.parquet"
+QUARANTINE = "_quarantine"  # what the store did not write is moved here, out of the folder's reading, never deleted
 LEGACY_MANIFEST = "_manifest.json"  # a per-dataset cache entry of medprobe before the store
 IMPORTED = "_imported_into_store"
 
@@ -67,7 +68,7 @@ class Store:
         self.path = self.encoder_folder / self.key[:24]
 
     def files(self):
-        return sorted(self.path.glob(ROWS))
+        return _row_files(self.path)
 
     def lookup(self, wanted):
         """{digest: Stored} for every digest in `wanted` the store holds in an intact file."""
@@ -75,11 +76,14 @@ class Store:
 
         self._import_legacy()
         self._remove_stale_parts()
+        tidy(self.path)
+        self._repair_recipe()
         where = defaultdict(list)  # file -> [(digest, row)]
         seen = set()
         for path in self.files():
             try:
-                column = pq.read_table(path, columns=["image_sha256"], page_checksum_verification=True).column(0).to_pylist()
+                column = pq.read_table(path, columns=["image_sha256"], page_checksum_verification=True,
+                                       use_threads=False).column(0).to_pylist()
             except Exception as e:  # a torn or foreign file: pyarrow raises many types
                 self._drop(path, e)
                 continue
@@ -103,7 +107,7 @@ class Store:
         import pyarrow.parquet as pq
 
         if not (self.path / RECIPE).is_file():
-            atomic_write_bytes(self.path / RECIPE, (json.dumps(self.description, indent=1, sort_keys=True, default=str) + "\n").encode())
+            atomic_write_bytes(self.path / RECIPE, self._recipe_bytes())
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         table = pa.table({
             "image_sha256": pa.array(list(digests), pa.string()),
@@ -123,6 +127,21 @@ class Store:
     def writable(self):
         return is_writable_folder(self.path)
 
+    def _recipe_bytes(self):
+        return (json.dumps(self.description, indent=1, sort_keys=True, default=str) + "\n").encode()
+
+    def _repair_recipe(self):
+        """Write _recipe.json again when it was deleted or edited: without it `medprobe cache` cannot name the store."""
+        path = self.path / RECIPE
+        if not self.path.is_dir() or _read_recipe(path) == json.loads(self._recipe_bytes()):
+            return
+        try:
+            atomic_write_bytes(path, self._recipe_bytes())
+        except OSError as e:  # a read-only store still reads; only its listing lacks the names
+            log.warning("embedding store %s: %s is missing or damaged and cannot be written again (%s)", self.path, RECIPE, e)
+            return
+        log.warning("embedding store %s: %s was missing or damaged; written again", self.path, RECIPE)
+
     def _read_verified(self, path):
         """(vectors, wall_s, cpu_s) of an intact file of this recipe, or None (logged, and the file removed)."""
         import pyarrow as pa
@@ -132,7 +151,9 @@ class Store:
             data = path.read_bytes()
             if hashlib.sha256(data).hexdigest()[:32] != path.stem.removeprefix("rows-"):
                 raise ValueError("its bytes no longer match the checksum in its name")
-            table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+            # One thread: pyarrow's pool, torn down at exit after reading from a buffer, aborted `medprobe cache --verify`
+            # ("terminate called without an active exception", exit 134).
+            table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True, use_threads=False)
             if (table.schema.metadata or {}).get(b"medprobe.recipe", b"").decode() != self.key:
                 raise ValueError("it belongs to another recipe")
             # Inside the try: a file whose name matches its bytes may still lack a column (KeyError) or be ragged.
@@ -177,7 +198,7 @@ class Store:
             if not same:
                 continue
             try:
-                tables = [pq.read_table(p, columns=["image_sha256", "embedding"]) for p in sorted(entry.glob("part-*.parquet"))]
+                tables = [pq.read_table(p, columns=["image_sha256", "embedding"], use_threads=False) for p in sorted(entry.glob("part-*.parquet"))]
                 cost = _legacy_cost(entry)
                 for table in tables:
                     vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1)
@@ -199,48 +220,107 @@ def _legacy_cost(entry):
         return float("nan"), float("nan")
 
 
-# --- what `medprobe cache` shows and does -------------------------------------------------------------
+# --- the folder's own files, and what `medprobe cache` shows and does ---------------------------------
+
+
+def _is_rows_name(name):
+    """The only data files the store writes: rows-<first 32 hex digits of the SHA-256 of their bytes>.parquet."""
+    return len(name) == 45 and name.startswith("rows-") and name.endswith(".parquet") and all(c in "0123456789abcdef" for c in name[5:37])
+
+
+def _row_files(folder):
+    return sorted(p for p in Path(folder).glob(ROWS) if _is_rows_name(p.name) and p.is_file())
+
+
+def tidy(folder):
+    """Move what the store did not write (a folder named like a rows file, foreign.parquet, notes) into _quarantine/.
+
+    Readers of the folder (pandas.read_parquet, pyarrow) would read such files as rows; the store would read a
+    folder named rows-*.parquet as rows and recompute their images on every run. Nothing is deleted: it may be
+    the user's. Returns the paths moved.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    moved = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(("_", ".")) or (_is_rows_name(path.name) and path.is_file() and not path.is_symlink()):
+            continue  # the recipe, the quarantine, writers' parts, and what readers skip anyway; the store's own files
+        target = folder / QUARANTINE / path.name
+        while target.exists() or target.is_symlink():
+            target = target.with_name(f"{target.name}~")
+        try:
+            target.parent.mkdir(exist_ok=True)
+            path.rename(target)
+        except OSError as e:  # a read-only store: left where it is; the store reads only its own files
+            log.warning("embedding store %s: %s was not written by medprobe and cannot be moved aside (%s); "
+                        "it is left out, but readers of the folder such as pandas.read_parquet would read it", folder, path.name, e.strerror or e)
+            continue
+        log.warning("embedding store %s: %s was not written by medprobe; moved to %s so that readers of the folder "
+                    "do not take it for rows", folder, path.name, target)
+        moved.append(target)
+    return moved
+
+
+def _read_recipe(path):
+    """The recipe a store's _recipe.json holds, or None when it is missing or unreadable."""
+    try:
+        description = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return description if isinstance(description, dict) else None
 
 
 def list_stores(root):
     """One record per store under `root`: encoder, recipe key, images, files, bytes, last write."""
     import pyarrow.parquet as pq
 
+    root = Path(root)
+    # A store is found by its recipe or by its rows: a deleted _recipe.json must not hide it from listing and pruning.
+    folders = sorted({p.parent for p in root.glob(f"*/*/{RECIPE}")} | {p.parent for p in root.glob(f"*/*/{ROWS}") if _is_rows_name(p.name)})
     records = []
-    for recipe in sorted(Path(root).glob(f"*/*/{RECIPE}")):
-        folder = recipe.parent
-        files = sorted(folder.glob(ROWS))
-        try:
-            description = json.loads(recipe.read_text())
-        except (OSError, ValueError):  # the rows carry their recipe key; only this listing loses the names
-            description = {"encoder": {"name": f"{folder.parent.name} (recipe file damaged)"}, "runtime": {}}
+    for folder in folders:
+        files = _row_files(folder)
+        description = _read_recipe(folder / RECIPE)
+        if description is None or recipe_key(description)[:24] != folder.name:  # missing, edited, or another store's
+            description, note = None, f"{RECIPE} missing or damaged; repaired when the store is next used"
+        else:
+            note = ""
         rows = 0
         for path in files:
             try:
                 rows += pq.ParquetFile(path).metadata.num_rows
             except Exception:  # counted by `verify`
                 pass
+        encoder = description["encoder"] if description else {}
+        runtime = description["runtime"] if description else {}
         records.append({
-            "encoder": description.get("encoder", {}).get("name", folder.parent.name),
-            "runtime": description.get("runtime", {}).get("precision", "?"),
-            "path": str(folder), "files": len(files), "images": rows,
+            # the folder is named after the encoder ('/' as '_'), so --encoder still finds a store whose recipe is lost
+            "encoder": str(encoder.get("name", folder.parent.name)) if isinstance(encoder, dict) else folder.parent.name,
+            "runtime": str(runtime.get("precision", "?")) if isinstance(runtime, dict) else "?",
+            "path": str(folder), "files": len(files), "images": rows, "note": note,
             "bytes": sum(p.stat().st_size for p in files),
-            "modified": max((p.stat().st_mtime for p in files), default=recipe.stat().st_mtime),
+            "modified": max((p.stat().st_mtime for p in files), default=(folder / RECIPE if description else folder).stat().st_mtime),
         })
     return records
 
 
 def verify_store(folder):
-    """(good files, [(bad file, reason)]): every file's bytes against the checksum in its name, and its Parquet pages."""
+    """(good files, [(bad file, reason)]): every file's bytes against the checksum in its name, and its Parquet pages.
+
+    What the store did not write is first moved aside (`tidy`).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    tidy(folder)
     good, bad = 0, []
-    for path in sorted(Path(folder).glob(ROWS)):
+    for path in _row_files(folder):
         try:
             if file_digest(path)[:32] != path.stem.removeprefix("rows-"):
                 raise ValueError("bytes do not match the checksum in the name")
-            table = pq.read_table(pa.BufferReader(path.read_bytes()), page_checksum_verification=True)
+            # One thread: pyarrow's pool, torn down at exit after reading from a buffer, aborted this command (exit 134).
+            table = pq.read_table(pa.BufferReader(path.read_bytes()), page_checksum_verification=True, use_threads=False)
             if not (table.schema.metadata or {}).get(b"medprobe.recipe", b"").decode().startswith(Path(folder).name):
                 raise ValueError("it belongs to another recipe")
             missing = {"image_sha256", "embedding", "wall_s", "cpu_s"} - set(table.column_names)
@@ -253,13 +333,26 @@ def verify_store(folder):
 
 
 def prune(root, older_than_days=None, encoder=None):
-    """Delete whole stores last written more than `older_than_days` ago and/or of `encoder`; returns what was removed."""
-    import shutil
+    """Delete whole stores last written more than `older_than_days` ago and/or of `encoder`.
 
-    removed = []
+    Only the store's own files are deleted; what it had moved to _quarantine/ stays. Returns (removed records,
+    [(record, reason)] of stores that could not be deleted, e.g. read-only ones).
+    """
+    removed, failed = [], []
     for record in list_stores(root):
         old = older_than_days is not None and time.time() - record["modified"] > older_than_days * 86400
         if (older_than_days is None or old) and (encoder is None or record["encoder"] == encoder):
-            shutil.rmtree(record["path"])
+            folder = Path(record["path"])
+            try:
+                tidy(folder)
+                for path in [*_row_files(folder), *folder.glob(".*.part"), folder / RECIPE]:
+                    path.unlink(missing_ok=True)
+                if (folder / QUARANTINE).exists():
+                    log.warning("kept %s: files medprobe did not write, found in the store", folder / QUARANTINE)
+                else:
+                    folder.rmdir()
+            except OSError as e:
+                failed.append((record, f"{e.strerror or e}: {e.filename}" if e.filename else str(e)))
+                continue
             removed.append(record)
-    return removed
+    return removed, failed
