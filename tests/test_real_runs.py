@@ -32,7 +32,7 @@ def test_retinamnist_reaches_the_benchmark_auc_and_then_hits_the_cache(tmp_path,
     first = _run(tmp_path, "retinamnist", "--data-dir", str(shared_data / "medmnist"))
     test = first["metrics"]["test"]
     assert test["auc"] >= 0.72, test  # ResNet-18 (28) trained 100 epochs: 0.717
-    # --selection val reproduces the figure quoted before cv selection and recipes existed (README: 0.725 [0.685, 0.763])
+    # --selection val reproduces the figure quoted before cv selection and recipes existed (docs/history.md: 0.725 [0.685, 0.763])
     assert round(test["auc"], 3) == 0.725 and first["probe"]["params"]["C"] == 1e-4
     assert first["probe"]["selection"]["protocol"] == "val" and first["probe"]["selection"]["fit_on"] == "train"
     assert test["auc_ci"][0] < test["auc"] < test["auc_ci"][1]

@@ -7,7 +7,7 @@ import numpy as np
 
 from medprobe.core.errors import DatasetError
 
-# Seed of the split made when a dataset has no val (or no test) split. Documented in the README.
+# Seed of the split made when a dataset has no val (or no test) split. Documented in docs/datasets.md.
 SPLIT_SEED = 0
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.2

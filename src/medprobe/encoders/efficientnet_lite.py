@@ -56,7 +56,7 @@ def availability(config):
 
 
 # The @stages recipe: which of the 7 MBConv stages (1-7) are pooled beside the head. All of them: val AUC
-# rose with every stage added, on RetinaMNIST, PneumoniaMNIST and HAM10000 alike (docs/recipes.md), and the
+# rose with every stage added, on RetinaMNIST, PneumoniaMNIST and HAM10000 alike (docs/history.md), and the
 # early stages add only 16-40 columns each.
 STAGES = (1, 2, 3, 4, 5, 6, 7)
 # Output channels of stages 1-7 (from the official builder); Lite2 also scales width (x1.1), Lite0 and Lite1 do not.

@@ -17,10 +17,10 @@ from medprobe.core.names import did_you_mean
 
 # @ms runs the network a second time on the pixels upsampled MS_SCALE times (bilinear, inside the exported graph).
 # For Lite0, 1.5x (336 px) had a higher CV AUC than Lite2's native 260 px on RetinaMNIST and HAM10000 and 0.0007 less on
-# PneumoniaMNIST; concatenating the two scales beat averaging them on val in 5 of 6 cases (docs/recipes.md).
+# PneumoniaMNIST; concatenating the two scales beat averaging them on val in 5 of 6 cases (docs/history.md).
 MS_SCALE = 1.5
 # @up runs the network once, at UP_SCALE times its input size: Lite0 at Lite2's native 260 px. Alone, 260 px had a
-# higher CV AUC than 224 px on all three datasets, and than 336 px on PneumoniaMNIST (docs/recipes.md). The transform
+# higher CV AUC than 224 px on all three datasets, and than 336 px on PneumoniaMNIST (docs/history.md). The transform
 # resizes to that size itself: upsampling 224 px pixels inside the graph interpolated twice, and OpenVINO's
 # Interpolate took 15 % of the int8 network's time (docs/speed.md).
 UP_SCALE = 260 / 224

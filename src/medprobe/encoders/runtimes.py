@@ -244,7 +244,7 @@ def calibration_record(sample, method=None, chosen="smallest SHA-256 of the job'
 def quantize_int8(fp32_path, calibration, path, method):
     """Static int8 quantisation (QDQ, per-channel weights, uint8 activations) calibrated on `calibration` pixels.
 
-    Uses the CPU's VNNI int8 dot products; about 2x fp32 here, but approximate (see README for its AUC effect).
+    Uses the CPU's VNNI int8 dot products; about 2x fp32 here, but approximate (its AUC effect: docs/history.md).
     """
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
