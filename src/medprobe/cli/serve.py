@@ -67,11 +67,13 @@ def cmd_serve(args):
         raise ServeError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port (0 picks a free one)") from e
     audit = AuditLog(args.log) if args.log else None
     engine = Engine(args.model, serve_options(args))
+    sock.listen(2048)  # from here connections wait in the backlog until uvicorn accepts them, so the printed URL works at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"serving {engine.model_id} on http://{shown}:{port}/ (API docs /docs){' with a bearer token' if token else ''}", flush=True)
-    # Connections beyond the queue plus a margin are refused by uvicorn (503) before their bodies are read: memory stays bounded.
-    config = uvicorn.Config(create_app(engine, token, audit), log_level="warning", limit_concurrency=args.queue + 16, timeout_keep_alive=30)
+    # Connections beyond a few times the queue are refused by uvicorn (a plain 503) before their bodies are read, so memory
+    # stays bounded (at most that many bodies of --max-bytes); the queue's own 503 (with Retry-After) comes first under load.
+    config = uvicorn.Config(create_app(engine, token, audit), log_level="warning", limit_concurrency=4 * args.queue + 64, timeout_keep_alive=30)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

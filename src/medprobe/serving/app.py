@@ -72,11 +72,12 @@ def create_app(engine, token=None, audit=None):
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}
 
+        from starlette.exceptions import HTTPException as Refused
         from starlette.requests import Request as Replayed
 
-        try:
-            form = await Replayed(request.scope, replay).form(max_files=most, max_fields=most)
-        except HTTPException as e:  # Starlette's own refusals (too many files), passed on with their words
+        try:  # one more than allowed, so that the caller names the limit in its own words
+            form = await Replayed(request.scope, replay).form(max_files=most + 1, max_fields=most + 1)
+        except Refused as e:  # Starlette's own refusals (too many files or fields), passed on with their words
             raise ServeError(f"bad multipart form: {e.detail}", 400) from e
         except Exception as e:  # noqa: BLE001 -- a malformed form can make the parser raise nearly anything
             raise ServeError(f"bad multipart form ({type(e).__name__}: {e})", 400) from e
