@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,116 @@ def test_datasets_that_share_images_share_their_embeddings(tmp_path, ham_folder)
     embed(train, encoder, transform, options)
     external = embed(both, encoder, transform, options)
     assert external.cost["from_store"] == len(train) and external.cost["computed_now"] == len(both) - len(train)
+
+
+# --- a store damaged by hand (issue 27): repaired with a notice, or one line and exit 2; never a traceback ----------
+
+
+def filled_store(root, n_files=3, rows=8, name="efficientnet_lite0"):
+    """A store of random vectors written through Store.append, for what does not need an encoder."""
+    store = Store(root, name, {"encoder": {"name": name}, "runtime": {"precision": "fp32"}})
+    rng = np.random.default_rng(0)
+    for f in range(n_files):
+        digests = [f"{f:02d}{i:062d}" for i in range(rows)]
+        store.append(digests, rng.normal(size=(rows, 16)).astype(np.float32), np.ones(rows), np.ones(rows))
+    return store
+
+
+def test_cache_verify_exits_cleanly_every_time(tmp_path):
+    # It used to abort ("terminate called without an active exception", exit 134) in 9 of 10 tries: pyarrow's thread
+    # pool torn down at exit after reading from a buffer. Each try is a fresh process, as a user runs it.
+    filled_store(tmp_path / "cache", n_files=6, rows=64)
+    env = dict(os.environ, MEDPROBE_CACHE=str(tmp_path / "cache"))
+    for _ in range(4):
+        done = subprocess.run([sys.executable, "-m", "medprobe.cli", "cache", "--verify"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stderr == "", done.stderr[-500:]
+        assert "0 damaged file(s)" in done.stdout
+
+
+@pytest.fixture
+def ham_twelve(shared_data, tmp_path):
+    """Twelve real HAM10000 images in class folders (six each: enough for the splits drawn), embedded once."""
+    root = tmp_path / "ham12"
+    for label in ("mel", "nv"):
+        (root / label).mkdir(parents=True)
+        for path in sorted((shared_data / "ham10000_melnv" / "train" / label).glob("*.jpg"))[:6]:
+            shutil.copy(path, root / label / path.name)
+    data = load_dataset(root)
+    encoder, transform = create_encoder("efficientnet_lite0", runtime="torch")
+    options = EmbedOptions(cache_dir=str(tmp_path / "cache"), progress=False)
+    first = embed(data, encoder, transform, options)
+    return data, encoder, transform, options, first
+
+
+def test_what_the_store_did_not_write_is_moved_aside_and_nothing_is_recomputed(ham_twelve, caplog):
+    import pandas as pd
+
+    data, encoder, transform, options, first = ham_twelve
+    store = Path(first.path)
+    (own,) = store.glob("rows-*.parquet")
+    # A folder named like a rows file made every run recompute its images and add a file (the store grew without
+    # limit); a foreign.parquet was kept and read by pandas.read_parquet(store) as garbage rows.
+    (store / "rows-0000.parquet").mkdir()
+    shutil.copy(own, store / "rows-0000.parquet" / "x.parquet")
+    shutil.copy(own, store / "foreign.parquet")
+    (store / "notes.txt").write_text("my notes\n")
+    for _ in range(2):
+        again = embed(data, encoder, transform, options)
+        assert again.from_cache and again.cost["computed_now"] == 0
+    assert sorted(store.glob("rows-*")) == [own]
+    quarantine = store / "_quarantine"
+    assert (quarantine / "rows-0000.parquet" / "x.parquet").read_bytes() == own.read_bytes()
+    assert (quarantine / "foreign.parquet").read_bytes() == own.read_bytes() and (quarantine / "notes.txt").read_text() == "my notes\n"
+    assert "foreign.parquet was not written by medprobe; moved to" in caplog.text
+    read = pd.read_parquet(store)
+    assert len(read) == len(data) and read["image_sha256"].is_unique
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "[1,2]", "another encoder's"])
+def test_a_lost_or_edited_recipe_is_listed_and_written_again(tmp_path, medprobe, damage, caplog):
+    store = filled_store(tmp_path / "cache")
+    recipe = store.path / "_recipe.json"
+    original = recipe.read_text()
+    if damage == "deleted":
+        recipe.unlink()
+    elif damage == "[1,2]":
+        recipe.write_text("[1,2]")
+    else:
+        recipe.write_text(filled_store(tmp_path / "other", name="resnet18").path.joinpath("_recipe.json").read_text())
+    listing = medprobe("cache", "--verify")
+    assert listing.returncode == 0 and "1 store(s)" in listing.stdout, listing.stderr
+    assert "_recipe.json missing or damaged" in listing.stdout and "resnet18" not in listing.stdout
+    assert "verified 1 store(s): 0 damaged" in listing.stdout
+    assert len(Store(tmp_path / "cache", "efficientnet_lite0", store.description).lookup({f"00{0:062d}"})) == 1
+    assert recipe.read_text() == original and "_recipe.json was missing or damaged; written again" in caplog.text
+    assert "missing or damaged" not in medprobe("cache").stdout
+    pruned = medprobe("cache", "--prune", "--encoder", "efficientnet_lite0")
+    assert pruned.returncode == 0 and "removed 1 store(s), 24 embeddings" in pruned.stdout and not store.path.exists()
+
+
+def refuse_unlink_in(folder, monkeypatch):
+    """A read-only store, also for root (whom chmod does not stop): deleting inside it raises PermissionError."""
+    unlink = Path.unlink
+
+    def read_only(self, missing_ok=False):
+        if Path(folder) in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+
+
+def test_a_read_only_store_gives_one_line_under_prune_and_verify(tmp_path, medprobe, monkeypatch):
+    store = filled_store(tmp_path / "cache")
+    victim = store.files()[0]
+    victim.write_bytes(victim.read_bytes()[:-10])
+    refuse_unlink_in(store.path, monkeypatch)
+    verified = medprobe("cache", "--verify")
+    assert verified.returncode == 2 and "damaged:" in verified.stdout
+    assert verified.stderr.strip() == (f"medprobe: error: 1 damaged file(s) could not be removed, the first {victim} (Permission denied); "
+                                       "runs leave them out, and the store's owner can remove them with `medprobe cache --verify`")
+    pruned = medprobe("cache", "--prune", "--encoder", "efficientnet_lite0")
+    assert pruned.returncode == 2 and len(pruned.stderr.strip().splitlines()) == 1
+    assert pruned.stderr.startswith(f"medprobe: error: could not delete 1 store(s), the first {store.path} (Permission denied: ")
+    assert victim.exists() and len(store.files()) == 3
