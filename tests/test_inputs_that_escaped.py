@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -178,3 +179,239 @@ def test_medprobe_embed_records_the_cost(tmp_path, medprobe):
     assert len(rows["image_sha256"]) == 24
     assert np.isfinite(rows["wall_s"]).all() and np.isfinite(rows["cpu_s"]).all()
     assert (rows["wall_s"] > 0).all() and rows["cpu_s"].sum() > 0
+
+
+# --- `fit --save` never deletes what the user owns -------------------------------------------------------------------
+# The model used to be swapped in and the old folder rmtree'd whatever it held: a thesis, the dataset's own images,
+# the --out results. Each refusal comes before any work (no images are read), so these tests embed nothing.
+
+
+@pytest.fixture(scope="module")
+def fundus_pngs(shared_data):
+    """{split/class/name.png: bytes} of 40 real RetinaMNIST images, healthy (grade 0) vs disease (grade 1-3)."""
+    import io
+
+    npz = np.load(shared_data / "medmnist" / "retinamnist.npz")
+    files = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        images, grades = npz[f"{split}_images"], npz[f"{split}_labels"][:, 0]
+        for label, chosen in (("healthy", np.flatnonzero(grades == 0)[:n]), ("disease", np.flatnonzero((grades > 0) & (grades < 4))[:n])):
+            for i in chosen:
+                encoded = io.BytesIO()
+                Image.fromarray(images[i]).save(encoded, format="PNG")
+                files[f"{split}/{label}/{split}_{i:04d}.png"] = encoded.getvalue()
+    return files
+
+
+def image_folder(root, fundus_pngs):
+    for name, data in fundus_pngs.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes: what must be exactly the same after a refused save."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def refused(done, message):
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("medprobe: error: ") and "Traceback" not in done.stderr
+    assert message in done.stderr, done.stderr
+
+
+FAST = ("--encoder", "efficientnet_lite0", "--selection", "val", "--n-boot", "200", "--quiet")
+
+
+def test_save_into_a_folder_of_the_users_files_is_refused_and_nothing_is_touched(tmp_path, fundus_pngs, medprobe):
+    data = image_folder(tmp_path / "data", fundus_pngs)
+    thesis = tmp_path / "thesis"
+    (thesis / "figures").mkdir(parents=True)
+    (thesis / "chapter1.tex").write_text("\\chapter{Introduction}")
+    (thesis / "notes.txt").write_text("ask the supervisor")
+    (thesis / "references.bib").write_text("@article{x}")
+    (thesis / "figures" / "fundus.png").write_bytes(next(iter(fundus_pngs.values())))
+    before = snapshot(thesis)
+    done = medprobe("fit", "--dataset", data, "--save", thesis, *FAST)
+    refused(done, f"--save {thesis}: holds 4 entries that medprobe did not write (chapter1.tex, figures, notes.txt and 1 more)")
+    assert snapshot(thesis) == before and not (tmp_path / "cache").exists()  # refused before any image was embedded
+
+
+@pytest.mark.parametrize("where", ["data", "data/train", "data/models/retina", "."])
+def test_save_at_in_or_above_the_dataset_folder_is_refused(tmp_path, fundus_pngs, medprobe, where):
+    project = tmp_path / "project"
+    data = image_folder(project / "data", fundus_pngs)
+    before = snapshot(project)
+    done = medprobe("fit", "--dataset", data, "--save", project / where, *FAST)
+    relation = {"data": "is the dataset folder", "data/train": "is inside the dataset folder",
+                "data/models/retina": "is inside the dataset folder", ".": "holds the dataset folder"}[where]
+    refused(done, f"--save {project / where}: {relation} {data}")
+    assert snapshot(project) == before and not (project / "data" / "models").exists()
+
+
+@pytest.mark.parametrize("kind", ["csv", "npz"])
+def test_save_at_or_above_a_dataset_file_is_refused(tmp_path, shared_data, fundus_pngs, medprobe, kind):
+    project = tmp_path / "project"
+    project.mkdir()
+    if kind == "csv":
+        image_folder(project / "images", fundus_pngs)
+        rows = "\n".join(f"images/{n},{n.split('/')[1]},{n.split('/')[0]}" for n in fundus_pngs)
+        (project / "manifest.csv").write_text(f"path,label,split\n{rows}\n")
+        source = project / "manifest.csv"
+    else:
+        real = np.load(shared_data / "medmnist" / "retinamnist.npz")  # the first 20 real images of each split
+        source = project / "retina20.npz"
+        np.savez(source, **{f"{s}_{k}": real[f"{s}_{k}"][:20] for s in ("train", "val", "test") for k in ("images", "labels")})
+    before = snapshot(tmp_path)
+    for above in (project, tmp_path):
+        refused(medprobe("fit", "--dataset", source, "--save", above, *FAST), f"--save {above}: holds the dataset file {source}")
+    assert snapshot(tmp_path) == before
+
+
+def test_save_and_out_in_one_folder_or_one_inside_the_other_is_refused(tmp_path, fundus_pngs, medprobe):
+    data = image_folder(tmp_path / "data", fundus_pngs)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "results.json").write_text("{}")  # an earlier run's results
+    (runs / "predictions.csv").write_text("id,label\n")
+    before = snapshot(runs)
+    refused(medprobe("fit", "--dataset", data, "--save", runs, "--out", runs, *FAST), f"--save {runs}: is the --out folder {runs}")
+    refused(medprobe("fit", "--dataset", data, "--save", runs / "model", "--out", runs, *FAST),
+            f"--save {runs / 'model'}: is inside the --out folder {runs}")
+    refused(medprobe("fit", "--dataset", data, "--save", tmp_path, "--out", runs, *FAST), f"--save {tmp_path}: holds the --out folder {runs}")
+    assert snapshot(runs) == before and not (runs / "model").exists()
+
+
+@pytest.mark.parametrize("spelling", [".", "./", "../work", "{cwd}"])
+def test_save_into_the_current_folder_is_refused_in_any_spelling(tmp_path, fundus_pngs, medprobe, spelling):
+    data = image_folder(tmp_path / "data", fundus_pngs)
+    work = tmp_path / "work"
+    work.mkdir()  # empty: it would pass as an empty folder, but replacing it would pull the folder from under the shell
+    save = spelling.format(cwd=work)
+    refused(medprobe("fit", "--dataset", data, "--save", save, *FAST, cwd=work), f"--save {save}: is the current folder")
+    refused(medprobe("fit", "--dataset", data, "--save", "..", *FAST, cwd=work), f"--save ..: holds the current folder {work}")
+    assert work.is_dir() and not any(work.iterdir())
+
+
+@pytest.mark.parametrize("flag", ["--save", "--out"])
+def test_a_save_or_out_path_through_a_symlink_loop_is_refused_before_any_work(tmp_path, fundus_pngs, medprobe, flag):
+    data = image_folder(tmp_path / "data", fundus_pngs)
+    os.symlink("loop", tmp_path / "loop")  # loop -> loop
+    before = snapshot(data)
+    for target in (tmp_path / "loop", tmp_path / "loop" / "model"):
+        paths = {"--save": target, "--out": tmp_path / "runs"} if flag == "--save" else {"--save": tmp_path / "model", "--out": target}
+        done = medprobe("fit", "--dataset", data, *[a for kv in paths.items() for a in kv], *FAST)
+        refused(done, f"{flag} {target}: the path runs through a symlink loop; fix the link or choose another folder")
+    done = medprobe("run", "--dataset", data, "--out", tmp_path / "loop" / "run", *FAST)  # and `run`, which used to give a traceback after the work
+    refused(done, f"--out {tmp_path / 'loop' / 'run'}: the path runs through a symlink loop")
+    assert snapshot(data) == before and not (tmp_path / "cache").exists()
+
+
+@pytest.fixture(scope="module")
+def saved_model(fundus_pngs, tmp_path_factory):
+    """A real model fitted on the real images, saved once; tests copy it."""
+    from medprobe.cli import main
+
+    root = tmp_path_factory.mktemp("saved")
+    data = image_folder(root / "data", fundus_pngs)
+    assert main(["fit", "--dataset", str(data), "--save", str(root / "model"), "--cache-dir", str(root / "cache"), *FAST]) == 0
+    return root / "model"
+
+
+def test_saving_again_over_a_model_replaces_it_and_sweeps_what_killed_saves_left(tmp_path, fundus_pngs, saved_model, medprobe):
+    from medprobe.probes.saved import load_model
+
+    data = image_folder(tmp_path / "data", fundus_pngs)
+    model = tmp_path / "model"
+    shutil.copytree(saved_model, model)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as after a kill
+    stale_part = tmp_path / f".model.{dead.pid}.0123abcd.part"  # a half-built model
+    stale_old = tmp_path / f".model.old-{dead.pid}"  # a previous model set aside, killed before it was removed
+    live_part = tmp_path / f".model.{os.getppid()}.4567cdef.part"  # another save in progress right now
+    for leftover in (stale_part, stale_old, live_part):
+        shutil.copytree(saved_model, leftover)
+    (stale_part / ".arrays.safetensors.12345.part").write_bytes(b"half written")
+    mine = tmp_path / f".model.{dead.pid}.89abcdef.part"  # named like ours, but holding a user's file: never removed
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    old_json = (model / "model.json").read_text()
+    time.sleep(1.1)  # model.json records its creation to the second
+    done = medprobe("fit", "--dataset", data, "--save", model, *FAST)
+    assert done.returncode == 0, done.stderr
+    assert (model / "model.json").read_text() != old_json and load_model(model).label_names == ["disease", "healthy"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert model.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    assert not stale_part.exists() and not stale_old.exists() and live_part.exists() and (mine / "thesis.tex").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.glob(".model*")) == sorted([live_part.name, mine.name])  # no leftover of this save
+
+
+def test_a_users_notes_inside_a_model_folder_are_refused_not_deleted(tmp_path, fundus_pngs, saved_model, medprobe):
+    data = image_folder(tmp_path / "data", fundus_pngs)
+    model = tmp_path / "model"
+    shutil.copytree(saved_model, model)
+    (model / "notes.txt").write_text("fitted for the March review")
+    before = snapshot(model)
+    refused(medprobe("fit", "--dataset", data, "--save", model, *FAST), f"--save {model}: holds 1 entry that medprobe did not write (notes.txt)")
+    assert snapshot(model) == before
+
+
+def test_notes_added_while_the_fit_runs_are_kept_and_the_old_model_stays(tmp_path, saved_model, monkeypatch):
+    from medprobe.core.errors import OutputError
+    from medprobe.probes import saved
+
+    model = tmp_path / "model"
+    shutil.copytree(saved_model, model)
+    with pytest.raises(OutputError, match="holds 1 entry that medprobe did not write \\(notes.txt\\)"):
+        with saved.atomic_folder(model, saved.MODEL_FILES) as building:
+            (building / "model.json").write_text("{}")
+            (model / "notes.txt").write_text("written while the probe was being fitted")
+    assert snapshot(model) == {**snapshot(saved_model), "notes.txt": b"written while the probe was being fitted"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the half-built folder is gone
+
+
+def test_a_save_killed_between_its_two_renames_points_to_the_previous_model(tmp_path, saved_model, monkeypatch):
+    from medprobe.core import files
+    from medprobe.core.errors import ModelError
+    from medprobe.probes import saved
+
+    model = tmp_path / "model"
+    shutil.copytree(saved_model, model)
+    replace, calls = os.replace, []
+
+    def killed_at_the_second_rename(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(files.os, "replace", killed_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with saved.atomic_folder(model, saved.MODEL_FILES) as building:
+            (building / "model.json").write_text("{}")
+    monkeypatch.undo()
+    aside = tmp_path / f".model.old-{os.getpid()}"
+    with pytest.raises(ModelError, match=f"the previous model is at {aside}; rename it back"):
+        saved.load_model(model)
+    aside.rename(model)
+    assert saved.load_model(model).label_names == ["disease", "healthy"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o002, 0o775), (0o077, 0o700)])
+def test_a_saved_model_folder_follows_the_umask(tmp_path, saved_model, umask, mode):
+    from medprobe.probes import saved
+
+    model = tmp_path / "model"
+    shutil.copytree(saved_model, model)
+    previous = os.umask(umask)
+    try:
+        with saved.atomic_folder(model, saved.MODEL_FILES) as building:
+            for name in saved.MODEL_FILES:
+                saved.atomic_write_bytes(building / name, (saved_model / name).read_bytes())
+    finally:
+        os.umask(previous)
+    assert (model.stat().st_mode & 0o777) == mode
+    assert all((model / name).stat().st_mode & 0o777 == mode & 0o666 for name in saved.MODEL_FILES)
+    assert saved.load_model(model).label_names == ["disease", "healthy"]

@@ -25,7 +25,7 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.core.errors import MedprobeError, ModelError
-from medprobe.core.files import atomic_folder, atomic_write_bytes
+from medprobe.core.files import atomic_folder, atomic_write_bytes, check_replaceable_folder
 from medprobe.data.datasets import TASKS
 from medprobe.data.images import DECODING
 from medprobe.encoders import get_config
@@ -34,6 +34,7 @@ from medprobe.encoders.transforms import make_transform
 from medprobe.evaluation.study import Decisions
 from medprobe.probes import saved_calibration
 from medprobe.probes.fit import FittedProbe
+from medprobe.probes.index import INDEX_ARRAYS, INDEX_JSON
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 ARRAYS = "arrays.safetensors"
 CHECKSUM = "model.json.sha256"
+# Every file a saved model folder may hold: `fit --save` replaces a folder only when it holds nothing else, so a file
+# that save_model writes must be named here (or re-saving over the model is refused).
+MODEL_FILES = {MODEL_JSON, ARRAYS, CHECKSUM, saved_calibration.FILE, INDEX_JSON, INDEX_ARRAYS}
 
 
 def _trusted_types():
@@ -147,7 +151,7 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
     text = (json.dumps(meta, indent=1, allow_nan=True) + "\n").encode()
     # The three files are written beside the folder and swapped in together: a kill or a full disk while saving
     # over a working model leaves that model intact.
-    with atomic_folder(folder) as building:
+    with atomic_folder(folder, MODEL_FILES, "model folder") as building:
         atomic_write_bytes(building / ARRAYS, blob)
         atomic_write_bytes(building / MODEL_JSON, text)
         atomic_write_bytes(building / CHECKSUM, f"{hashlib.sha256(text).hexdigest()}  {MODEL_JSON}\n".encode())
@@ -156,6 +160,14 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         if calibration_blob is not None:
             atomic_write_bytes(building / saved_calibration.FILE, calibration_blob)
     return folder
+
+
+def check_save_folder(folder, keep=()):
+    """Refuse now, before any work, a folder that saving into would lose anything but a saved model (see check_replaceable_folder).
+
+    >>> check_save_folder("models/derma", keep=[("the dataset folder", "data/derma", True)])
+    """
+    check_replaceable_folder(folder, MODEL_FILES, "--save", keep)
 
 
 def load_model(folder, check_encoder=True):
