@@ -372,6 +372,17 @@ def test_notes_added_while_the_fit_runs_are_kept_and_the_old_model_stays(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the half-built folder is gone
 
 
+def test_the_library_never_swaps_a_file_for_a_model_folder(tmp_path):
+    from medprobe.core.errors import OutputError
+    from medprobe.probes import saved
+
+    (tmp_path / "results").write_text("a user's file where the model was to go")
+    with pytest.raises(OutputError, match="results: is a file, not a folder"):
+        with saved.atomic_folder(tmp_path / "results", saved.MODEL_FILES) as building:
+            (building / "model.json").write_text("{}")
+    assert (tmp_path / "results").read_text() == "a user's file where the model was to go" and len(list(tmp_path.iterdir())) == 1
+
+
 def test_a_save_killed_between_its_two_renames_points_to_the_previous_model(tmp_path, saved_model, monkeypatch):
     from medprobe.core import files
     from medprobe.core.errors import ModelError

@@ -127,6 +127,8 @@ def check_replaceable_folder(path, names, what="--save", keep=()):
 
 def check_replaceable_contents(path, names, what="folder", shown=None):
     """Raise OutputError if `path` holds anything but files named in `names` (or their atomic-write partials)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{what} {shown or path}: is a file, not a folder; give a folder name (it is created if missing)")
     try:
         entries = list(os.scandir(path)) if os.path.isdir(path) else []
     except OSError as e:
