@@ -251,7 +251,7 @@ def test_arrays_of_the_wrong_shape_are_refused(tmp_path):
         arrays[key] = np.ascontiguousarray(arrays[key][..., :7])
 
     _rewrite(folder, edit_arrays=shrink)
-    with pytest.raises(ModelError, match="cannot score a .*-d embedding"):
+    with pytest.raises(ModelError, match=r"LogisticRegression has 3 classes, so its coefficients must be \(3, 12\).*got \(3, 7\)"):
         load_model(folder, check_encoder=False)
 
 
@@ -275,3 +275,99 @@ def test_saving_over_a_model_keeps_it_until_the_new_one_is_complete(tmp_path, mo
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert load_model(folder, check_encoder=False).label_names
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-built folder left behind
+
+
+# --- numbers no probe fits: refused at load, never NaN with exit 0 (issue 27) -----------------------------------------
+
+
+def array_used_as(folder, use):
+    """The arrays-file key of e.g. 'LogisticRegression.coef_', found in the estimator tree of model.json."""
+    def walk(node, owner):
+        if isinstance(node, dict):
+            owner = node.get("$object", owner)
+            for name, value in node.get("$dict", []):
+                if isinstance(value, dict) and "$array" in value and f"{owner}.{name}" == use:
+                    yield value["$array"]
+            for value in node.values():
+                yield from walk(value, owner)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value, owner)
+
+    return next(walk(json.loads((folder / MODEL_JSON).read_text())["estimator"], None))
+
+
+@pytest.mark.parametrize("use", ["LogisticRegression.coef_", "LogisticRegression.intercept_", "StandardScaler.scale_"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_learned_number_is_refused_by_name(tmp_path, use, bad):
+    folder, _, _ = saved(tmp_path, task="binary")
+    key = array_used_as(folder, use)
+
+    def poison(arrays):
+        arrays[key] = arrays[key].copy()
+        arrays[key].reshape(-1)[0] = bad
+
+    _rewrite(folder, edit_arrays=poison)
+    with pytest.raises(ModelError, match=rf"arrays.safetensors: array {key} \({use}\) holds 1 NaN or infinite value\(s\); refit the model"):
+        load_model(folder)
+
+
+def test_a_binary_logistic_regression_with_two_coefficient_rows_is_refused(tmp_path):
+    # It loaded and answered 0.5 for every image: scikit-learn reads a binary model's (2, D) coefficients its own way.
+    folder, _, _ = saved(tmp_path, task="binary")
+    coef, intercept = array_used_as(folder, "LogisticRegression.coef_"), array_used_as(folder, "LogisticRegression.intercept_")
+
+    def two_rows(arrays):
+        arrays[coef] = np.concatenate([arrays[coef], arrays[coef]])
+        arrays[intercept] = np.concatenate([arrays[intercept], arrays[intercept]])
+
+    _rewrite(folder, edit_arrays=two_rows)
+    with pytest.raises(ModelError, match=r"LogisticRegression has 2 classes, so its coefficients must be \(1, 12\) and its intercept \(1,\), "
+                                         r"got \(2, 12\) and \(2,\); refit the model"):
+        load_model(folder)
+
+
+def test_a_nan_calibrator_is_refused(tmp_path):
+    from medprobe.evaluation.study import StudyOptions, fit_decisions
+
+    X, y = toy_data("binary")
+    fitted = fit_probe("logreg", X[:60], y[:60], X[60:75], y[60:75], task="binary", selection="val")
+    decisions = fit_decisions(y[60:90], fitted.predict_scores(X[60:90]), "binary", ["a", "b"], StudyOptions(calibrate="isotonic"))
+    data = Dataset("toy", "binary", ["a", "b"], np.arange(60).astype(str), np.array(["train"] * 60), y[:60], FileImages([]))
+    config = get_config(ENCODER)
+    folder = save_model(tmp_path / "model", fitted, data, SimpleNamespace(config=config), make_transform(config), ENCODER, decisions=decisions)
+    from safetensors.numpy import load
+
+    key = next(k for k in load((folder / ARRAYS).read_bytes()) if k.startswith("calibrator."))
+
+    def poison(arrays):
+        arrays[key] = np.full_like(arrays[key], np.nan)
+
+    _rewrite(folder, edit_arrays=poison)
+    with pytest.raises(ModelError, match=rf"array {key} \(the calibrator\) holds \d+ NaN"):
+        load_model(folder)
+
+
+@pytest.fixture(scope="module")
+def ham_images(shared_data, tmp_path_factory):
+    """Four real HAM10000 images, two of each class, in class folders (a dataset for evaluate, a folder for predict)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("ham") / "ham4"
+    for label in ("mel", "nv"):
+        (root / label).mkdir(parents=True)
+        for path in sorted((shared_data / "ham10000_melnv" / "test" / label).glob("*.jpg"))[:2]:
+            shutil.copy(path, root / label / path.name)
+    return root
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_predict_and_evaluate_refuse_a_nan_model_in_one_line(tmp_path, medprobe, ham_images, command):
+    folder, _, _ = saved(tmp_path, task="binary")
+    key = array_used_as(folder, "LogisticRegression.coef_")
+    _rewrite(folder, edit_arrays=lambda arrays: arrays.update({key: np.full_like(arrays[key], np.nan)}))
+    where = ("--dataset", ham_images) if command == "evaluate" else (ham_images,)
+    done = medprobe(command, folder, *where, "--out", tmp_path / "out", "--quiet")
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"medprobe: error: {folder / ARRAYS}: array {key} (LogisticRegression.coef_) holds 12 NaN or infinite value(s); refit the model")
+    assert not (tmp_path / "out").exists()

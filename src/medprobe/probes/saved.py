@@ -207,7 +207,7 @@ def load_model(folder, check_encoder=True):
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         versions = f"; it was saved with scikit-learn {meta.get('sklearn')} and this is {_sklearn_version()}, so refit it" if meta.get("sklearn") != _sklearn_version() else ""
         raise ModelError(f"{folder / MODEL_JSON}: the estimator description is malformed ({type(e).__name__}: {e}){versions}") from e
-    _check_content(folder, meta, probe)
+    _check_content(folder, meta, probe, arrays)
     try:
         decisions = Decisions.from_saved(meta.get("decisions"), arrays, meta["task"], meta["label_names"])
     except MedprobeError as e:
@@ -216,7 +216,7 @@ def load_model(folder, check_encoder=True):
     return SavedModel(probe, meta, folder, decisions, calibration)
 
 
-def _check_content(folder, meta, probe):
+def _check_content(folder, meta, probe, arrays=None):
     """What the checksums cannot catch, a deliberate edit: a task, labels or arrays the probe cannot honestly serve."""
     where = folder / MODEL_JSON
     task, names = meta.get("task"), meta.get("label_names")
@@ -226,15 +226,82 @@ def _check_content(folder, meta, probe):
         raise ModelError(f"{where}: label_names must be a list of distinct names, got {names!r}; refit the model")
     if len(names) < (1 if task == "multi-label" else 2):
         raise ModelError(f"{where}: a {task} probe needs {'a label' if task == 'multi-label' else 'two or more classes'}, got {names!r}")
+    # Every learned number finite: a NaN coefficient loaded, and predict wrote NaN probabilities with exit 0.
+    uses = {key: "the calibrator" for key in arrays or {} if key.startswith("calibrator.")} | _array_uses(meta.get("estimator"))
+    for key, array in sorted((arrays or {}).items()):
+        if array.dtype.kind not in "biuf":
+            raise ModelError(f"{folder / ARRAYS}: array {key} ({uses.get(key, 'unused')}) has dtype {array.dtype}, not numbers; refit the model")
+        bad = int(array.size - np.isfinite(array).sum()) if array.dtype.kind == "f" else 0
+        if bad:
+            raise ModelError(f"{folder / ARRAYS}: array {key} ({uses.get(key, 'unused')}) holds {bad} NaN or infinite value(s); "
+                             "refit the model")
+    _check_linear_shapes(where, probe.estimator)
+    dim = getattr(probe.estimator, "n_features_in_", "?")
     try:
-        dim = int(probe.estimator.n_features_in_)  # the width its first step was fitted on
-        columns = np.asarray(probe.predict_scores(np.zeros((1, dim), np.float32))).shape
-    except Exception as e:  # a wrong array shape surfaces as whatever scikit-learn raises for it
-        raise ModelError(f"{where}: the probe cannot score a {dim}-d embedding ({type(e).__name__}: {e}); the arrays do not fit the "
+        dim = int(dim)  # the width its first step was fitted on
+        # zeros, and ones of both signs: a NaN or inf anywhere on the way (a scaler's scale, an intercept) shows in the scores
+        probes = np.stack([np.zeros(dim), np.ones(dim), -np.ones(dim)]).astype(np.float32)
+        scores = np.asarray(probe.predict_scores(probes))
+    except Exception as e:  # a wrong array shape surfaces as whatever scikit-learn raises for it (its first line names it)
+        reason = " ".join(str(e).strip().splitlines()[:1]) if str(e).strip() else ""
+        raise ModelError(f"{where}: the probe cannot score a {dim}-d embedding ({type(e).__name__}: {reason}); the arrays do not fit the "
                          "model description, refit the model") from e
-    if columns != (1, len(names)):
-        raise ModelError(f"{where}: the probe gives {columns[-1] if len(columns) == 2 else columns} scores per image for "
-                         f"{len(names)} labels {names}; refit the model")
+    if scores.shape != (3, len(names)):
+        columns = scores.shape[-1] if scores.ndim == 2 else scores.shape
+        raise ModelError(f"{where}: the probe gives {columns} scores per image for {len(names)} labels {names}; refit the model")
+    if not (np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()):
+        raise ModelError(f"{where}: the probe's scores are not probabilities (got {scores[~np.isfinite(scores) | (scores < 0) | (scores > 1)][0]!r}"
+                         " for a plain input); the estimator's numbers were edited, refit the model")
+
+
+def _array_uses(node, owner="model"):
+    """{array key: 'LogisticRegression.coef_'}: where each array of the arrays file is used, for messages."""
+    uses = {}
+    if isinstance(node, dict):
+        if isinstance(node.get("$array"), str):
+            uses[node["$array"]] = owner
+        owner = node.get("$object", owner) if isinstance(node.get("$object"), str) else owner
+        for key, value in node.items():
+            if key == "$dict" and isinstance(value, list):
+                for pair in value:
+                    if isinstance(pair, list) and len(pair) == 2:
+                        name = f"{owner}.{pair[0]}" if isinstance(pair[0], str) else owner
+                        uses.update(_array_uses(pair[1], name))
+            elif key != "$array":
+                uses.update(_array_uses(value, owner))
+    elif isinstance(node, list):
+        for value in node:
+            uses.update(_array_uses(value, owner))
+    return uses
+
+
+def _check_linear_shapes(where, estimator):
+    """A linear model's coefficients must have the shape its classes give: (1, D) for two classes, (K, D) for K.
+
+    A binary logistic regression given a (2, D) coefficient loaded and answered 0.5 for every image.
+    """
+    for part in _parts(estimator):
+        coef, classes = getattr(part, "coef_", None), getattr(part, "classes_", None)
+        if coef is None or classes is None:
+            continue
+        classes, coef = np.asarray(classes), np.asarray(coef)
+        rows = 1 if len(classes) == 2 else len(classes)
+        intercept = np.shape(getattr(part, "intercept_", np.zeros(rows)))
+        width = getattr(part, "n_features_in_", coef.shape[-1])
+        if coef.shape != (rows, width) or intercept not in ((rows,), ()):
+            raise ModelError(f"{where}: {type(part).__name__} has {len(classes)} classes, so its coefficients must be ({rows}, {width}) and its "
+                             f"intercept ({rows},), got {coef.shape} and {intercept}; refit the model")
+
+
+def _parts(estimator):
+    """The estimator and every estimator inside it (pipeline steps, one-vs-rest members, calibrated folds)."""
+    yield estimator
+    for value in vars(estimator).values():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            item = item[1] if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) else item  # (name, step)
+            if type(item).__name__ in _trusted_types():
+                yield from _parts(item)
 
 
 def _read(path):
