@@ -57,6 +57,15 @@ def ham(shared_data, tmp_path_factory):
     return manifest
 
 
+@pytest.fixture(scope="module")
+def ham48(ham):
+    """Every other row of `ham`: 12 images of each of train/test x mel/nv, for the end-to-end runs."""
+    lines = ham.read_text().splitlines()
+    small = ham.with_name("ham48.csv")
+    small.write_text("\n".join(lines[:1] + lines[1::2]) + "\n")
+    return small
+
+
 def test_shard_embedder_call_on_a_plain_batch_dict(ham, tmp_path):
     """The worker without Ray: it reads and hashes each file, embeds what the store lacks, appends it, and skips it next time."""
     data = load_dataset(ham)
@@ -210,15 +219,16 @@ def test_a_killed_actor_is_replaced_and_the_job_resumes(local_ray, ham, tmp_path
 
 
 @pytest.mark.ray
-def test_embed_on_ray_then_run_report_and_bench_say_the_cpu_cost_is_unknown(local_ray, ham, tmp_path, capsys):
+def test_embed_on_ray_then_run_report_and_bench_say_the_cpu_cost_is_unknown(local_ray, ham48, tmp_path, capsys):
+    ham = ham48
     """Issue 24: rows embedded on Ray carry no CPU cost; `run` crashed on them. Every later command now says "unknown"."""
     cache, run, bench = tmp_path / "cache", tmp_path / "run", tmp_path / "bench"
     common = ["--dataset", str(ham), "--encoder", ENCODER, "--cache-dir", str(cache), "--quiet"]
     assert main(["embed", *common, "--ray", "--ray-actors", "1"]) == 0
     assert main(["run", *common, "--selection", "val", "--n-boot", "200", "--out", str(run)]) == 0
     timings = json.loads((run / "results.json").read_text())["timings"]
-    assert timings["embedded_now"] == 0 and timings["embedded_from_store"] == 96  # read from the Ray-filled store
-    assert timings["embed_cost_cpu_s"] is None and "CPU seconds unknown for 96 images" in timings["embed_cost_source"]
+    assert timings["embedded_now"] == 0 and timings["embedded_from_store"] == 48  # read from the Ray-filled store
+    assert timings["embed_cost_cpu_s"] is None and "CPU seconds unknown for 48 images" in timings["embed_cost_source"]
     assert timings["embed_cost_s"] > 0  # the wall time the driver saw is known
 
     assert main(["report", str(run)]) == 0
@@ -235,6 +245,25 @@ def test_embed_on_ray_then_run_report_and_bench_say_the_cpu_cost_is_unknown(loca
     assert "compute ratio ≈ " + f"{ENCODER} + logreg unknown" in (bench / "table.md").read_text()  # the capped baseline's projection
     page = (bench / "report.html").read_text()
     assert "<td>unknown</td>" in page and "compute ratio to ResNet-18" in page
+
+
+@pytest.mark.ray
+def test_run_on_ray_writes_the_local_run_folder_with_a_fusion_embedded_in_one_pass(local_ray, ham48, tmp_path):
+    ham = ham48
+    fusion = f"{ENCODER}+{ENCODER}@max"
+    common = ["--dataset", str(ham), "--encoder", fusion, "--selection", "val", "--n-boot", "200", "--quiet"]
+    assert main(["run", *common, "--cache-dir", str(tmp_path / "local"), "--out", str(tmp_path / "here")]) == 0
+    assert main(["run", *common, "--cache-dir", str(tmp_path / "ray"), "--out", str(tmp_path / "there"), "--ray", "--ray-actors", "1"]) == 0
+
+    here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
+    assert there["metrics"] == here["metrics"] and there["probe"]["params"] == here["probe"]["params"]
+    assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
+    assert there["timings"]["ray_start_s"] >= 0 and there["timings"]["embedded_now"] == 2 * 48  # both parts, computed on Ray
+    stores = sorted(p.parent.relative_to(tmp_path / "local") for p in (tmp_path / "local").glob("*/*/_recipe.json"))
+    assert len(stores) == 2 and stores == sorted(p.parent.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").glob("*/*/_recipe.json"))
+    for store in stores:  # each part's store, image by image, bit for bit
+        ours, theirs = store_vectors(tmp_path / "ray" / store), store_vectors(tmp_path / "local" / store)
+        assert ours.keys() == theirs.keys() and all(ours[d].tobytes() == theirs[d].tobytes() for d in theirs)
 
 
 def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -20,13 +20,15 @@ def add_commands(commands):
 
 
 def cmd_bench(args):
+    from medprobe.embedding.ray import on_cluster
     from medprobe.reporting.tables import MANIFEST, TABLE_CSV, TABLE_MD
     from medprobe.workflows.bench import load_config, run_bench
 
     config = load_config(args.config)
     out = Path(args.out or config["out"] or f"bench-{config['name']}")
-    manifest = run_bench(config, out, force=args.force, options=embed_options(args), extra_baselines=args.baseline,
-                         report=not args.no_report)
+    options = embed_options(args)
+    with on_cluster(options.ray):  # one Ray session for every cell (--ray), not one start-up per cell
+        manifest = run_bench(config, out, force=args.force, options=options, extra_baselines=args.baseline, report=not args.no_report)
     print((out / TABLE_MD).read_text())
     counts = manifest["counts"]
     print(f"{counts['ran']} cells ran, {counts['skipped']} skipped, {counts['failed']} failed in {manifest['seconds']:.2f} s; "

@@ -132,12 +132,38 @@ def embed_parts_on_ray(dataset, models, options):
         job = Job(list(digests), part.description, content_key(digests, part.description), store, options.use_cache, found[p],
                   todo=[], chunks=[], writable=writable[p], computed=computed[p])
         result = job.result(dim, started)
-        result.seconds -= cluster.get("start_s", 0.0)
+        # One pass embedded every part: its wall time is shared out, so a fusion's (the parts' sum) is the pass's.
+        result.seconds = (result.seconds - cluster.get("start_s", 0.0)) / len(parts)
         result.cost["ray"] = dict(cluster)
         if computed[p]:
             result.cost["measured_in"] = result.cost["measured_in"].replace("this run", "this run (wall time on the Ray workers)", 1)
         results.append(result)
     return results
+
+
+@contextmanager
+def on_cluster(address):
+    """Ray attached (or started, for "local") for a whole command, so embedding and the probe's selection share one
+    session; yields {"start_s": seconds Ray took to start or attach} (0 when already running), nothing to do for None.
+
+    >>> with on_cluster("auto") as cluster:
+    ...     run(...)
+    """
+    cluster = {"start_s": 0.0}
+    if address is None:
+        yield cluster
+        return
+    ray = _import_ray()
+    owned = not ray.is_initialized()
+    tick = time.perf_counter()
+    if owned:
+        _init(ray, address)
+    cluster["start_s"] = time.perf_counter() - tick
+    try:
+        yield cluster
+    finally:
+        if owned:
+            ray.shutdown()
 
 
 def actor_layout(ray, actors=None):

@@ -24,6 +24,7 @@ from medprobe.core.errors import MedprobeError
 from medprobe.core.files import check_writable_folder
 from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions
+from medprobe.embedding.ray import embed_parts_on_ray
 from medprobe.encoders import create_encoder
 from medprobe.evaluation.metrics import medmnist_acc, medmnist_auc
 from medprobe.probes.fit import fit_probe
@@ -90,7 +91,8 @@ def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seed
     started = time.perf_counter()
     data, _ = data_spec.load()
     model, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
-    embedded = embed(data, model, transform, options)
+    # --ray: what the store lacks is embedded on the cluster
+    embedded = embed_parts_on_ray(data, [(model, transform)], options)[0] if options.ray is not None else embed(data, model, transform, options)
     X, y = embedded.vectors, data.labels
     train, val, test = (data.indices(s) for s in ("train", "val", "test"))
 

@@ -12,6 +12,7 @@ from medprobe.core.errors import ModelError
 from medprobe.core.files import check_writable_folder
 from medprobe.embedding.fusion import check_spec, embed_spec, split_choices, split_spec
 from medprobe.embedding.options import EmbedOptions
+from medprobe.embedding.ray import on_cluster
 from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
@@ -59,6 +60,18 @@ def check_before_images(options, probe_spec, out=None, save=None, data_spec=None
 
 
 def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None, scanned=None, index=True):
+    """Run one (dataset, encoder, probe) experiment (see `run_here`); with `options.ray`, on that Ray cluster.
+
+    What the store lacks is embedded on the cluster, and the probe's CV selection fans out to it; the rest runs here, so
+    the run folder is the local one. Ray's start-up is recorded apart, in `timings["ray_start_s"]`.
+    """
+    options = options or EmbedOptions()
+    with on_cluster(options.ray) as cluster:
+        started = {"ray_start_s": cluster["start_s"]} if options.ray is not None else {}
+        return run_here(data_spec, options, probe_spec, evaluation, out, save, scanned, index, timings=started)
+
+
+def run_here(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None, scanned=None, index=True, timings=None):
     """Run one (dataset, encoder, probe) experiment; write its results folder when `out` is given.
 
     >>> result = run(DataSpec("retinamnist", data_dir="../shared/data/medmnist"), EmbedOptions("efficientnet_lite0"),
@@ -72,7 +85,7 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     keeps a retrieval index of the images the probe was fitted on beside it (`medprobe.probes.index`).
     """
     options, probe_spec, evaluation = options or EmbedOptions(), probe_spec or ProbeSpec(), evaluation or EvalOptions()
-    timings = {}
+    timings = dict(timings or {})  # run() puts Ray's start-up here
     started, started_cpu = time.perf_counter(), cpu_seconds()
     choices = check_before_images(options, probe_spec, out, save, data_spec)
     data, scanned = data_spec.load(scanned)
@@ -105,7 +118,8 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
         fitted = fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, X[train], y[train])
     else:
         fits = [fit_probe(probe_spec.name, c.embeddings.vectors[train], y[train], c.embeddings.vectors[val], y[val], data.task,
-                          probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection, data.groups_of(train, val))
+                          probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection, data.groups_of(train, val),
+                          parallel="ray" if options.ray is not None else None)
                 for c in candidates]
         # The encoder is one more hyper-parameter: chosen by the same protocol's score (val or CV), never by test.
         best = max(range(len(fits)), key=lambda i: fits[i].selected_auc())
