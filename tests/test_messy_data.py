@@ -292,3 +292,76 @@ def test_seeds_scan_once_and_each_seed_is_its_own_grouped_split(tmp_path, ham_su
     alone = run(spec, EmbedOptions(progress=False), ProbeSpec(seed=1), EvalOptions(n_boot=50))
     assert alone.metrics["test"]["auc"] == repeats["per_seed"][1]["test"]["auc"]
     assert alone.dataset["groups"]["straddling_groups"] == 0 and alone.dataset["made_splits"]["test"]["seed"] == 1
+
+
+# --- a hand-edited predictions.csv (issue 27): one line naming the file, line and column; never a traceback ------------
+
+
+@pytest.fixture(scope="module")
+def two_runs(retina_pngs, tmp_path_factory):
+    """Two runs (logreg, knn) on the same 40 real RetinaMNIST images: what `compare` and `report` read."""
+    root = tmp_path_factory.mktemp("two_runs")
+    manifest = write_manifest(root / "m.csv", binary_rows(retina_pngs, 40))
+    fast = ("--encoder", "efficientnet_lite0", "--selection", "val", "--n-boot", "200", "--quiet", "--cache-dir", root / "cache")
+    for probe in ("logreg", "knn"):
+        assert run_main("run", "--dataset", manifest, "--probe", probe, "--out", root / probe, *fast) == 0
+    return root / "logreg", root / "knn"
+
+
+def edit_predictions(folder, edit, checksum="recomputed"):
+    """Edit predictions.csv line 2 (the first row); `recomputed`: the checksum in results.json follows, as a careful editor's."""
+    import hashlib
+
+    path = folder / "predictions.csv"
+    lines = path.read_text().splitlines()
+    lines = edit(lines)
+    path.write_text("\n".join(lines) + "\n")
+    if checksum == "recomputed":
+        record = results(folder)
+        record["files"]["predictions.csv"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        (folder / "results.json").write_text(json.dumps(record, indent=1))
+    return path
+
+
+def cell(column, value):
+    """An edit that sets one cell of the first row."""
+    def edit(lines):
+        header, row = lines[0].split(","), lines[1].split(",")
+        row[header.index(column)] = value
+        return [lines[0], ",".join(row), *lines[2:]]
+    return edit
+
+
+@pytest.mark.parametrize("edit, where", [
+    (cell("score_healthy", "nan"), "line 2, column score_healthy: 'nan' is not a probability (a number from 0 to 1)"),
+    (cell("score_healthy", "inf"), "line 2, column score_healthy: 'inf' is not a probability (a number from 0 to 1)"),
+    (cell("score_disease", "abc"), "line 2, column score_disease: 'abc' is not a probability (a number from 0 to 1)"),
+    (cell("score_disease", "1.5"), "line 2, column score_disease: '1.5' is not a probability (a number from 0 to 1)"),
+    (cell("label", "7"), "line 2, column label: '7' is not a class index from 0 to 1"),
+    (cell("label", ""), "line 2, column label: '' is not a class index from 0 to 1"),
+    (lambda lines: [lines[0], lines[1].rsplit(",", 1)[0], *lines[2:]], "line 2: 3 field(s), the header has 4"),
+    (lambda lines: [lines[0].replace("score_healthy", "score_normal"), *lines[1:]],
+     "the header must be id,label,score_disease,score_healthy (the run's label names), got id,label,score_disease,score_normal"),
+])
+def test_a_hand_edited_predictions_file_is_refused_by_line_and_column(tmp_path, two_runs, medprobe, edit, where):
+    edited = tmp_path / "edited"
+    shutil.copytree(two_runs[0], edited)
+    path = edit_predictions(edited, edit)
+    expected = f"medprobe: error: {path}{', ' if where.startswith('line') else ': '}{where}; the file was edited after the run: restore it or rerun"
+    for done in (medprobe("compare", edited, two_runs[1]), medprobe("compare", two_runs[1], edited), medprobe("report", edited)):
+        assert done.returncode == 2 and done.stderr.strip() == expected
+
+
+def test_an_edited_predictions_file_with_a_stale_checksum_is_said_to_be_changed_after_the_run(tmp_path, two_runs, medprobe):
+    edited = tmp_path / "edited"
+    shutil.copytree(two_runs[0], edited)
+    path = edit_predictions(edited, cell("score_healthy", "0.5"), checksum="stale")
+    done = medprobe("compare", edited, two_runs[1])
+    assert done.returncode == 2 and done.stderr.startswith(f"medprobe: error: {path} does not belong to {edited / 'results.json'}: "
+                                                           "it was changed after that run (its checksum differs")
+
+
+def test_an_untouched_pair_of_runs_still_compares_and_reports(two_runs, medprobe):
+    done = medprobe("compare", *two_runs)
+    assert done.returncode == 0, done.stderr
+    assert medprobe("report", two_runs[0], "--out", two_runs[0].parent / "r.html").returncode == 0

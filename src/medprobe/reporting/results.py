@@ -200,9 +200,13 @@ def check_run_folder(folder, result):
         path = Path(folder) / name
         actual = file_digest(path) if path.is_file() else "missing"
         if actual != digest:
+            if actual == "missing":
+                raise MedprobeError(f"{path} does not belong to {Path(folder) / RESULTS} (missing): the folder mixes two runs, e.g. one "
+                                    "killed while writing; rerun it into this folder or a new one")
             raise MedprobeError(
-                f"{path} does not belong to {Path(folder) / RESULTS} ({'missing' if actual == 'missing' else 'its checksum differs'}): "
-                "the folder mixes two runs, e.g. one killed while writing; rerun it into this folder or a new one"
+                f"{path} does not belong to {Path(folder) / RESULTS}: it was changed after that run (its checksum differs from the one "
+                "recorded there), by hand, or by a second run into this folder killed before its results.json (the folder mixes two "
+                "runs); restore it, or rerun into this folder or a new one"
             )
 
 
@@ -224,19 +228,54 @@ def curve_csv(curve):
 
 
 def read_predictions(path, label_names, task):
-    """(ids, labels, scores) from predictions.csv; labels are class indices, or a 0/1 matrix for multi-label."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    score_cols = [header.index(f"score_{n}") for n in label_names]
-    ids = [r[0] for r in body]
-    scores = np.array([[float(r[c]) for c in score_cols] for r in body]).reshape(len(body), len(score_cols))
-    if task == "multi-label":
-        label_cols = [header.index(f"label_{n}") for n in label_names]
-        labels = np.array([[int(float(r[c])) for c in label_cols] for r in body])
+    """(ids, labels, scores) from predictions.csv; labels are class indices, or a 0/1 matrix for multi-label.
+
+    Every cell is checked, so a hand-edited file (a NaN or 'abc' score, a short row, a renamed column, a label out of
+    range) is refused in one line naming the line and column, not met later as NaN AUCs or an IndexError.
+
+    >>> ids, labels, scores = read_predictions("runs/derma/predictions.csv", ["mel", "nv"], "binary")
+    """
+    label_columns = [f"label_{n}" for n in label_names] if task == "multi-label" else ["label"]
+    expected = ["id", *label_columns, *(f"score_{n}" for n in label_names)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise MedprobeError(f"{path}: cannot be read as CSV ({e}); rerun the run that wrote it") from e
+    if not rows or rows[0] != expected:
+        got = ",".join(rows[0]) if rows else "an empty file"
+        raise MedprobeError(f"{path}: the header must be {','.join(expected)} (the run's label names), got {got}; "
+                            "the file was edited after the run: restore it or rerun")
+    ids, labels, scores = [], [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(expected):
+            raise MedprobeError(f"{path}, line {line}: {len(row)} field(s), the header has {len(expected)}; "
+                                "the file was edited after the run: restore it or rerun")
+        cells = dict(zip(expected, row))
+        ids.append(cells["id"])
+        labels.append([_cell(path, line, column, cells[column], "label", len(label_names)) for column in label_columns])
+        scores.append([_cell(path, line, f"score_{n}", cells[f"score_{n}"], "score") for n in label_names])
+    labels = np.array(labels, dtype=np.int64).reshape(len(ids), len(label_columns))
+    return ids, labels if task == "multi-label" else labels[:, 0], np.array(scores, dtype=np.float64).reshape(len(ids), len(label_names))
+
+
+def _cell(path, line, column, text, kind, n_classes=2):
+    """One score (a probability) or label (a class index, or 0/1 for a multi-label column) of predictions.csv."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if kind == "score":
+        if -1e-6 <= value <= 1 + 1e-6:  # False for NaN too; the margin: a float32 softmax can end an ulp past 1
+            return value
+        wanted = "a probability (a number from 0 to 1)"
     else:
-        labels = np.array([int(float(r[header.index("label")])) for r in body])
-    return ids, labels, scores
+        classes = 2 if column != "label" else n_classes
+        if value in range(classes):
+            return int(value)
+        wanted = f"a class index from 0 to {classes - 1}"
+    raise MedprobeError(f"{path}, line {line}, column {column}: {text!r} is not {wanted}; the file was edited after the run: "
+                        "restore it or rerun")
 
 
 def read_projection(path):
