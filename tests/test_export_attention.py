@@ -9,6 +9,7 @@ from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from tiny_models import go_offline, write_tiny
 
 
+@pytest.mark.own_exports  # the export itself is under test: never a copy of an earlier one
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 def test_a_clip_vit_runs_on_the_exported_graph_not_on_eager(runtime, tmp_path, monkeypatch):
     if runtime == "openvino":

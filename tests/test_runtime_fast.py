@@ -16,7 +16,7 @@ from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import recipe_key
 from medprobe.encoders import create_encoder, get_config, runtimes
 from medprobe.encoders.transforms import make_transform
-from test_embed_fast import fresh, real  # noqa: F401 -- `real` is a fixture
+from test_embed_fast import fresh  # `real` (real weights and images) is conftest's, built once per session
 
 pytest.importorskip("openvino", reason="--runtime fast needs the fast extra (it is in dev)")
 cv2 = pytest.importorskip("cv2", reason="--runtime fast needs the fast extra (it is in dev)")

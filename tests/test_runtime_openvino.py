@@ -13,7 +13,7 @@ from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from medprobe.encoders.transforms import make_transform
 from numerics import BF16_BAND, BF16_FLAGS, skip_without_any_cpu_flag
-from test_embed_fast import fresh, real  # noqa: F401 -- `real` is a fixture
+from test_embed_fast import fresh  # `real` (real weights and images) is conftest's, built once per session
 
 pytest.importorskip("openvino", reason="the OpenVINO runtimes need the openvino extra (it is in dev)")
 
