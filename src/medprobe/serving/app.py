@@ -10,11 +10,14 @@
 With a token, every /v1 route wants `Authorization: Bearer TOKEN`; the page asks for it.
 """
 
+import asyncio
 import secrets
+import time
 from importlib import resources
 
 from medprobe.core.errors import ServeError
 from medprobe.serving.batcher import Busy
+from medprobe.serving.engine import error_entry, with_total
 
 RESEARCH_NOTE = "Research use only: not a medical device, not for clinical decisions."
 
@@ -93,19 +96,30 @@ def create_app(engine, token=None, audit=None):
                     audit.append(answer)
         return answers
 
+    async def answered(uploads):
+        """Each upload's answer or ServeError, from the encoder thread; the event loop waits without holding a thread."""
+        started = time.perf_counter()
+        futures = engine.submit(uploads)  # Busy (503) at once when the queue is full
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        return [r if isinstance(r, BaseException) else with_total(r, started) for r in results]
+
     @app.post("/v1/predict", dependencies=[Depends(authorised)], summary="Answer one image (PNG, JPEG, TIFF, DICOM, ...)")
     async def predict(request: Request):
         (data, suffix), *rest = await uploads_of(request, 1)
         if rest:
             raise ServeError("POST /v1/predict takes one image; send several to /v1/predict/batch", 400)
-        return logged(await run_in_threadpool(engine.answer_many, [(data, suffix)]))[0]  # one upload's error is raised, as its status
+        (result,) = await answered([(data, suffix)])
+        if isinstance(result, BaseException):
+            raise result  # a ServeError becomes its status
+        return (await run_in_threadpool(logged, [result]))[0]  # fsync'ed off the event loop
 
     @app.post("/v1/predict/batch", dependencies=[Depends(authorised)], summary="Answer several images (multipart, one field per file)")
     async def predict_batch(request: Request):
         uploads = await uploads_of(request, engine.options.max_files)
         if len(uploads) > engine.options.max_files:
             raise ServeError(f"{len(uploads)} files in one batch; the most is {engine.options.max_files} (medprobe serve --max-files)", 413)
-        return {"answers": logged(await run_in_threadpool(engine.answer_many, uploads))}
+        answers = [error_entry(r) if isinstance(r, BaseException) else r for r in await answered(uploads)]
+        return {"answers": await run_in_threadpool(logged, answers)}
 
     @app.get("/v1/model", dependencies=[Depends(authorised)], summary="The model card")
     async def model_card():

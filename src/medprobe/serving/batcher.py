@@ -1,10 +1,12 @@
-"""Concurrent requests micro-batched into one encoder, behind a bounded queue.
+"""Concurrent requests micro-batched into one worker thread, behind a bounded queue.
 
-One thread owns the encoder. Each request submits its preprocessed pixels and waits on a Future; the thread
-takes whatever is waiting (up to `max_batch` images) as one encoder call. Nothing waits for a batch to fill:
-alone, a request runs at once; under load, requests pile up while the encoder is busy and go in together, so
-batching costs one client no latency. The queue holds at most `capacity` images; a request beyond that is
-refused at once (`Busy`, HTTP 503 with Retry-After) instead of growing memory without bound.
+One thread owns the encoder. Each request submits its uploads and waits on one Future per upload; the thread
+takes whatever is waiting (up to `max_batch` uploads) and hands them to `work` as one batch, which decodes them on
+every core, then embeds them in one encoder call. Decoding and inference take turns, as in offline `embed`
+(a decode thread running beside ONNX Runtime stalls its intra-op threads; see `medprobe.embedding.embed`).
+Nothing waits for a batch to fill: alone, a request runs at once; under load, requests pile up while the thread is
+busy and go in together. The queue holds at most `capacity` uploads; beyond that a request is refused at once
+(`Busy`: HTTP 503 with Retry-After) instead of growing memory without bound.
 """
 
 import threading
@@ -24,19 +26,18 @@ class Busy(Exception):
 
 
 class MicroBatcher:
-    """`submit(pixels (n, C, H, W)) -> Future of (n, D) vectors`, computed by `embed` on batches of queued requests.
+    """`submit(items) -> [Future]`: `work(batch of items) -> [result or exception]` runs on batches of queued items.
 
-    >>> batcher = MicroBatcher(encoder.embed_batch, max_batch=32, capacity=64)
-    >>> vectors = batcher.submit(pixels[None]).result()
+    >>> batcher = MicroBatcher(engine.work, max_batch=32, capacity=64)
+    >>> answer = batcher.submit([upload])[0].result()
     """
 
-    def __init__(self, embed, max_batch=32, capacity=64):
+    def __init__(self, work, max_batch=32, capacity=64):
         if max_batch < 1 or capacity < 1:
             raise ValueError(f"max_batch and capacity must be at least 1, got {max_batch} and {capacity}")
-        self.embed, self.max_batch, self.capacity = embed, max_batch, capacity
+        self.work, self.max_batch, self.capacity = work, max_batch, capacity
         self.stats = {"batches": 0, "images": 0, "largest_batch": 0, "refused": 0, "seconds": 0.0}
-        self._pending = deque()  # (pixels, future)
-        self._queued = 0  # images waiting (not yet taken by the encoder thread)
+        self._pending = deque()  # (item, future)
         self._closed = False
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="medprobe-encoder", daemon=True)
@@ -44,21 +45,21 @@ class MicroBatcher:
 
     @property
     def queued(self):
-        return self._queued
+        return len(self._pending)
 
-    def submit(self, pixels):
-        future = Future()
+    def submit(self, items):
+        """One Future per item; all of them queued, or none (Busy) when they do not fit."""
+        futures = [Future() for _ in items]
         with self._wake:
             if self._closed:
                 raise RuntimeError("the encoder thread has stopped")
-            if self._queued + len(pixels) > self.capacity:
+            if len(self._pending) + len(items) > self.capacity:
                 self.stats["refused"] += 1
-                per_image = self.stats["seconds"] / max(1, self.stats["images"])
-                raise Busy(self._queued, max(1, int(np.ceil(self._queued * per_image))))
-            self._pending.append((pixels, future))
-            self._queued += len(pixels)
+                per_item = self.stats["seconds"] / max(1, self.stats["images"])
+                raise Busy(len(self._pending), max(1, int(np.ceil(len(self._pending) * per_item))))
+            self._pending.extend(zip(items, futures))
             self._wake.notify()
-        return future
+        return futures
 
     def close(self):
         with self._wake:
@@ -67,36 +68,25 @@ class MicroBatcher:
         self._thread.join()
 
     def _take(self):
-        """The requests of the next batch (at least one; whole requests, up to max_batch images when there are several)."""
         with self._wake:
             while not self._pending and not self._closed:
                 self._wake.wait()
-            if not self._pending:
-                return None
-            items = [self._pending.popleft()]
-            n = len(items[0][0])
-            while self._pending and n + len(self._pending[0][0]) <= self.max_batch:
-                items.append(self._pending.popleft())
-                n += len(items[-1][0])
-            self._queued -= n
-            return items
+            return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
 
     def _loop(self):
-        while (items := self._take()) is not None:
+        while taken := self._take():
             started = time.perf_counter()
             try:
-                vectors = self.embed(np.concatenate([pixels for pixels, _ in items]))
+                results = self.work([item for item, _ in taken])
             except Exception as e:  # noqa: BLE001 -- handed to every waiting request, which reports it; the thread lives on
-                for _, future in items:
-                    future.set_exception(e)
-                continue
-            seconds = time.perf_counter() - started
-            start = 0
-            for pixels, future in items:
-                future.set_result(vectors[start : start + len(pixels)])
-                start += len(pixels)
+                results = [e] * len(taken)
+            for (_, future), result in zip(taken, results):
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
             with self._wake:
                 self.stats["batches"] += 1
-                self.stats["images"] += start
-                self.stats["seconds"] += seconds
-                self.stats["largest_batch"] = max(self.stats["largest_batch"], start)
+                self.stats["images"] += len(taken)
+                self.stats["seconds"] += time.perf_counter() - started
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(taken))

@@ -10,6 +10,7 @@ import logging
 import math
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from medprobe.core.errors import ImageError, MedprobeError, ServeError
 from medprobe.core.locations import cache_root
 from medprobe.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image
 from medprobe.encoders import create_encoder
+from medprobe.encoders.runtimes import usable_cores
 from medprobe.evaluation.operating_points import Rule, decide
 from medprobe.probes.index import TrainingIndex
 from medprobe.probes.saved import MODEL_JSON, load_model
@@ -76,14 +78,17 @@ class Engine:
         self.model.check_encoder(self.encoder, self.transform)
         self.encoder.prepare(n_images=ENDLESS_JOB, artifacts=cache_root(options.cache_dir))
         self._uploads = tempfile.TemporaryDirectory(prefix="medprobe-serve-")
-        # One blank image through the encoder now, so the first request does not pay for an export or a compile.
+        # A full batch of blank images through the encoder now: the first request does not pay for an export or a compile,
+        # and the runtime's memory arena grows to its size under load before the server takes requests.
         blank = self._pixels(_blank())
-        self.encoder.embed_batch(blank[None])
-        self.batcher = MicroBatcher(self.encoder.embed_batch, options.max_batch, options.queue)
+        self.encoder.embed_batch(np.repeat(blank[None], options.max_batch, axis=0))
+        self._decoders = ThreadPoolExecutor(usable_cores(), thread_name_prefix="medprobe-decode")
+        self.batcher = MicroBatcher(self.work, options.max_batch, options.queue)
         self.started = time.time()
 
     def close(self):
         self.batcher.close()
+        self._decoders.shutdown()
         self._uploads.cleanup()
 
     def _decision_rule(self, asked):
@@ -98,32 +103,37 @@ class Engine:
                 note = str(e)
         return None, None, note if saved else "the model has no saved operating point (fit it with --operating-point)"
 
-    # --- one request ------------------------------------------------------------------------------------------------
+    # --- one request ---------------------------------------------------------------------------------------------
+
+    def submit(self, uploads):
+        """Queue (bytes, suffix) uploads for the encoder thread: one Future per upload, of its answer or its ServeError.
+        Raises Busy when the queue cannot take them all."""
+        return self.batcher.submit(list(uploads))
 
     def answer(self, data, suffix=""):
         """The JSON answer for one uploaded file's bytes, or ServeError (with the HTTP status it deserves)."""
-        return self.answer_many([(data, suffix)])[0]
+        started = time.perf_counter()
+        return with_total(self.submit([(data, suffix)])[0].result(), started)
 
     def answer_many(self, uploads):
-        """One answer per (bytes, suffix) upload, in order; an upload that cannot be read gets {"error", "status"} instead.
-
-        The readable ones go to the encoder as one request, so a batch is one encoder call (or a few).
-        """
+        """One answer per (bytes, suffix) upload, in order; an upload that cannot be read gets {"error", "status"} instead."""
         started = time.perf_counter()
-        prepared = []
-        for data, suffix in uploads:
-            try:
-                prepared.append(self.prepare(data, suffix))
-            except ServeError as e:
-                if len(uploads) == 1:
-                    raise
-                prepared.append(e)
+        futures = self.submit(uploads)
+        return [error_entry(f.exception()) if f.exception() else with_total(f.result(), started) for f in futures]
+
+    def work(self, uploads):
+        """The encoder thread's batch: decode every upload on every core, embed the readable ones in one call, answer them.
+        Returns, per upload, its answer or its ServeError."""
+        started = time.perf_counter()
+        prepared = list(self._decoders.map(lambda upload: _or_error(self.prepare, *upload), uploads))
         good = [p for p in prepared if not isinstance(p, ServeError)]
+        if not good:
+            return prepared
         decoded = time.perf_counter()
-        vectors = self.batcher.submit(np.stack([p["pixels"] for p in good])).result() if good else np.zeros((0, 1))
-        embedded = time.perf_counter()
-        answers = iter(self._answers(good, vectors, decoded - started, embedded - decoded)) if good else iter(())
-        return [{"error": p.args[0], "status": p.status} if isinstance(p, ServeError) else next(answers) for p in prepared]
+        vectors = self.encoder.embed_batch(np.stack([p["pixels"] for p in good]))
+        timings = {"batch_size": len(uploads), "decode_ms": 1e3 * (decoded - started), "embed_ms": 1e3 * (time.perf_counter() - decoded)}
+        answers = iter(self._answers(good, vectors, timings))
+        return [p if isinstance(p, ServeError) else next(answers) for p in prepared]
 
     def prepare(self, data, suffix=""):
         """Decode and preprocess one upload: {"sha256", "image" (what was read), "pixels" (C, H, W) float32}."""
@@ -151,7 +161,7 @@ class Engine:
         self.transform.normalise(resized, pixels)
         return pixels
 
-    def _answers(self, prepared, vectors, decode_s, embed_s):
+    def _answers(self, prepared, vectors, timings):
         tick = time.perf_counter()
         model, names = self.model, self.model.label_names
         scores = model.predict_scores(vectors)
@@ -174,9 +184,9 @@ class Engine:
                 "neighbours": [self._neighbour(int(r), float(c)) for r, c in zip(rows[i], cosines[i])] if self.index else None,
                 "out_of_distribution": {**ood[i], "reference": self.index.reference_record()} if self.index else None,
             })
-        probe_s = (time.perf_counter() - tick) / len(prepared)
-        for a in answers:
-            a["timings_ms"] = {"decode": round(1e3 * decode_s, 2), "queue_and_embed": round(1e3 * embed_s, 2), "probe": round(1e3 * probe_s, 2)}
+        timings["probe_ms"] = 1e3 * (time.perf_counter() - tick)
+        for a in answers:  # the batch's times: each image was decoded, embedded and scored with the others of its batch
+            a["timings_ms"] = {k: v if k == "batch_size" else round(v, 2) for k, v in timings.items()}
         return [_finite(a) for a in answers]
 
     def _decision(self, scores, decided):
@@ -250,6 +260,26 @@ class Engine:
     def health(self):
         return {"status": "ok", "model": self.model_id, "uptime_s": round(time.time() - self.started, 1), "queued": self.batcher.queued,
                 "queue_capacity": self.options.queue, "batches": dict(self.batcher.stats)}
+
+
+def with_total(answer, started):
+    """The answer with its request's whole time (queue included) added to its timings."""
+    answer["timings_ms"]["total_ms"] = round(1e3 * (time.perf_counter() - started), 2)
+    return answer
+
+
+def error_entry(error):
+    """A batch's entry for an upload that could not be answered."""
+    if isinstance(error, ServeError):
+        return {"error": str(error), "status": error.status}
+    raise error
+
+
+def _or_error(prepare, data, suffix):
+    try:
+        return prepare(data, suffix)
+    except ServeError as e:
+        return e
 
 
 def _chosen_on(selection):

@@ -1,0 +1,154 @@
+"""`medprobe serve` under load on loopback, against `medprobe predict`'s offline rate on the same images.
+
+Serves a model (default: fitted here on the shared HAM10000 train JPEGs with the default encoder, --selection val) and
+sends the shared 150x150 HAM10000 test JPEGs from a bounded client: first one request at a time (latency
+percentiles), then 16 clients each with one request in flight (throughput, errors). The offline rate is
+`medprobe predict --no-cache` on the same images, from two runs (1 image and N) so that start-up is not counted.
+The server's resident memory is read from /proc at the start and the end. Issue 25's targets: p50 <= 150 ms for one
+client, 16-client throughput >= 70 % of offline predict, zero errors over 2,000 requests, RSS flat.
+
+    .venv/bin/python benchmarks/serve_load.py                 # 2,000 requests at 16 clients
+    .venv/bin/python benchmarks/serve_load.py --quick         # 400 requests, for a quick look
+"""
+
+import argparse
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+HAM = ROOT.parent / "shared" / "data" / "ham10000_melnv"
+MEDPROBE = [sys.executable, "-m", "medprobe.cli"]
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(model, flags):
+    process = subprocess.Popen([*MEDPROBE, "serve", str(model), "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([process.stdout], [], [], 600)
+    line = process.stdout.readline() if ready else ""
+    if "http://" not in line:
+        process.kill()
+        sys.exit(f"the server did not start: {line!r} {process.stderr.read()[-2000:]}")
+    return process, "http://" + line.split("http://", 1)[1].split("/", 1)[0]
+
+
+def offline_rate(model, images, tmp):
+    """Images per second of `medprobe predict --no-cache`, start-up excluded: (N - 1) / (time(N) - time(1))."""
+    times = {}
+    for n in (1, len(images)):
+        folder = Path(tmp) / f"offline{n}"
+        folder.mkdir()
+        for path in images[:n]:
+            os.symlink(path, folder / path.name)
+        started = time.perf_counter()
+        subprocess.run([*MEDPROBE, "predict", str(model), str(folder), "--out", str(Path(tmp) / f"p{n}.csv"), "--no-cache", "--quiet"],
+                       check=True, capture_output=True)
+        times[n] = time.perf_counter() - started
+    return (len(images) - 1) / (times[len(images)] - times[1]), times
+
+
+def hammer(url, payloads, n_requests, clients):
+    """(latencies in s, errors, wall s): `clients` threads, each with one request in flight, `n_requests` in all."""
+    latencies, errors, lock = [], [], threading.Lock()
+    counter = iter(range(n_requests))
+    local = threading.local()
+
+    def worker():
+        session = local.__dict__.setdefault("session", requests.Session())
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            started = time.perf_counter()
+            try:
+                r = session.post(url + "/v1/predict", data=payloads[i % len(payloads)], timeout=120)
+                ok = r.status_code == 200 and "label" in r.json()
+            except requests.RequestException as e:
+                ok, r = False, e
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                if not ok:
+                    errors.append(str(getattr(r, "status_code", r)))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(worker) for _ in range(clients)]:
+            future.result()
+    return np.array(latencies), errors, time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a saved model folder (default: fit one on HAM10000 train with the default encoder)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests at 16 clients (default 2000)")
+    parser.add_argument("--single", type=int, default=200, help="requests from one client (default 200)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--offline-images", type=int, default=500, help="images for the offline predict rate (default 500)")
+    parser.add_argument("--quick", action="store_true", help="400 requests, 100 from one client, 200 offline images")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.single, args.offline_images = 400, 100, 200
+    images = sorted(HAM.glob("test/*/*.jpg"))
+    if len(images) < args.offline_images:
+        sys.exit(f"the shared HAM10000 JPEGs are not at {HAM}")
+    payloads = [p.read_bytes() for p in images]
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            model = Path(tmp) / "model"
+            subprocess.run([*MEDPROBE, "fit", "--dataset", str(HAM), "--save", str(model), "--selection", "val", "--n-boot", "200", "--quiet"],
+                           check=True, capture_output=True)
+        rate, offline_times = offline_rate(model, images[: args.offline_images], tmp)
+        process, url = start_server(model, [])
+        try:
+            rss_ready = rss_mib(process.pid)
+            hammer(url, payloads[:20], 20, 1)  # warm: the first requests of a process pay for lazy imports and arenas
+            rss_start = rss_mib(process.pid)
+            one, one_errors, _ = hammer(url, payloads, args.single, 1)
+            rss_mid = rss_mib(process.pid)
+            many, many_errors, wall = hammer(url, payloads, args.requests, args.clients)
+            rss_end = rss_mib(process.pid)
+            batches = requests.get(url + "/healthz", timeout=30).json()["batches"]
+        finally:
+            process.terminate()
+            process.wait(30)
+    throughput = args.requests / wall
+    figures = {
+        "one_client_ms": {f"p{q}": round(1e3 * float(np.percentile(one, q)), 1) for q in (50, 95, 99)},
+        "clients": args.clients, "requests": args.requests, "errors": len(one_errors) + len(many_errors),
+        "error_examples": (one_errors + many_errors)[:5],
+        "throughput_img_s": round(throughput, 1), "offline_predict_img_s": round(rate, 1), "ratio": round(throughput / rate, 3),
+        "many_clients_ms": {f"p{q}": round(1e3 * float(np.percentile(many, q)), 1) for q in (50, 95, 99)},
+        "server_rss_mib": {"ready": round(rss_ready, 1), "after_20_warm_up": round(rss_start, 1), "after_one_client": round(rss_mid, 1), "end": round(rss_end, 1)},
+        "batches": batches, "offline_seconds": {str(k): round(v, 2) for k, v in offline_times.items()},
+        "load_average": os.getloadavg(),
+    }
+    print(json.dumps(figures, indent=1))
+    print(f"\none client: p50 {figures['one_client_ms']['p50']} ms, p95 {figures['one_client_ms']['p95']} ms, p99 {figures['one_client_ms']['p99']} ms "
+          f"(target p50 <= 150)\n{args.clients} clients: {throughput:.1f} img/s vs offline predict {rate:.1f} img/s = {throughput / rate:.2f}x "
+          f"(target >= 0.70)\nerrors: {figures['errors']} of {args.requests + args.single} (target 0)\n"
+          f"server RSS: ready {rss_ready:.0f}, warmed {rss_start:.0f} -> {rss_mid:.0f} -> {rss_end:.0f} MiB; mean batch {batches['images'] / max(1, batches['batches']):.2f} images")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
