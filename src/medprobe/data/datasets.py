@@ -6,12 +6,14 @@ array and an image source, plus the task type and label names.
 
 import copy
 import csv
+import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from medprobe.core import remote
 from medprobe.core.errors import DatasetError
 from medprobe.core.names import printable
 from medprobe.data.images import is_image_file
@@ -144,6 +146,8 @@ class DataSpec:
 def read_dataset(spec, data_dir=None, size=28, download=True):
     """The dataset as its source gives it: rows without a split have an empty split name."""
     spec = str(spec)
+    if remote.is_url(spec):
+        return _from_url(spec)
     path = Path(spec)
     if path.suffix == ".npz":
         if not path.is_file():
@@ -197,24 +201,26 @@ def _from_medmnist(name, data_dir, size, download):
 # --- npz in the MedMNIST layout ------------------------------------------------------------------
 
 
-def _from_npz(path, name):
+def _from_npz(path, name, where=None):
+    """`where` names a file opened from its bytes (a URL's)."""
+    where = where or path
     try:
         npz = np.load(path, mmap_mode="r")
         keys = set(npz.files)
     except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: not a readable npz file ({e})") from e
+        raise DatasetError(f"{where}: not a readable npz file ({e})") from e
     present = [s for s in SPLITS if f"{s}_images" in keys]
     missing = [f"{s}_labels" for s in present if f"{s}_labels" not in keys]
     if "train" not in present or missing:
         raise DatasetError(
-            f"{path}: expected MedMNIST keys train_images/train_labels (and val_, test_); "
+            f"{where}: expected MedMNIST keys train_images/train_labels (and val_, test_); "
             f"found {sorted(keys)}" + (f", missing {missing}" if missing else "")
         )
     images = [npz[f"{s}_images"] for s in present]
     labels = [np.asarray(npz[f"{s}_labels"]) for s in present]
     for split, image_array, label_array in zip(present, images, labels):
         if len(image_array) != len(label_array):
-            raise DatasetError(f"{path}: {split} has {len(image_array)} images but {len(label_array)} labels")
+            raise DatasetError(f"{where}: {split} has {len(image_array)} images but {len(label_array)} labels")
     splits = np.concatenate([[s] * len(a) for s, a in zip(present, images)])
     ids = np.array([f"{s}/{i}" for s, a in zip(present, images) for i in range(len(a))])
     stacked = np.concatenate([a.reshape(len(a), -1) for a in labels]).astype(np.int64)
@@ -229,7 +235,7 @@ def _from_npz(path, name):
         splits=splits,
         labels=labels_out,
         images=ArrayImages(images),
-        info={"source": "npz", "path": str(path)},
+        info={"source": "npz", "path": str(where)},
     )
     return dataset
 
@@ -269,15 +275,35 @@ def _csv_header(path):
         return []
 
 
-def _from_csv(path):
-    """Columns `path,label` and an optional `split`; paths are relative to the CSV's folder."""
-    if not path.is_file():
+def _from_url(url):
+    """A CSV manifest or an npz file at a URL (s3://bucket/ham.csv); a manifest's relative paths resolve beside it."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".csv", ".npz"):
+        raise DatasetError(f"{url}: a dataset at a URL is a CSV manifest (.csv) or an npz file; list an image folder's files in a manifest")
+    try:
+        data = remote.read_bytes(url)
+    except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
+        raise DatasetError(f"{url}: {remote.reason(e)}") from e
+    if suffix == ".npz":
+        return _from_npz(io.BytesIO(data), name=Path(name).stem, where=url)
+    return _from_csv(url, data)
+
+
+def _from_csv(path, data=None):
+    """Columns `path,label` and an optional `split`; paths are relative to the CSV's folder (in its bucket, for a URL).
+
+    `data`: the CSV's bytes, already read (a URL's).
+    """
+    url = remote.is_url(path)
+    if data is None and not path.is_file():
         raise DatasetError(f"{path}: CSV manifest not found")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            records = list(reader)
+        if data is None:
+            data = path.read_bytes()
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+        columns = reader.fieldnames or []
+        records = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{path}: not a readable UTF-8 CSV file ({e})") from e
     if not {"path", "label"} <= set(columns):
@@ -294,11 +320,12 @@ def _from_csv(path):
         if split and split not in SPLITS:
             raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)} or empty, got {split!r}")
         # A missing image is reported by the pre-scan together with every other unreadable file (medprobe.scan).
-        rows.append((path.parent / row["path"].strip(), label, split))
+        rows.append((remote.join(remote.parent(path), row["path"].strip()) if url else path.parent / row["path"].strip(), label, split))
         lines.append(line)
     if not rows:
         raise DatasetError(f"{path}: the manifest has no rows")
-    dataset = _from_rows(path.stem, rows, path.parent, source="csv", where=[f"{path}, row {n}" for n in lines])
+    stem, folder = (Path(path.rsplit("/", 1)[-1]).stem, remote.parent(path)) if url else (path.stem, path.parent)
+    dataset = _from_rows(stem, rows, folder, source="csv", where=[f"{path}, row {n}" for n in lines])
     for column in columns:
         if column not in ("path", "label", "split"):
             dataset.columns[column] = np.array([(r.get(column) or "").strip() for r in records], dtype=object)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from medprobe.core import remote
 from medprobe.core.errors import ImageError, MedprobeError
 from medprobe.data.dicom import read_dicom
 from medprobe.data.pixels import check_pixels, stretch_to_8bit
@@ -69,6 +70,11 @@ def read_image(path, fast=False, data=None):
     >>> read_image("xray.dcm").image.mode
     'L'
     """
+    if data is None and remote.is_url(path):  # s3://... : read once here, then decoded like a file's bytes
+        try:
+            data = remote.read_bytes(path)
+        except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
+            raise ImageError(path, remote.reason(e)) from e
     path = Path(path) if data is None else path
     if data is None:
         try:

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from medprobe.core import remote
 from medprobe.core.errors import ImageError
 from medprobe.data.images import decode_image
 
@@ -128,7 +129,7 @@ class FileImages:
     """
 
     def __init__(self, paths, kept=None):
-        self.paths = [Path(p) for p in paths]
+        self.paths = [p if remote.is_url(p) else Path(p) for p in paths]  # a URL (s3://...) stays a string
         self.kept = kept if kept is not None else KeptImages()
 
     def __len__(self):
@@ -136,13 +137,21 @@ class FileImages:
 
     def load(self, index):
         image = self.kept.pop(self.paths[index])
+        if image is None and remote.is_url(self.paths[index]):
+            return self.load_content(index, self.content(index))
         return image if image is not None else decode_image(self.paths[index])
 
     def content(self, index):
+        path = self.paths[index]
+        if remote.is_url(path):
+            try:
+                return remote.read_bytes(path)
+            except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
+                raise ImageError(path, remote.reason(e)) from e
         try:
-            return self.paths[index].read_bytes()
+            return path.read_bytes()
         except OSError as e:
-            raise ImageError(self.paths[index], f"cannot read file ({e.strerror})") from e
+            raise ImageError(path, f"cannot read file ({e.strerror})") from e
 
     def load_content(self, index, content):
         return decode_image(self.paths[index], data=content)

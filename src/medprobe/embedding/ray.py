@@ -338,6 +338,11 @@ def _session(ray, address, cluster):
     saved = {name: getattr(context, name, None) for name in settings}
     for name, value in settings.items():
         setattr(context, name, value)
+    # Ray Data logs each step, and a failed block with its traceback, before raising it: the error reaches the user
+    # once, from here (a worker's ImageError as its one line, anything else with its traceback).
+    ray_data_log = logging.getLogger("ray.data")
+    saved_level = ray_data_log.level
+    ray_data_log.setLevel(logging.CRITICAL)
     owned = not ray.is_initialized()
     tick = time.perf_counter()
     try:
@@ -348,6 +353,7 @@ def _session(ray, address, cluster):
     finally:
         for name, value in saved.items():
             setattr(context, name, value)
+        ray_data_log.setLevel(saved_level)
         if owned:
             ray.shutdown()
 

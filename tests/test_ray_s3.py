@@ -1,0 +1,182 @@
+"""Object storage and more than one node: real HAM10000 JPEGs in an S3-compatible server (moto, on loopback),
+embedded by a two-node Ray cluster started here, against the local path on the same images.
+
+The server and the cluster are started once for the module and stopped after it, with their own temporary folders.
+"""
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import store_vectors
+from medprobe.cli import main
+
+# Ray Data deprecation warnings: their summary parses source with `ast` while Ray threads run, which CPython 3.11.7 can abort
+# on ("AST constructor recursion depth mismatch", fixed in later 3.11 releases).
+pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+ENCODER = "efficientnet_lite0"
+BUCKET = "medprobe"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _moto(port):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def s3(shared_data, tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 holding 64 HAM10000 JPEGs and a manifest with paths relative to it; the same
+    files and manifest in a local folder, for the local reference."""
+    import s3fs
+
+    port = _free_port()
+    server = {"now": _moto(port)}
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "medprobe-test", "AWS_SECRET_ACCESS_KEY": "medprobe-test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    local = tmp_path_factory.mktemp("ham_local")
+    files = sorted((shared_data / "ham10000_melnv").rglob("*.jpg"))
+    (local / "images").mkdir()
+    with open(local / "ham.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        for path in files[:: len(files) // 64][:64]:
+            shutil.copyfile(path, local / "images" / path.name)
+            writer.writerow([f"images/{path.name}", path.parent.name, path.parent.parent.name])
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        fs.put(str(local) + "/", f"{BUCKET}/ham/", recursive=True)
+        try:
+            yield {"url": f"s3://{BUCKET}/ham/ham.csv", "local": local / "ham.csv", "port": port, "server": server, "env": env}
+        finally:
+            server["now"].stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """`ray start --head` and a second `ray start --address` node, 1 CPU each, with their own HOME and temp folder."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    folder = tempfile.mkdtemp(prefix="mpray", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**os.environ, **s3["env"], "HOME": folder, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = _free_port()
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", folder, *common],
+                       env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", *common], env=env, check=True, capture_output=True, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(folder):
+    """End this cluster's processes (those naming its folder, and their children), and no other Ray on the machine."""
+    ours = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and folder.encode() in (entry / "cmdline").read_bytes():
+                ours.add(int(entry.name))
+        except OSError:
+            continue
+    children = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) in ours:
+                children.add(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours | children:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+
+
+def test_run_on_two_nodes_from_s3_equals_the_local_run(s3, cluster, tmp_path, capsys):
+    common = ["--encoder", ENCODER, "--selection", "val", "--n-boot", "200", "--batch-size", "32", "--quiet"]
+    assert main(["run", "--dataset", str(s3["local"]), *common, "--cache-dir", str(tmp_path / "local"), "--out", str(tmp_path / "here")]) == 0
+    assert main(["run", "--dataset", s3["url"], *common, "--cache-dir", str(tmp_path / "s3"), "--out", str(tmp_path / "there"),
+                 "--ray", cluster]) == 0
+    capsys.readouterr()
+
+    import json
+
+    here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
+    assert there["metrics"]["test"]["auc"] == here["metrics"]["test"]["auc"] and there["metrics"] == here["metrics"]
+    assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
+    ours, theirs = store_vectors(tmp_path / "s3"), store_vectors(tmp_path / "local")
+    assert len(theirs) == 64 and ours.keys() == theirs.keys()
+    assert all(np.array_equal(ours[d], theirs[d]) and ours[d].tobytes() == theirs[d].tobytes() for d in theirs)
+
+
+def test_wrong_credentials_are_one_line_naming_the_url(s3, capsys):
+    import requests
+
+    endpoint = s3["env"]["AWS_ENDPOINT_URL"]
+    requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).raise_for_status()  # moto checks keys from now on
+    try:
+        code = main(["run", "--dataset", s3["url"], "--encoder", ENCODER, "--quiet"])
+    finally:
+        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10).raise_for_status()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert s3["url"] in err and "access denied" in err and "Traceback" not in err
+
+
+def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    command = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--batch-size", "8", "--cache-dir", str(cache), "--ray", cluster, "--quiet"]
+    stopped = []
+
+    def stop_after_the_first_file():
+        deadline = time.monotonic() + 300
+        while not list(cache.rglob("rows-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s3["server"]["now"].stop()
+        stopped.append(len(list(cache.rglob("rows-*.parquet"))))
+
+    stopper = threading.Thread(target=stop_after_the_first_file)
+    stopper.start()
+    try:
+        code = main(command)
+    finally:
+        stopper.join()
+        s3["server"]["now"] = _moto(s3["port"])  # the same buckets: moto keeps them in this process
+    err = capsys.readouterr().err.strip()
+    assert stopped and stopped[0] < 4, "the job ended before the server was stopped"
+    # The error is one line naming the file's URL (Ray's workers may print their own lines before it).
+    last = err.splitlines()[-1]
+    assert code == 2 and last.startswith(f"medprobe: error: s3://{BUCKET}/ham/images/") and "endpoint" in last, err
+    assert sum("medprobe: error" in line for line in err.splitlines()) == 1, err
+
+    kept = {p.name: p.stat().st_mtime_ns for p in cache.rglob("rows-*.parquet")}
+    assert kept and main(command) == 0
+    assert "computed" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("rows-*.parquet") if p.name in kept} == kept  # nothing redone
+    assert len(store_vectors(next(cache.glob("*/*")))) == 64
