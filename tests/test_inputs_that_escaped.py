@@ -426,3 +426,49 @@ def test_a_saved_model_folder_follows_the_umask(tmp_path, saved_model, umask, mo
     assert (model.stat().st_mode & 0o777) == mode
     assert all(path.stat().st_mode & 0o777 == mode & 0o666 for path in model.iterdir())
     assert saved.load_model(model).label_names == ["disease", "healthy"]
+
+
+# --- settings refused at the edge, before any work (issue 27): one line, exit 2 ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ham_eight(shared_data, tmp_path_factory):
+    """Eight real HAM10000 images in class folders."""
+    root = tmp_path_factory.mktemp("ham") / "ham8"
+    for label in ("mel", "nv"):
+        (root / label).mkdir(parents=True)
+        for path in sorted((shared_data / "ham10000_melnv" / "train" / label).glob("*.jpg"))[:4]:
+            shutil.copy(path, root / label / path.name)
+    return root
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (("run", "--n-boot", "-1"), {}, "the number of bootstrap resamples (--n-boot) must be a whole number of at least 1 (default 1000), got -1"),
+    (("fit", "--n-boot", "0"), {}, "the number of bootstrap resamples (--n-boot) must be a whole number of at least 1 (default 1000), got 0"),
+    (("run", "--ray", "--ray-actors", "0"), {}, "ray actors must be at least 1, got 0"),
+    (("embed", "--ray", "--ray-actors", "-3"), {}, "ray actors must be at least 1, got -3"),
+    (("embed",), {"MEDPROBE_SHARD_SIZE": "abc"}, "MEDPROBE_SHARD_SIZE must be a whole number of images per store file, e.g. 512; got 'abc'"),
+    (("run", "--encoder", "efficientnet_lite0@"), {},
+     "efficientnet_lite0@: nothing after '@'; name a recipe after it (e.g. efficientnet_lite0@stages,up) or drop the '@'"),
+    (("embed", "--encoder", "efficientnet_lite0+resnet18@"), {},
+     "resnet18@: nothing after '@'; name a recipe after it (e.g. efficientnet_lite0@stages,up) or drop the '@'"),
+])
+def test_a_bad_setting_is_refused_in_one_line_before_any_work(tmp_path, medprobe, monkeypatch, ham_eight, args, env, message):
+    from medprobe.embedding import ray as ray_module
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started for a command whose settings are wrong")
+
+    monkeypatch.setattr(ray_module, "_import_ray", no_ray)
+    out = {"run": ("--out", tmp_path / "out"), "fit": ("--save", tmp_path / "out")}.get(args[0], ())
+    done = medprobe(*args, "--dataset", ham_eight, *out, "--quiet", "--cache-dir", tmp_path / "cache", env=env)
+    assert done.returncode == 2 and done.stderr.strip() == f"medprobe: error: {message}"
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()  # nothing embedded, nothing written
+
+
+def test_compare_and_evaluate_refuse_a_negative_n_boot_before_reading_anything(tmp_path, medprobe):
+    expected = "medprobe: error: the number of bootstrap resamples (--n-boot) must be a whole number of at least 1 (default 1000), got -1"
+    done = medprobe("compare", tmp_path / "a", tmp_path / "b", "--n-boot", "-1")
+    assert done.returncode == 2 and done.stderr.strip() == expected
+    done = medprobe("evaluate", tmp_path / "model", "--dataset", tmp_path / "data", "--n-boot", "-1", "--out", tmp_path / "out")
+    assert done.returncode == 2 and done.stderr.strip() == expected

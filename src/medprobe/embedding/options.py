@@ -14,7 +14,12 @@ DEFAULT_SHARD_SIZE = 512
 
 def _shard_size_from_environment():
     # $MEDPROBE_SHARD_SIZE lowers it for the tests that kill a run mid-way; read when options are built, never at import.
-    return int(os.environ.get("MEDPROBE_SHARD_SIZE", DEFAULT_SHARD_SIZE))
+    text = os.environ.get("MEDPROBE_SHARD_SIZE", str(DEFAULT_SHARD_SIZE))
+    try:
+        return int(text)
+    except ValueError:
+        raise MedprobeError(f"MEDPROBE_SHARD_SIZE must be a whole number of images per store file, e.g. {DEFAULT_SHARD_SIZE}; "
+                            f"got {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,8 @@ def get_config(name):
     if base not in _CONFIGS:
         raise UnknownNameError("encoder", base, _CONFIGS)
     config = _CONFIGS[base]
+    if name.endswith("@"):  # else 'efficientnet_lite0@' ran as the plain encoder and was recorded with its '@'
+        raise EncoderError(f"{name}: nothing after '@'; name a recipe after it (e.g. efficientnet_lite0@stages,up) or drop the '@'")
     if not suffix:
         return config
     if config.family not in _VARIANTS:

@@ -18,6 +18,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from medprobe.core.defaults import N_BOOTSTRAP
 from medprobe.core.defaults import SEED as BOOTSTRAP_SEED
+from medprobe.core.errors import MedprobeError
 
 # MedMNIST's evaluator (medmnist/evaluator.py, getACC) calls a score positive when it is strictly above 0.5.
 # Every decision in medprobe (ACC, confusion matrices, `predict`) goes through `predictions` below.
@@ -83,6 +84,16 @@ def weighted_auc(truth, score, weights):
     pairs = positives.sum(axis=1) * negatives.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (positives * (below + 0.5 * negatives)).sum(axis=1) / pairs
+
+
+def check_n_boot(n_boot):
+    """Refuse, before any work, a resample count that gives no interval (-1 was taken and printed 'no CI').
+
+    >>> check_n_boot(1000)
+    """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise MedprobeError(f"the number of bootstrap resamples (--n-boot) must be a whole number of at least 1 (default {N_BOOTSTRAP}), "
+                            f"got {n_boot!r}")
 
 
 def resample_counts(n, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):

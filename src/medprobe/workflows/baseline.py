@@ -32,7 +32,7 @@ from medprobe.core import defaults
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_bytes, check_writable_folder
-from medprobe.evaluation.metrics import evaluate, medmnist_acc, medmnist_auc
+from medprobe.evaluation.metrics import check_n_boot, evaluate, medmnist_acc, medmnist_auc
 from medprobe.reporting.results import BaselineResult, write_run_folder
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def train_baseline(data_spec, config=TrainingConfig(), out=None, n_boot=defaults
     import torch
     from tqdm.auto import tqdm
 
+    check_n_boot(n_boot)
     if config.size not in (28, 224):
         log.warning("MedMNIST v2 trained at 28 and 224 px; %d px is outside its protocol", config.size)
     if out is not None:

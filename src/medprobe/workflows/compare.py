@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from medprobe.core.errors import OutputError
-from medprobe.evaluation.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP
+from medprobe.evaluation.metrics import BOOTSTRAP_SEED, N_BOOTSTRAP, check_n_boot
 from medprobe.reporting.compare import compare_folders
 from medprobe.reporting.results import write_json
 
@@ -15,6 +15,7 @@ def compare(folder_a, folder_b, out=None, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEE
 
     >>> c = compare("runs/lite0", "runs/lite2", out="runs/lite0_vs_lite2.json")
     """
+    check_n_boot(n_boot)
     if out is not None and Path(out).is_dir():
         raise OutputError(f"{out} is a folder; give a file name for the comparison JSON (e.g. {Path(out) / 'comparison.json'})")
     comparison = compare_folders(folder_a, folder_b, n_boot, seed)

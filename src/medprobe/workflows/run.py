@@ -14,7 +14,7 @@ from medprobe.embedding.fusion import check_spec, embed_spec, split_choices, spl
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.ray import on_cluster
 from medprobe.evaluation.calibration import resolve_method
-from medprobe.evaluation.metrics import N_BOOTSTRAP, evaluate
+from medprobe.evaluation.metrics import N_BOOTSTRAP, check_n_boot, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
 from medprobe.evaluation.operating_points import column_names
 from medprobe.evaluation.study import StudyOptions, decisions_fitted_on, fit_decisions, score_decisions
@@ -38,6 +38,9 @@ class EvalOptions:
     projection: str = "pca"
     near_duplicate_cosine: float = COSINE
     study: StudyOptions = field(default_factory=StudyOptions)
+
+    def __post_init__(self):
+        check_n_boot(self.n_boot)
 
 
 def check_before_images(options, probe_spec, out=None, save=None, data_spec=None):
