@@ -365,3 +365,78 @@ def test_an_untouched_pair_of_runs_still_compares_and_reports(two_runs, medprobe
     done = medprobe("compare", *two_runs)
     assert done.returncode == 0, done.stderr
     assert medprobe("report", two_runs[0], "--out", two_runs[0].parent / "r.html").returncode == 0
+
+
+# --- the right words (issue 27) --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ham_files(shared_data):
+    """Real HAM10000 JPEGs by split and class (paths only; each test copies or lists what it needs)."""
+    source = shared_data / "ham10000_melnv"
+    return {(split, label): sorted((source / split / label).glob("*.jpg")) for split in ("train", "test") for label in ("mel", "nv")}
+
+
+def ham_manifest(path, ham_files, n_train, n_test=2, group=None):
+    """train rows: n_train[label] images of each label; test rows: n_test of each; `group(label, i)` fills a lesion column."""
+    rows = []
+    for split, counts in (("train", n_train), ("test", {"mel": n_test, "nv": n_test})):
+        for label, n in counts.items():
+            for i, image in enumerate(ham_files[(split, label)][:n]):
+                rows.append((str(image), label, split) + ((group(label, i) if split == "train" else f"{split}{label}{i}",) if group else ()))
+    return write_manifest(path, rows, ("path", "label", "split") + (("lesion",) if group else ()))
+
+
+def test_val_drawn_out_of_train_rows_of_both_classes_keeps_both_in_train(tmp_path, ham_files):
+    from medprobe.data.datasets import load_dataset
+
+    # 5 'mel' and 1 'nv' train rows: the plain draw for val took the one 'nv', and the run was refused as
+    # "the train split has a single class (mel)" though the user's train rows hold both.
+    data = load_dataset(ham_manifest(tmp_path / "m.csv", ham_files, {"mel": 5, "nv": 1}))
+    assert sorted(set(data.labels[data.indices("train")].tolist())) == [0, 1]
+    assert len(data.indices("val")) == 1 and data.info["made_splits"]["val"]["method"].startswith("random, one image of each class kept")
+
+
+def test_a_grouped_draw_that_takes_a_class_whole_says_so(tmp_path, ham_files):
+    from medprobe.core.errors import DatasetError
+    from medprobe.data.datasets import DataSpec
+
+    # Two lesions, one per class: val drawn by whole lesions takes a class whole, whatever the seed.
+    manifest = ham_manifest(tmp_path / "m.csv", ham_files, {"mel": 4, "nv": 4}, group=lambda label, i: f"lesion_{label}")
+    with pytest.raises(DatasetError) as raised:
+        DataSpec(str(manifest), group="lesion").load()
+    message = str(raised.value)
+    assert message.startswith("m: the train rows hold two or more classes, but drawing val out of them (whole groups (lesion), ")
+    assert "left only" in message and "give each image's split (a split column or split/class/ folders)" in message
+
+
+@pytest.fixture(scope="module")
+def ham_model(ham_files, tmp_path_factory):
+    """A probe fitted on 16 real HAM10000 images and saved."""
+    root = tmp_path_factory.mktemp("ham_model")
+    for label in ("mel", "nv"):
+        (root / "data" / label).mkdir(parents=True)
+        for image in ham_files[("train", label)][:8]:
+            shutil.copy(image, root / "data" / label / image.name)
+    assert run_main("fit", "--dataset", root / "data", "--save", root / "model", "--encoder", "efficientnet_lite0", "--selection", "val",
+                    "--n-boot", "200", "--quiet", "--cache-dir", root / "cache") == 0
+    return root / "model", root / "cache"
+
+
+def test_evaluate_on_a_small_external_set_draws_no_split(tmp_path, ham_files, ham_model, medprobe):
+    # Four images, two of each class: evaluate drew val and test out of them and refused "the train split has a
+    # single class (mel)", though it trains nothing.
+    model, cache = ham_model
+    for label in ("mel", "nv"):
+        (tmp_path / "ext" / label).mkdir(parents=True)
+        for image in ham_files[("test", label)][:2]:
+            shutil.copy(image, tmp_path / "ext" / label / image.name)
+    done = medprobe("evaluate", model, "--dataset", tmp_path / "ext", "--out", tmp_path / "out", "--n-boot", "200", "--quiet",
+                    "--cache-dir", cache)
+    assert done.returncode == 0, done.stderr
+    assert results(tmp_path / "out")["dataset"]["evaluated"]["rows"] == "all"
+    shutil.rmtree(tmp_path / "ext" / "nv")
+    done = medprobe("evaluate", model, "--dataset", tmp_path / "ext", "--out", tmp_path / "out2", "--n-boot", "200", "--quiet",
+                    "--cache-dir", cache)
+    assert done.returncode == 2 and "train" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "the model's classes 'nv' do not occur in ext" in done.stderr

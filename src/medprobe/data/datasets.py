@@ -382,6 +382,11 @@ def _check(dataset):
     train = set(dataset.labels[dataset.indices("train")].tolist())
     if len(train) < 2:
         only = names[next(iter(train))] if train else "none"
+        drawn = dataset.info.get("made_splits", {})
+        if drawn and len(set(dataset.labels[np.isin(dataset.splits, ["train", *drawn])].tolist())) > 1:  # the draw took a class whole
+            raise DatasetError(f"{dataset.name}: the train rows hold two or more classes, but drawing {' and '.join(drawn)} out of them "
+                               f"({', '.join(d['method'] for d in drawn.values())}) left only {only!r} in train; give each image's "
+                               "split (a split column or split/class/ folders), or add train images of the other classes")
         raise DatasetError(f"{dataset.name}: the train split has a single class ({only}); a classifier needs two or more")
     for split in ("val", "test"):
         present = set(dataset.labels[dataset.indices(split)].tolist())

@@ -60,6 +60,18 @@ def _draw_rows(dataset, train, fraction, split, seed):
         if counts.min() < 2 or n_taken < len(counts):
             strata = None  # too few images to stratify; a plain seeded draw is the honest fallback
     _, taken = train_test_split(train, test_size=n_taken, random_state=seed, stratify=strata)
+    if strata is None and dataset.labels.ndim == 1:
+        labels = dataset.labels
+        if set(labels[train].tolist()) != set(labels[np.setdiff1d(train, taken)].tolist()):
+            # The plain draw took every train image of a class (5 'mel' and 1 'nv': the 'nv'), and the train rows, which
+            # held both classes, were refused as "a single class". Draw again, keeping one image of each class in train.
+            rng = np.random.default_rng(seed)
+            kept = [rng.choice(train[labels[train] == c]) for c in np.unique(labels[train])]
+            pool = np.setdiff1d(train, kept)
+            if n_taken > len(pool):
+                raise _too_few(dataset, len(train), split)
+            taken = pool if n_taken == len(pool) else train_test_split(pool, test_size=n_taken, random_state=seed)[1]
+            return taken, "random, one image of each class kept in train (too few images per class to stratify)"
     return taken, "stratified by class" if strata is not None else "random (too few images per class to stratify)"
 
 

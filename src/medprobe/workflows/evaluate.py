@@ -68,7 +68,9 @@ def evaluate_model(model_dir, data_spec, options=None, evaluation=None, rows="al
     model = load_model(model_dir)
     if out is not None:
         check_writable_folder(out)
-    data, scanned = data_spec.load()
+    # Every row is scored and nothing is fitted, so with rows 'all' no split is drawn (and none is checked for what a
+    # fit needs: a one-class set was refused as "the train split has a single class").
+    data, scanned = data_spec.load() if rows != "all" else data_spec.scan()
     for column in evaluation.study.subgroups.columns:
         group_values(data.columns, column, evaluation.study.subgroups, data.name)
     given = {s: int((data.splits == s).sum()) for s in SPLITS}
@@ -78,6 +80,11 @@ def evaluate_model(model_dir, data_spec, options=None, evaluation=None, rows="al
     data = data.subset(chosen, check=False)
     data.labels, label_map = match_labels(data, model)
     data.label_names, data.task = model.label_names, model.task
+    present = np.unique(data.labels) if model.task != "multi-label" else None
+    if present is not None and len(present) < 2:
+        only = model.label_names[int(present[0])] if len(present) else "none"
+        raise DatasetError(f"{data.name}: the {len(data)} evaluated image(s) are all of class {only!r}; AUC needs images of two classes "
+                           f"or more among {model.label_names}, so add images of another class")
     data.splits = np.full(len(data), "test", dtype=object)  # every evaluated row is scored; nothing here is fitted
     data.info.pop("made_splits", None)
 
