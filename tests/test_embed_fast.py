@@ -11,10 +11,22 @@ from medprobe.core.errors import EncoderError
 from medprobe.data.datasets import load_dataset
 from medprobe.embedding.embed import describe_job, embed
 from medprobe.embedding.options import EmbedOptions
-from medprobe.encoders import create_encoder
+from medprobe.encoders import backends, create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from medprobe.encoders.torch_encoder import TorchEncoder
 from medprobe.encoders.transforms import make_transform
+
+
+class Broken(backends.Backend):
+    """A fast backend that disagrees with fp32 (every vector all ones), built in place of a real one."""
+
+    description = "broken"
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def embed_batch(self, pixels):
+        return np.ones((len(pixels), 1280), np.float32)
 
 
 def fresh(real, runtime):
@@ -43,7 +55,7 @@ def test_fp32_fast_runtimes_match_the_pytorch_reference_on_real_images(real, run
 def test_a_fast_backend_that_disagrees_is_replaced_by_eager_fp32(real, caplog, monkeypatch):
     _, pixels, reference, _ = real
     encoder = fresh(real, "onnx")
-    monkeypatch.setattr(encoder, "_onnx_backend", lambda _pixels: (lambda batch: np.ones((len(batch), 1280), np.float32), "broken"))
+    monkeypatch.setattr(backends, "OnnxRuntime", Broken)
     with caplog.at_level(logging.WARNING):
         out = encoder.embed_batch(pixels[:3])
     assert "disagrees with PyTorch fp32" in caplog.text

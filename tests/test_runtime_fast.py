@@ -128,7 +128,7 @@ def test_the_default_runtime_embeds_each_batch_in_turn_with_the_same_vectors(rea
     _, pixels, _, _ = real
     encoder = fresh(real, "auto")
     streamed = list(encoder.embed_batches([("a", pixels[:7]), ("b", pixels[7:])]))
-    assert encoder.backend.startswith("onnxruntime") and encoder._stream is None
+    assert encoder.backend.startswith("onnxruntime")  # not streamed: ONNX Runtime takes its batches in turn
     np.testing.assert_array_equal(np.concatenate([v for _, v in streamed]), np.concatenate([encoder.embed_batch(pixels[:7]), encoder.embed_batch(pixels[7:])]))
 
 

@@ -9,11 +9,11 @@ import pytest
 from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import describe_job
 from medprobe.embedding.store import recipe_key
-from medprobe.encoders import create_encoder
+from medprobe.encoders import backends, create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
 from medprobe.encoders.transforms import make_transform
 from numerics import BF16_BAND, BF16_FLAGS, skip_without_any_cpu_flag
-from test_embed_fast import fresh  # `real` (real weights and images) is conftest's, built once per session
+from test_embed_fast import Broken, fresh  # `real` (real weights and images) is conftest's, built once per session
 
 pytest.importorskip("openvino", reason="the OpenVINO runtimes need the openvino extra (it is in dev)")
 
@@ -46,7 +46,7 @@ def test_openvino_bf16_runs_in_bf16_and_is_only_approximately_fp32(real, caplog)
 def test_an_openvino_fp32_result_that_disagrees_is_replaced_by_eager_fp32(real, caplog, monkeypatch):  # noqa: F811
     _, pixels, reference, _ = real
     encoder = fresh(real, "openvino")
-    monkeypatch.setattr(encoder, "_openvino_backend", lambda pixels: (lambda batch: np.ones((len(batch), 1280), np.float32), "broken"))
+    monkeypatch.setattr(backends, "OpenVino", Broken)
     with caplog.at_level(logging.WARNING):
         out = encoder.embed_batch(pixels[:3])
     assert "disagrees with PyTorch fp32" in caplog.text and "failed the guard" in encoder.backend

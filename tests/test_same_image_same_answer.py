@@ -49,13 +49,13 @@ def skip_without_packages(runtime):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """Models fitted under int8 and fast on 16 real HAM10000 images, a folder of 8 others, and a shuffled manifest mixing
-    them with 5 more; exported graphs go to this module's temporary folder."""
+    """Models fitted under int8 and fast on 12 real HAM10000 images, a folder of 4 others, and a shuffled manifest mixing
+    them with 3 more; exported graphs go to this module's temporary folder."""
     root = tmp_path_factory.mktemp("same-answer")
-    train = copy_ham(root / "train", "train", per_class=8)
-    folder = copy_ham(root / "folder", "test", per_class=4)
-    others = copy_ham(root / "others", "test", per_class=3, skip=4)
-    files = sorted(folder.rglob("*.jpg")) + sorted(others.rglob("*.jpg"))[:5]
+    train = copy_ham(root / "train", "train", per_class=6)
+    folder = copy_ham(root / "folder", "test", per_class=2)
+    others = copy_ham(root / "others", "test", per_class=2, skip=2)
+    files = sorted(folder.rglob("*.jpg")) + sorted(others.rglob("*.jpg"))[:3]
     order = np.random.default_rng(0).permutation(len(files))
     manifest = root / "shuffled.csv"
     manifest.write_text("path\n" + "".join(f"{files[i].relative_to(root)}\n" for i in order))
@@ -85,11 +85,11 @@ def test_an_image_gets_the_same_probabilities_alone_in_its_folder_and_in_a_shuff
     model = root / FITTED_UNDER[runtime]
     in_folder = scores(model, folder, runtime)
     shuffled = {str(Path(p).resolve()): s for p, s in scores(model, manifest, runtime).items()}
-    assert len(in_folder) == 8 and len(shuffled) == 13
+    assert len(in_folder) == 4 and len(shuffled) == 7
     for path, expected in in_folder.items():
         np.testing.assert_array_equal(shuffled[str(Path(path).resolve())], expected, err_msg=path)
-    for path in sorted(in_folder)[::5]:  # one mel and one nv image, each alone
-        np.testing.assert_array_equal(scores(model, path, runtime)[path], in_folder[path], err_msg=path)
+    alone = sorted(in_folder)[0]  # a melanoma
+    np.testing.assert_array_equal(scores(model, alone, runtime)[alone], in_folder[alone], err_msg=alone)
 
 
 def test_the_fit_saves_its_calibration_and_evaluate_uses_it(setup, tmp_path):
@@ -135,4 +135,4 @@ def test_a_damaged_calibration_or_one_missing_for_int8_is_refused(setup, tmp_pat
     (tmp_path / "fp32" / "model.json.sha256").write_text(f"{hashlib.sha256(text.encode()).hexdigest()}  model.json\n")
     with pytest.raises(ModelError, match="saved without an int8 calibration"):
         predict(tmp_path / "fp32", folder, EmbedOptions(runtime="int8", use_cache=False, progress=False))
-    assert predict(tmp_path / "fp32", folder, EmbedOptions(runtime="torch", use_cache=False, progress=False)).scores.shape == (8, 2)
+    assert predict(tmp_path / "fp32", folder, EmbedOptions(runtime="torch", use_cache=False, progress=False)).scores.shape == (4, 2)
