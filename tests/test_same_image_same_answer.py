@@ -18,7 +18,7 @@ from medprobe.core.errors import ModelError
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import runtimes
 from medprobe.probes import saved_calibration
-from medprobe.probes.saved import load_model
+from medprobe.probes.saved import MODEL_FILES, load_model
 from medprobe.workflows.evaluate import evaluate_model
 from medprobe.workflows.predict import predict
 
@@ -95,7 +95,7 @@ def test_an_image_gets_the_same_probabilities_alone_in_its_folder_and_in_a_shuff
 def test_the_fit_saves_its_calibration_and_evaluate_uses_it(setup, tmp_path):
     root, folder, _ = setup
     model = load_model(root / "int8")
-    assert (root / "int8" / saved_calibration.FILE).is_file()
+    assert (root / "int8" / saved_calibration.FILE).is_file() and saved_calibration.FILE in MODEL_FILES  # re-saving over it is allowed
     fitted = json.loads((root / "int8-run" / "results.json").read_text())["encoder"]["runtime"]["calibration"]
     assert model.calibration.record == fitted and model.calibration.fixed and model.calibration.images().shape == (SAMPLE, 224, 224, 3)
     # evaluate on the folder alone scores each image as predict does with the folder in a bigger job
