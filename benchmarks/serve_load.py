@@ -3,7 +3,8 @@
 Serves a model (default: fitted here on the shared HAM10000 train JPEGs with the default encoder, --selection val) and
 sends the shared 150x150 HAM10000 test JPEGs from a bounded client: first one request at a time (latency
 percentiles), then 16 clients each with one request in flight (throughput, errors). The offline rate is
-`medprobe predict --no-cache` on the same images, from two runs (1 image and N) so that start-up is not counted.
+`medprobe predict --no-cache` on the same images, from two runs (1 image and N) so that start-up is not counted,
+measured before and after the server's runs and averaged (other work on a shared machine drifts over minutes).
 The server's resident memory is read from /proc at the start and the end. Issue 25's targets: p50 <= 150 ms for one
 client, 16-client throughput >= 70 % of offline predict, zero errors over 2,000 requests, RSS flat.
 
@@ -52,7 +53,7 @@ def offline_rate(model, images, tmp):
     """Images per second of `medprobe predict --no-cache`, start-up excluded: (N - 1) / (time(N) - time(1))."""
     times = {}
     for n in (1, len(images)):
-        folder = Path(tmp) / f"offline{n}"
+        folder = Path(tempfile.mkdtemp(dir=tmp)) / f"offline{n}"
         folder.mkdir()
         for path in images[:n]:
             os.symlink(path, folder / path.name)
@@ -116,7 +117,7 @@ def main():
             model = Path(tmp) / "model"
             subprocess.run([*MEDPROBE, "fit", "--dataset", str(HAM), "--save", str(model), "--selection", "val", "--n-boot", "200", "--quiet"],
                            check=True, capture_output=True)
-        rate, offline_times = offline_rate(model, images[: args.offline_images], tmp)
+        rate_before, offline_times = offline_rate(model, images[: args.offline_images], tmp)
         process, url = start_server(model, [])
         try:
             rss_ready = rss_mib(process.pid)
@@ -130,12 +131,15 @@ def main():
         finally:
             process.terminate()
             process.wait(30)
+        rate_after, _ = offline_rate(model, images[: args.offline_images], tmp)
+    rate = (rate_before + rate_after) / 2
     throughput = args.requests / wall
     figures = {
         "one_client_ms": {f"p{q}": round(1e3 * float(np.percentile(one, q)), 1) for q in (50, 95, 99)},
         "clients": args.clients, "requests": args.requests, "errors": len(one_errors) + len(many_errors),
         "error_examples": (one_errors + many_errors)[:5],
         "throughput_img_s": round(throughput, 1), "offline_predict_img_s": round(rate, 1), "ratio": round(throughput / rate, 3),
+        "offline_before_after_img_s": [round(rate_before, 1), round(rate_after, 1)],
         "many_clients_ms": {f"p{q}": round(1e3 * float(np.percentile(many, q)), 1) for q in (50, 95, 99)},
         "server_rss_mib": {"ready": round(rss_ready, 1), "after_20_warm_up": round(rss_start, 1), "after_one_client": round(rss_mid, 1), "end": round(rss_end, 1)},
         "batches": batches, "offline_seconds": {str(k): round(v, 2) for k, v in offline_times.items()},

@@ -394,3 +394,28 @@ def test_page_in_headless_chromium_uploads_and_shows_the_answer(served, tmp_path
         assert Image.open(shot).size[0] > 500
     finally:
         driver.quit()
+
+
+def test_index_round_trip_and_ood_reference_equal_brute_force(tmp_path):
+    """On made-up vectors: the leave-one-out reference, the flag rate on fresh draws of the same distribution (near 1 %),
+    a far-away cluster flagged, and the saved files giving back the same index."""
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=64)
+    train = centre + rng.normal(size=(400, 64))
+    index = TrainingIndex.build(train, rng.integers(0, 2, 400), [f"img{i}" for i in range(400)], [f"{i:064x}" for i in range(400)], k=3)
+    unit = train / np.linalg.norm(train, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    np.testing.assert_allclose(index.reference, np.sort(1 - np.sort(cosine, axis=1)[:, -3]), atol=1e-6)
+    same = centre + rng.normal(size=(4000, 64))
+    flagged = np.mean([o["flagged"] for o in index.out_of_distribution(index.similarities(same))])
+    assert flagged < 0.03  # nominal 1 %; the reference is 400 images, so its 99th percentile is itself uncertain
+    other = -3 * centre + rng.normal(size=(50, 64))
+    assert all(o["flagged"] and o["percentile"] == 100 for o in index.out_of_distribution(index.similarities(other)))
+    files = index.files()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    loaded = TrainingIndex.read(tmp_path, {name: hashlib.sha256(data).hexdigest() for name, data in files.items()})
+    assert loaded.ids == index.ids and loaded.k == 3
+    np.testing.assert_array_equal(loaded.vectors, index.vectors)
+    np.testing.assert_array_equal(loaded.neighbours(same[:20])[0], index.neighbours(same[:20])[0])
