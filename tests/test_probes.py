@@ -83,12 +83,13 @@ def test_cv_selection_pools_train_and_val_and_applies_the_one_standard_error_rul
 
 
 def test_cv_scores_are_an_independent_repeated_cv():
-    """The recorded score of one grid point equals scikit-learn's own repeated stratified CV of the same probe."""
+    """The recorded score of one grid point equals scikit-learn's own repeated stratified CV of the same probe
+    (computed the plain way, fast=False; the row-space path is pinned to it below)."""
     from sklearn.metrics import make_scorer, roc_auc_score
     from sklearn.model_selection import RepeatedStratifiedKFold
 
     X, y = _blobs(n=100, classes=2, shift=0.5)
-    fitted = fit_probe("logreg", X, y, task="binary", selection="cv")
+    fitted = fit_probe("logreg", X, y, task="binary", selection="cv", fast=False)
     C = float(next(iter(fitted.selection["scores"])))
     folds = RepeatedStratifiedKFold(n_splits=5, n_repeats=3, random_state=0)
     # probabilities, as medprobe scores them (at small C they tie where decision values do not)
@@ -124,7 +125,7 @@ def test_grouped_cv_scores_are_scikit_learns_stratified_group_kfold():
 
     X, y, groups = _twins(n_groups=40)
     X = X + 0.8 * y[:, None]  # some signal, so the grid has a best value
-    fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))
+    fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None), fast=False)
     C = float(next(iter(fitted.selection["scores"])))
     scorer = make_scorer(roc_auc_score, response_method="predict_proba")
     folds = [split for repeat in range(3) for split in StratifiedGroupKFold(5, shuffle=True, random_state=repeat).split(X, y, groups)]

@@ -13,17 +13,18 @@ Given `groups` (images of one patient or lesion, or identical copies), every fol
 the splits do: otherwise a fold is scored on images whose twins it trained on, and CV rewards memorising them.
 """
 
+import logging
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 from joblib import Parallel, delayed
+from scipy.stats import rankdata
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import (
     GroupKFold,
     KFold,
@@ -32,6 +33,7 @@ from sklearn.model_selection import (
     StratifiedGroupKFold,
     StratifiedKFold,
     cross_val_predict,
+    train_test_split,
 )
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
@@ -43,6 +45,9 @@ from threadpoolctl import threadpool_limits
 from medprobe.core import defaults
 from medprobe.core.errors import ProbeError, UnknownNameError
 from medprobe.evaluation.metrics import binary_columns
+from medprobe.probes import rowspace
+
+log = logging.getLogger(__name__)
 
 # The grid each probe searches; the parameter names are Pipeline step parameters.
 GRIDS = {
@@ -77,6 +82,7 @@ SIMPLER = {"logreg": min, "svm": min, "pca_logreg": min, "knn": max, "lda": max,
 # Values a widened grid may not cross (k below 1, a shrinkage outside [0, 1]).
 BOUNDS = {"knn": (1, np.inf), "lda": (1e-4, 1.0)}
 PCA_VARIANCE = 0.99
+SELECT_ROWS = 3000  # above this many rows, the cv grid is walked on a subsample, and the chosen value fitted on all
 
 
 def make_probe(name, task="multi-class", class_weight=None, seed=0, calibration_folds=CALIBRATION_FOLDS, **params):
@@ -140,7 +146,7 @@ class FittedProbe:
 
 
 def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class", class_weight=None, seed=defaults.SEED,
-              label_names=None, selection=defaults.SELECTION, groups=None):
+              label_names=None, selection=defaults.SELECTION, groups=None, parallel=None, fast=True):
     """Choose the probe's hyper-parameter and fit it, by one of two protocols (`selection`).
 
     "val" (MedMNIST's rule, the one to use beside MedMNIST rows): chosen by val AUC (or CV on train
@@ -153,6 +159,12 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
     group in one fold, and then there are at most as many folds as the rarest class has groups. When val cannot
     score (absent, or one class) and the smallest class is too small to cross-validate, the probe's default is
     used and `selection` says so.
+
+    Selection "cv" fits logreg in each fold's row space, warm-started along C (`medprobe.probes.rowspace`); above
+    SELECT_ROWS rows it selects on a subsample and fits once on all rows. `parallel`: None runs the fold x grid fits
+    on threads here; a joblib backend name ("ray") runs them as that backend's tasks, with the same result.
+    `fast=False` computes the same protocol the plain way (a new scikit-learn pipeline per fold and value): the
+    reference benchmarks/probe_scale.py and the tests compare against.
 
     >>> fitted = fit_probe("logreg", X_tr, y_tr, X_va, y_va, task="binary", selection="cv")
     >>> fitted.params, fitted.selection["fit_on"]
@@ -181,7 +193,7 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
         if min(CV_FOLDS, pooled_smallest, _group_count(groups_pool, y_pool, task)) >= 2:
             with threadpool_limits(limits=1, user_api="blas"):
                 return _fit_by_cv(name, param, values, X_pool, y_pool, task, class_weight, seed, pooled_smallest,
-                                  "train+val" if have_val else "train", groups_pool)
+                                  "train+val" if have_val else "train", groups_pool, parallel, fast)
     calibration = min(CALIBRATION_FOLDS, smallest)
     folds = min(CV_FOLDS, smallest, _group_count(groups_train, y_train, task))
     scores, fitted = {}, {}
@@ -236,32 +248,52 @@ def _widen(grid, best, name, n_train):
     return sorted(set(grid) | extra)
 
 
-def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fit_on, groups=None):
+def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fit_on, groups=None, parallel=None, fast=True):
     """Repeated CV over a grid walked from its simple end, widened at its edges and refined to half steps around the
-    best value; then the one-standard-error rule, and one fit on all of X."""
-    folds = min(CV_FOLDS, smallest, _group_count(groups, y, task))
+    best value; then the one-standard-error rule, and one fit on all of X.
+
+    Above SELECT_ROWS rows the grid is walked on a stratified (or group-respecting) subsample and the chosen value
+    fitted once on everything. `fast=False` is the plain computation the fast one is measured and tested against:
+    every fold and value a new scikit-learn pipeline, and the out-of-fold scores from a second CV pass.
+    """
+    rows = np.arange(len(X))
+    if fast and len(X) > SELECT_ROWS:
+        rows = _subsample(y, task, groups, SELECT_ROWS, seed)
+        log.warning("selection on a %s subsample of %d of %d rows (then one fit on all %d)",
+                    "group-respecting" if groups is not None else "stratified", len(rows), len(X), len(X))
+    X_sel, y_sel, g_sel = (X, y, groups) if len(rows) == len(X) else (X[rows], y[rows], None if groups is None else groups[rows])
+    folds = min(CV_FOLDS, smallest_class(y_sel, task)[0], _group_count(g_sel, y_sel, task))
     calibration = min(CALIBRATION_FOLDS, smallest)
     if groups is None:
         repeated = RepeatedKFold if task == "multi-label" else RepeatedStratifiedKFold
-        splits = list(repeated(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed).split(X, y))
+        splits = list(repeated(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed).split(X_sel, y_sel))
     else:  # scikit-learn has no repeated grouped splitter: one shuffled partition per repeat
-        splits = [split for repeat in range(CV_REPEATS) for split in _folds(X, y, task, folds, seed + repeat, groups)]
-    splits = [(train, held) for train, held in splits if _scorable(y[held], task)]
+        splits = [split for repeat in range(CV_REPEATS) for split in _folds(X_sel, y_sel, task, folds, seed + repeat, g_sel)]
+    # The first repeat is the partition the out-of-fold scores come from (as _folds draws it), when every fold of it scores
+    first = [i for i, (_, held) in enumerate(splits[:folds]) if _scorable(y_sel[held], task)]
+    splits = [(train, held) for train, held in splits if _scorable(y_sel[held], task)]
     if not splits:
         raise ProbeError(f"no {folds}-fold split of the {fit_on} images keeping each group whole holds every class in a fold; "
                          f"add images of more groups, or use --selection val")
     n_train = min(len(train) for train, _ in splits)
-    fold_aucs, means = {}, {}
+    fold_aucs, means, held_scores = {}, {}, {}
+    run = _parallel(parallel)
+    rowspace_logreg = fast and name == "logreg" and task != "multi-label"
+    folds_path = rowspace.FoldPath(X_sel, y_sel, splits, class_weight, run) if rowspace_logreg else None
 
     def score(value):
         if value not in fold_aucs:
-            probe = make_probe(name, task, class_weight, seed, calibration, **{param: value})
-            def fold_auc(train, held):
-                return selection_auc(y[held], clone(probe).fit(X[train], y[train]).predict_proba(X[held]), task)
+            if folds_path is not None:
+                held_scores[value] = folds_path(value)
+            else:
+                probe = make_probe(name, task, class_weight, seed, calibration, **{param: value})
+                def fold_scores(train, held):
+                    return clone(probe).fit(X_sel[train], y_sel[train]).predict_proba(X_sel[held])
 
-            # The folds run on threads, one BLAS thread each (set by the caller): scikit-learn's solvers release the GIL
-            # in their BLAS calls, and RetinaMNIST's 15 folds took 4.9 s against 7.7 s one after another on 2 cores.
-            fold_aucs[value] = np.array(Parallel(n_jobs=CV_THREADS, prefer="threads")(delayed(fold_auc)(*split) for split in splits))
+                # The folds run on threads, one BLAS thread each (set by the caller): scikit-learn's solvers release the GIL
+                # in their BLAS calls, and RetinaMNIST's 15 folds took 4.9 s against 7.7 s one after another on 2 cores.
+                held_scores[value] = run(delayed(fold_scores)(*split) for split in splits)
+            fold_aucs[value] = np.array([selection_auc(y_sel[held], p, task) for (_, held), p in zip(splits, held_scores[value])])
             finite = fold_aucs[value][np.isfinite(fold_aucs[value])]
             means[value] = float(finite.mean()) if len(finite) else float("-inf")  # -inf: never the best
         return means[value]
@@ -296,9 +328,22 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     # The one-standard-error rule: the simplest model whose CV AUC is within one SE of the best one's;
     # it trades a statistically invisible loss for a probe less tuned to these particular folds.
     chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
-    estimator = make_probe(name, task, class_weight, seed, calibration, **{param: chosen}).fit(X, y)
-    out_of_fold = cross_val_predict(make_probe(name, task, class_weight, seed, calibration, **{param: chosen}), X, y, cv=_folds(X, y, task, folds, seed, groups),
-                                    method="predict_proba")
+    oof_folds = _folds(X, y, task, folds, seed, groups)
+    if rowspace_logreg:
+        estimator = _fit_logreg(X, y, task, chosen, class_weight, seed, None if len(rows) == len(X) else rows)
+    else:
+        estimator = make_probe(name, task, class_weight, seed, calibration, **{param: chosen}).fit(X, y)
+    reuse = fast and len(rows) == len(X) and len(first) == folds and all(
+        np.array_equal(held, splits[i][1]) for i, (_, held) in zip(first, oof_folds))
+    if reuse:  # the chosen value's held-out scores in the first repeat: no second CV pass
+        out_of_fold = np.empty((len(X), held_scores[chosen][0].shape[1]))
+        for i in first:
+            out_of_fold[splits[i][1]] = held_scores[chosen][i]
+    elif rowspace_logreg:
+        out_of_fold = _logreg_out_of_fold(X, y, oof_folds, estimator, class_weight)
+    else:
+        out_of_fold = cross_val_predict(make_probe(name, task, class_weight, seed, calibration, **{param: chosen}), X, y,
+                                        cv=oof_folds, method="predict_proba")
     selection = {
         "protocol": "cv",
         "criterion": f"{folds}-fold CV AUC on {fit_on} ({CV_REPEATS} repeats){_grouped(groups)}, one-standard-error rule",
@@ -311,10 +356,69 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
         "best_se": ses[best],
         "scores": {str(v): (means[v] if np.isfinite(means[v]) else None) for v in evaluated},
         "grid_widened": evaluated[0] < min(values) or evaluated[-1] > max(values),
+        "solver": ("row space, warm-started along C" if rowspace_logreg else "scikit-learn per fold")
+                  + ("" if parallel is None else f", {parallel} tasks"),
+        "selected_on_rows": len(rows),
+        "fitted_on_rows": len(X),
     }
+    if len(rows) < len(X):
+        selection["criterion"] += f", on a subsample of {len(rows)} of {len(X)} rows"
     if name in ("svm", "ridge") and calibration < CALIBRATION_FOLDS:
         selection["calibration_folds"] = calibration
     return FittedProbe(estimator, name, {param: chosen, "class_weight": class_weight}, selection, out_of_fold)
+
+
+def _parallel(backend):
+    """The joblib Parallel the CV's fold x grid fits run on: threads here (None), or a joblib backend ("ray")."""
+    if backend is None:
+        return Parallel(n_jobs=CV_THREADS, prefer="threads")
+    if backend == "ray":
+        from ray.util.joblib import register_ray  # Ray is optional: imported only where asked for
+
+        register_ray()
+    return Parallel(n_jobs=-1, backend=backend)
+
+
+def _subsample(y, task, groups, size, seed):
+    """About `size` row indices, sorted: stratified by class, or whole groups drawn at random when groups are given."""
+    rows = np.arange(len(y))
+    if groups is not None:
+        _, inverse = np.unique(groups, return_inverse=True)
+        order = np.random.default_rng(seed).permutation(inverse.max() + 1)
+        counts = np.bincount(inverse)[order]
+        taken = order[: int(np.searchsorted(np.cumsum(counts), size)) + 1]
+        return rows[np.isin(inverse, taken)]
+    stratify = None if task == "multi-label" else y
+    return np.sort(train_test_split(rows, train_size=size, stratify=stratify, random_state=seed)[0])
+
+
+def _fit_logreg(X, y, task, C, class_weight, seed, start_rows=None):
+    """The logreg probe's pipeline fitted on all of X by the row-space solver (tests pin it to scikit-learn's own fit)."""
+    # All BLAS threads for one large fit; the CV's many small ones ran on one each
+    with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
+        mean, scale, var, coef, intercept, n_iter = rowspace.fit(X, y, C, class_weight, start_rows)
+    probe = make_probe("logreg", task, class_weight, seed, C=C)
+    scaler, clf = probe.named_steps["scale"], probe.named_steps["clf"]
+    scaler.mean_, scaler.var_, scaler.scale_ = mean, var, scale
+    scaler.n_samples_seen_, scaler.n_features_in_ = len(X), X.shape[1]
+    clf.classes_, clf.coef_, clf.intercept_ = np.unique(y), coef, intercept
+    clf.n_features_in_, clf.n_iter_ = X.shape[1], np.array([n_iter])
+    return probe
+
+
+def _logreg_out_of_fold(X, y, folds, estimator, class_weight):
+    """Out-of-fold scores of a large logreg: each fold solved in place (its rows weighted 0), from the full fit."""
+    scaler, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
+    start = np.vstack([clf.coef_.T, clf.intercept_])
+    out = np.empty((len(X), len(clf.classes_)))
+    with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
+        for train, held in folds:
+            Y, binary = rowspace.targets(y, clf.classes_)
+            weights = np.zeros(len(X))
+            weights[train] = rowspace.sample_weights(y[train], class_weight)
+            coef, intercept, _ = rowspace.solve_columns(X, Y, weights, clf.C, binary, scaler.mean_, scaler.scale_, start)
+            out[held] = rowspace.probabilities(rowspace.margins(X[held], coef, intercept, scaler.mean_, scaler.scale_), binary)
+    return out
 
 
 def smallest_class(y, task, label_names=None):
@@ -332,8 +436,16 @@ def smallest_class(y, task, label_names=None):
 
 def selection_auc(y_true, scores, task):
     """MedMNIST AUC over the classes present in a (small) val split or fold, for choosing hyper-parameters."""
-    aucs = [roc_auc_score(t, s) for t, s in binary_columns(y_true, scores, task) if 0 < t.sum() < len(t)]
+    aucs = [_rank_auc(t, s) for t, s in binary_columns(y_true, scores, task) if 0 < t.sum() < len(t)]
     return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _rank_auc(t, s):
+    """roc_auc_score's value (ties counted half) from the ranks: it is called for every fold, value and class, and
+    roc_auc_score's input checks cost ~13 % of RetinaMNIST's whole selection (measured)."""
+    positive = np.asarray(t).astype(bool)
+    n_pos = positive.sum()
+    return float((rankdata(s)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(positive) - n_pos)))
 
 
 def _scorable(y, task):
