@@ -1,4 +1,5 @@
-"""Calibration: ECE and Brier score with bootstrap CIs, and post-hoc calibrators fitted on val.
+"""Calibration: ECE and Brier score with bootstrap CIs, and post-hoc calibrators fitted on held-out scores (val's or
+out-of-fold ones: `medprobe.evaluation.study` records which as `fitted_on`).
 
 ECE: 10 equal-width bins of the confidence, closed on the right as scikit-learn's
 `calibration_curve(strategy="uniform")` draws them ((0, 0.1], ..., (0.9, 1], 0 in the first),
@@ -174,7 +175,7 @@ class Calibrator:
             return cls(method, {"temperature": _fit_temperature(labels, scores)})
         positive = np.clip(scores[:, -1], EPS, 1 - EPS)
         if len(np.unique(labels)) < 2:
-            raise CalibrationError(f"a {method} calibrator is fitted on val, and val has a single class; use --calibrate none")
+            raise CalibrationError(f"a {method} calibrator is fitted on held-out scores, and these have a single class; use --calibrate none")
         if method == "platt":
             from sklearn.linear_model import LogisticRegression
 
@@ -267,7 +268,7 @@ def calibration_report(labels, scores, task, calibrator=None, n_boot=N_BOOTSTRAP
         report["notes"].append("isotonic calibration maps ranges of scores to one value (ties); "
                                + (f"here that moved the AUC from {before:.4f} to {after_auc:.4f}" if moved else "here the AUC did not change"))
     if calibrator.method == "platt" and calibrator.params["a"] <= 0:
-        report["notes"].append("the Platt slope fitted on val is not positive, so it reverses (or flattens) the ranking")
+        report["notes"].append("the Platt slope fitted on the held-out scores is not positive, so it reverses (or flattens) the ranking")
     return report
 
 

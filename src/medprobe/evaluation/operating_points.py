@@ -1,4 +1,7 @@
-"""Operating points: a decision threshold chosen on val, then sensitivity, specificity, PPV, NPV and F1 on test.
+"""Operating points: a decision threshold chosen on held-out scores, then sensitivity, specificity, PPV, NPV and F1 on test.
+
+Below, "val" means the held-out scores the threshold is chosen on: the val split's, or the out-of-fold scores over
+train+val when selection "cv" fitted the probe on both (`medprobe.evaluation.study` records which, as `chosen_on`).
 
 An AUC is not a decision. For a binary task (the positive class) and for every class of a
 multi-class task or label of a multi-label task (one-vs-rest, on that column's score), a rule
@@ -124,8 +127,8 @@ def choose_threshold(truth, score, rule):
     note = None
     if nothing or everything:
         called = "negative" if nothing else "positive"
-        note = (f"val reaches {rule.name} only by calling every image {called}" if rule.kind != "youden"
-                else f"on val no threshold beats calling every image {called}") + "; the threshold is that trivial one"
+        note = (f"the held-out scores reach {rule.name} only by calling every image {called}" if rule.kind != "youden"
+                else f"on the held-out scores no threshold beats calling every image {called}") + "; the threshold is that trivial one"
     # Every threshold between this val score and the next lower one gives the same val point; the midpoint (pROC's
     # convention) does not sit on a val image, so test images just below the lowest chosen positive are not all lost.
     # Nothing positive: just above the highest val score (JSON has no infinity); everything positive: the lowest val score.

@@ -151,7 +151,7 @@ def resampled_auc(y, scores, task, weights):
 def subgroup_table(y, scores, task, label_names, groups, thresholds, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
     """{'groups': [...], 'largest_auc_gap': {...} | None, 'flag_rule': str} for one column's groups of the test rows.
 
-    `thresholds` are the operating points chosen on val ({rule: {column: choice}}), applied unchanged in every group.
+    `thresholds` are the operating points chosen on the held-out scores ({rule: {column: choice}}), applied unchanged in every group.
     """
     y, scores, groups = np.asarray(y), np.asarray(scores, dtype=np.float64), np.asarray(groups, dtype=object)
     rows, resampled = [], {}
