@@ -80,14 +80,18 @@ def cluster(s3):
     """`ray start --head` and a second `ray start --address` node, 1 CPU each, with their own HOME and temp folder."""
     ray = str(Path(sys.executable).with_name("ray"))
     folder = tempfile.mkdtemp(prefix="mpray", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {**os.environ, **s3["env"], "HOME": folder, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Its own HOME (no ~/.ray token), and none of the RAY_ variables an in-process ray.init of another test module left
+    # (it sets RAY_AUTH_MODE=token in os.environ), here or in the driver.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **s3["env"], "HOME": folder, "RAY_USAGE_STATS_ENABLED": "0"}
     port = _free_port()
     common = ["--num-cpus", "1", "--disable-usage-stats"]
     try:
-        subprocess.run([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", folder, *common],
-                       env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", *common], env=env, check=True, capture_output=True, timeout=180)
-        yield f"127.0.0.1:{port}"
+        for command in (["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", folder], ["--address", f"127.0.0.1:{port}"]):
+            started = subprocess.run([ray, "start", *command, *common], env=env, capture_output=True, text=True, timeout=180)
+            assert started.returncode == 0, f"ray start {command} failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("RAY_AUTH_MODE", raising=False)
+            yield f"127.0.0.1:{port}"
     finally:
         _stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
