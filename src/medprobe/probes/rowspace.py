@@ -228,7 +228,7 @@ class FoldPath:
         return [p for _, p in out]
 
 
-def fit(X, y, C, class_weight=None, start_rows=None):
+def fit(X, y, C, class_weight=None, start_rows=None, tol=TOL):
     """Standardised logistic regression on all of X: (mean, scale, var, coef, intercept, n_iter).
 
     Without `start_rows`, in X's row (or column) space. With them (a subsample of a large X), solved there first,
@@ -239,12 +239,12 @@ def fit(X, y, C, class_weight=None, start_rows=None):
     weights = sample_weights(y, class_weight)
     if start_rows is None:
         basis = Basis(X, np.arange(len(X)), keep_rows=True)
-        W, n_iter = solve(basis.Z, Y, weights, C, binary)
+        W, n_iter = solve(basis.Z, Y, weights, C, binary, tol=tol, dtype=basis.dtype)
         return (basis.mean, basis.scale, basis.var, *basis.coef(W), n_iter)
     mean, scale, var = scale_stats(X)
-    sub_mean, sub_scale, _, coef, intercept, _ = fit(X[start_rows], y[start_rows], C, class_weight)
+    sub_mean, sub_scale, _, coef, intercept, _ = fit(X[start_rows], y[start_rows], C, class_weight, tol=tol)
     # The subsample's solution, re-expressed on the whole data's standardisation
     coef = coef * scale / sub_scale
     intercept = intercept + coef @ ((mean - sub_mean) / scale)
-    coef, intercept, n_iter = solve_columns(X, Y, weights, C, binary, mean, scale, np.vstack([coef.T, intercept]))
+    coef, intercept, n_iter = solve_columns(X, Y, weights, C, binary, mean, scale, np.vstack([coef.T, intercept]), tol)
     return mean, scale, var, coef, intercept, n_iter
