@@ -25,13 +25,15 @@ EXPECTED = {"val": ON_VAL, "cv": ON_TRAIN_VAL_OUT_OF_FOLD}
 
 @pytest.fixture(scope="module")
 def binary_npz(tmp_path_factory):
-    return write_npz(tmp_path_factory.mktemp("provenance") / "tiny.npz", n_train=40, n_val=16, n_test=20, classes=2)
+    """A tiny binary npz, and one embedding store its runs share (the images are embedded once for the module)."""
+    root = tmp_path_factory.mktemp("provenance")
+    return write_npz(root / "tiny.npz", n_train=40, n_val=16, n_test=20, classes=2), root / "cache"
 
 
 @pytest.mark.parametrize("selection", ["val", "cv"])
 def test_thresholds_and_calibrator_say_where_they_were_fitted(tmp_path, medprobe, binary_npz, selection):
-    out, model = tmp_path / "run", tmp_path / "model"
-    done = medprobe("fit", "--dataset", binary_npz, "--encoder", "efficientnet_lite0", "--selection", selection, "--n-boot", "200",
+    (npz, cache), out, model = binary_npz, tmp_path / "run", tmp_path / "model"
+    done = medprobe("fit", "--dataset", npz, "--cache-dir", cache, "--encoder", "efficientnet_lite0", "--selection", selection, "--n-boot", "200",
                     "--calibrate", "platt", "--operating-point", "youden", "--save", model, "--out", out, "--quiet")
     assert done.returncode == 0, done.stderr
     where = EXPECTED[selection]
@@ -52,10 +54,10 @@ def test_thresholds_and_calibrator_say_where_they_were_fitted(tmp_path, medprobe
 
 
 def test_an_external_evaluation_keeps_the_saved_provenance(tmp_path, medprobe, binary_npz):
-    model = tmp_path / "model"
-    assert medprobe("fit", "--dataset", binary_npz, "--encoder", "efficientnet_lite0", "--n-boot", "200", "--save", model,
+    (npz, cache), model = binary_npz, tmp_path / "model"
+    assert medprobe("fit", "--dataset", npz, "--cache-dir", cache, "--encoder", "efficientnet_lite0", "--n-boot", "200", "--save", model,
                     "--quiet").returncode == 0  # the default selection: cv
-    done = medprobe("evaluate", model, "--dataset", binary_npz, "--rows", "test", "--n-boot", "200", "--out", tmp_path / "ext", "--quiet")
+    done = medprobe("evaluate", model, "--dataset", npz, "--cache-dir", cache, "--rows", "test", "--n-boot", "200", "--out", tmp_path / "ext", "--quiet")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "ext" / "results.json").read_text())
     assert results["metrics"]["test"]["operating_points"]["chosen_on"] == ON_TRAIN_VAL_OUT_OF_FOLD
