@@ -35,7 +35,7 @@ def _colors(n):
 def roc_figure(labels, scores, task, label_names, per_class_auc, title, points=None):
     """One ROC curve per class (the positive class for binary); the legend's AUC is the saved one.
 
-    `points` (results.json's operating_points.points) marks each rule's test point, at the threshold chosen on val.
+    `points` (results.json's operating_points.points) marks each rule's test point, at the threshold chosen on the held-out scores (`chosen_on`).
     """
     from sklearn.metrics import roc_curve
 
