@@ -73,7 +73,7 @@ class SavedModel:
     probe: object  # medprobe.probes.FittedProbe
     meta: dict
     path: Path
-    decisions: Decisions = field(default_factory=Decisions)  # calibrator and operating-point thresholds chosen on val (empty for older models)
+    decisions: Decisions = field(default_factory=Decisions)  # calibrator and operating-point thresholds, and where they were fitted (empty for older models)
     calibration: object = None  # the int8 runtimes' runtimes.Calibration, saved when the probe was fitted under one (else None)
 
     def predict_scores(self, vectors):
@@ -142,7 +142,7 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         "probe": {"name": fitted.name, "params": _plain(fitted.params), "selection": _plain(fitted.selection)},
         "trained_on": {"dataset": _plain(dataset.describe()), "seed": seed, "test_metrics": _plain((metrics or {}).get("test"))},
         "estimator": tree,
-        # the calibrator (isotonic breakpoints in the arrays file) and each operating point's threshold, chosen on val
+        # the calibrator (isotonic breakpoints in the arrays file) and each operating point's threshold, chosen on held-out scores
         "decisions": _plain(decided),
         "arrays": {"file": ARRAYS, "sha256": hashlib.sha256(blob).hexdigest()},
         # the retrieval index of the training images (medprobe.probes.index), verified through this file's checksum
