@@ -35,6 +35,7 @@ from medprobe.evaluation.study import Decisions
 from medprobe.probes import saved_calibration
 from medprobe.probes.fit import FittedProbe
 from medprobe.probes.index import INDEX_ARRAYS, INDEX_JSON
+from medprobe.probes.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,16 @@ class SavedModel:
 
     def predict_scores(self, vectors):
         """The probe's probabilities, calibrated when the model carries a calibrator."""
-        return self.decisions.apply(self.probe.predict_scores(vectors))
+        return self.decisions.apply(self.raw_scores(vectors))
+
+    def raw_scores(self, vectors):
+        """The probe's own probabilities, refused when not finite (never written out as NaN with exit 0)."""
+        scores = np.asarray(self.probe.predict_scores(vectors))
+        bad = ~np.isfinite(scores).all(axis=-1) if scores.ndim == 2 else np.zeros(0, bool)
+        if bad.any():
+            raise ModelError(f"{self.path}: the probe gives NaN or infinite scores for {int(bad.sum())} of {len(scores)} image(s): its "
+                             "numbers overflow on these embeddings (an edited or broken model); refit the model")
+        return scores
 
     @property
     def encoder_name(self):
@@ -139,7 +149,7 @@ def save_model(folder, fitted, dataset, encoder, transform, encoder_name, weight
         "int8_calibration": _plain(calibrated),
         "preprocessing": _plain(transform.policy),
         "decoding": DECODING,
-        "probe": {"name": fitted.name, "params": _plain(fitted.params), "selection": _plain(fitted.selection)},
+        "probe": {"name": fitted.name, "params": _plain(fitted.params), "selection": fitted.selection.to_json()},
         "trained_on": {"dataset": _plain(dataset.describe()), "seed": seed, "test_metrics": _plain((metrics or {}).get("test"))},
         "estimator": tree,
         # the calibrator (isotonic breakpoints in the arrays file) and each operating point's threshold, chosen on held-out scores
@@ -203,7 +213,7 @@ def load_model(folder, check_encoder=True):
         _check_registered(folder, meta)
     try:
         estimator = _Decoder(arrays).value(meta["estimator"])
-        probe = FittedProbe(estimator, meta["probe"]["name"], meta["probe"]["params"], meta["probe"]["selection"])
+        probe = FittedProbe(estimator, meta["probe"]["name"], meta["probe"]["params"], Selection.from_json(meta["probe"]["selection"]))
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         versions = f"; it was saved with scikit-learn {meta.get('sklearn')} and this is {_sklearn_version()}, so refit it" if meta.get("sklearn") != _sklearn_version() else ""
         raise ModelError(f"{folder / MODEL_JSON}: the estimator description is malformed ({type(e).__name__}: {e}){versions}") from e

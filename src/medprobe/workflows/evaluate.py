@@ -93,7 +93,7 @@ def evaluate_model(model_dir, data_spec, options=None, evaluation=None, rows="al
     encoded = embed_spec(data, options, check=model.check_encoder)  # the probe's own encoder and preprocessing; int8: its saved calibration
     embedded = encoded.embeddings
     seed = int(model.meta.get("trained_on", {}).get("seed", 0))
-    raw = model.probe.predict_scores(embedded.vectors)
+    raw = model.raw_scores(embedded.vectors)
     test = evaluate(data.labels, raw, model.task, model.label_names, evaluation.n_boot, seed)
     test.update(score_decisions(data.labels, raw, model.task, model.label_names, model.decisions, data.columns, evaluation.study,
                                 evaluation.n_boot, seed, data.name))
