@@ -252,6 +252,8 @@ def tidy(folder):
         try:
             target.parent.mkdir(exist_ok=True)
             path.rename(target)
+        except FileNotFoundError:  # another process using the store moved it first
+            continue
         except OSError as e:  # a read-only store: left where it is; the store reads only its own files
             log.warning("embedding store %s: %s was not written by medprobe and cannot be moved aside (%s); "
                         "it is left out, but readers of the folder such as pandas.read_parquet would read it", folder, path.name, e.strerror or e)
