@@ -83,7 +83,7 @@ def case(spec):
         params, scores = fitted.params, fitted.predict_scores(X_te)
     seconds, cpu_s = time.perf_counter() - tick, time.process_time() - cpu
     auc = medmnist_auc(y_te, scores, task) if task != "binary" else roc_auc_score(y_te, scores[:, 1])
-    selection = getattr(fitted, "selection", {})
+    selection = {} if spec["method"] == "peer" else fitted.selection.to_json()
     return {**spec, "param": {k: v for k, v in params.items() if k != "class_weight"}, "test_auc": auc,
             "cv_auc": selection.get("best_auc"), "evaluated": list(selection.get("scores", {})), "seconds": seconds,
             "cpu_s": cpu_s, "loaded_rss_mb": loaded_rss, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -46,7 +46,7 @@ def main():
                     tick = time.perf_counter()
                     fitted = fit_probe(probe, X[tr][:, cols], y[tr], X[va][:, cols], y[va], task, selection=selection)
                     seconds = time.perf_counter() - tick
-                    chooses = fitted.selection.get("best_auc") if selection == "cv" else max(v for v in fitted.selection["scores"].values() if v is not None)
+                    chooses = fitted.selection.score()  # cv: the best mean CV AUC; val: the best val AUC
                     m = evaluate(y[te], fitted.predict_scores(X[te][:, cols]), task, n_boot=1000, seed=0)
                     lo, hi = m["auc_ci"]
                     print(f"| {path.parent.name} | {path.stem} | {subset} | {probe} | {selection} | {chooses:.4f} | {m['auc']:.3f} [{lo:.3f}, {hi:.3f}] "

@@ -89,7 +89,7 @@ def test_the_readme_quick_start_prints_what_medprobe_run_prints(tmp_path, medpro
     exec(compile(code, "README.md quick start", "exec"), namespace)
     api = namespace["metrics"]
     assert namespace["encoder"].config.name == cli["encoder"]["name"]
-    assert namespace["probe"].selection["protocol"] == cli["probe"]["selection"]["protocol"]
+    assert namespace["probe"].selection.protocol == cli["probe"]["selection"]["protocol"]
     assert namespace["probe"].params == cli["probe"]["params"]
     for key in ("auc", "auc_ci", "acc", "acc_ci", "balanced_accuracy", "macro_f1"):
         assert api[key] == pytest.approx(cli["metrics"]["test"][key], abs=1e-12), key

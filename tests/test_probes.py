@@ -26,15 +26,15 @@ def test_each_probe_learns_and_scores_columns_in_class_order(name):
     assert scores.shape == (120, 3) and np.allclose(scores.sum(1), 1)
     assert list(fitted.estimator.classes_) == [0, 1, 2]
     assert medmnist_auc(yv, scores, "multi-class") > 0.9
-    assert fitted.selection["criterion"] == "val AUC"
-    assert fitted.selection["protocol"] == "val" and fitted.selection["fit_on"] == "train"
+    assert fitted.selection.criterion == "val AUC"
+    assert fitted.selection.protocol == "val" and fitted.selection.fit_on == "train"
 
 
 def test_without_val_the_parameter_is_chosen_by_cv():
     X, y = _blobs(classes=2)
     fitted = fit_probe("logreg", X, y, task="binary", selection="val")
-    assert fitted.selection["criterion"].startswith("5-fold CV")
-    assert len(fitted.selection["scores"]) == 6
+    assert fitted.selection.criterion.startswith("5-fold CV")
+    assert len(fitted.selection.scores) == 6
 
 
 def test_balanced_class_weight_is_passed_through_and_knn_refuses_it():
@@ -74,12 +74,12 @@ def test_cv_selection_pools_train_and_val_and_applies_the_one_standard_error_rul
     Xv, yv = _blobs(n=60, seed=1, shift=0.6)
     fitted = fit_probe("logreg", X, y, Xv, yv, task="multi-class", selection="cv")
     sel = fitted.selection
-    assert sel["protocol"] == "cv" and sel["fit_on"] == "train+val" and sel["folds"] == 5 and sel["repeats"] == 3
+    assert sel.protocol == "cv" and sel.fit_on == "train+val" and sel.folds == 5 and sel.repeats == 3
     assert fitted.estimator.named_steps["scale"].n_samples_seen_ == 210  # the final fit saw train and val
-    chosen, best = fitted.params["C"], sel["best"]
-    scores = {float(k): v for k, v in sel["scores"].items()}
-    assert chosen <= best and scores[chosen] >= sel["best_auc"] - sel["best_se"]  # simplest within one SE of the best
-    assert max(scores.values()) == sel["best_auc"] == scores[best]
+    chosen, best = fitted.params["C"], sel.best
+    scores = {float(k): v for k, v in sel.scores.items()}
+    assert chosen <= best and scores[chosen] >= sel.best_auc - sel.best_se  # simplest within one SE of the best
+    assert max(scores.values()) == sel.best_auc == scores[best]
 
 
 def test_cv_scores_are_an_independent_repeated_cv():
@@ -90,12 +90,12 @@ def test_cv_scores_are_an_independent_repeated_cv():
 
     X, y = _blobs(n=100, classes=2, shift=0.5)
     fitted = fit_probe("logreg", X, y, task="binary", selection="cv", fast=False)
-    C = float(next(iter(fitted.selection["scores"])))
+    C = float(next(iter(fitted.selection.scores)))
     folds = RepeatedStratifiedKFold(n_splits=5, n_repeats=3, random_state=0)
     # probabilities, as medprobe scores them (at small C they tie where decision values do not)
     scorer = make_scorer(roc_auc_score, response_method="predict_proba")
     expected = cross_val_score(make_probe("logreg", C=C), X, y, cv=folds, scoring=scorer).mean()
-    assert fitted.selection["scores"][str(C)] == pytest.approx(expected, abs=1e-12)
+    assert fitted.selection.scores[str(C)] == pytest.approx(expected, abs=1e-12)
 
 
 def _twins(n_groups=60, per_group=3, dim=40, seed=0):
@@ -113,10 +113,10 @@ def test_grouped_cv_keeps_each_group_in_one_fold_and_stops_rewarding_memorised_t
     plain = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task="binary", selection="cv")
     grouped = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task="binary", selection="cv", groups=(groups[tr], groups[va]))
     # a fold that holds out one image of a group but trains on its twins scores the memory of them, not a finding
-    assert plain.selection["best_auc"] > 0.9
-    assert grouped.selection["best_auc"] < 0.75
-    assert grouped.selection["folds_keep_groups_whole"] and not plain.selection["folds_keep_groups_whole"]
-    assert "keeping each group whole" in grouped.selection["criterion"]
+    assert plain.selection.best_auc > 0.9
+    assert grouped.selection.best_auc < 0.75
+    assert grouped.selection.folds_keep_groups_whole and not plain.selection.folds_keep_groups_whole
+    assert "keeping each group whole" in grouped.selection.criterion
 
 
 def test_grouped_cv_scores_are_scikit_learns_stratified_group_kfold():
@@ -126,33 +126,33 @@ def test_grouped_cv_scores_are_scikit_learns_stratified_group_kfold():
     X, y, groups = _twins(n_groups=40)
     X = X + 0.8 * y[:, None]  # some signal, so the grid has a best value
     fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None), fast=False)
-    C = float(next(iter(fitted.selection["scores"])))
+    C = float(next(iter(fitted.selection.scores)))
     scorer = make_scorer(roc_auc_score, response_method="predict_proba")
     folds = [split for repeat in range(3) for split in StratifiedGroupKFold(5, shuffle=True, random_state=repeat).split(X, y, groups)]
     for train, held in folds:
         assert not set(groups[train]) & set(groups[held])
     expected = cross_val_score(make_probe("logreg", C=C), X, y, cv=folds, scoring=scorer).mean()
-    assert fitted.selection["scores"][str(C)] == pytest.approx(expected, abs=1e-12)
+    assert fitted.selection.scores[str(C)] == pytest.approx(expected, abs=1e-12)
 
 
 def test_grouped_cv_for_multi_label_keeps_groups_whole_too():
     X, y, groups = _twins()
     labels = np.stack([y, 1 - y], axis=1)
     fitted = fit_probe("logreg", X, labels, task="multi-label", selection="cv", groups=(groups, None))
-    assert fitted.selection["folds_keep_groups_whole"] and fitted.selection["best_auc"] < 0.75
+    assert fitted.selection.folds_keep_groups_whole and fitted.selection.best_auc < 0.75
 
 
 def test_a_class_from_a_single_group_cannot_be_cross_validated_and_says_so():
     X, y, groups = _twins(n_groups=12, per_group=5)
     groups[y == 1] = -1  # every positive image from one patient
     fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))
-    assert "all come from one group" in fitted.selection["criterion"] and fitted.params["C"] == 1.0
+    assert "all come from one group" in fitted.selection.criterion and fitted.params["C"] == 1.0
 
 
 def test_grouped_folds_are_no_more_than_the_groups():
     X, y, groups = _twins(n_groups=6, per_group=10)  # three groups of each class: a fold needs one of each
     fitted = fit_probe("logreg", X, y, task="binary", selection="cv", groups=(groups, None))
-    assert fitted.selection["folds"] == 3
+    assert fitted.selection.folds == 3
 
 
 def test_cv_grid_widens_past_an_edge_within_bounds():
@@ -168,7 +168,7 @@ def test_cv_grid_widens_past_an_edge_within_bounds():
 def test_flat_cv_curve_does_not_widen():
     X, y = _blobs(n=120, classes=2, shift=6.0)  # separable: every C scores AUC 1
     fitted = fit_probe("logreg", X, y, *_blobs(n=40, classes=2, seed=1, shift=6.0), task="binary", selection="cv")
-    assert not fitted.selection["grid_widened"] and fitted.params["C"] == 1e-4
+    assert not fitted.selection.grid_widened and fitted.params["C"] == 1e-4
 
 
 def test_unknown_selection_is_refused():
@@ -212,7 +212,7 @@ def test_cv_selection_keeps_out_of_fold_scores_because_val_is_inside_the_fit():
     X = rng.normal(size=(120, 8))
     y = (X[:, 0] + rng.normal(scale=1.5, size=120) > 0).astype(int)
     fitted = fit_probe("knn", X[:80], y[:80], X[80:], y[80:], task="binary", selection="cv")
-    assert fitted.selection["fit_on"] == "train+val" and fitted.out_of_fold.shape == (120, 2)
+    assert fitted.selection.fit_on == "train+val" and fitted.out_of_fold.shape == (120, 2)
     in_sample = roc_auc_score(y[80:], fitted.predict_scores(X[80:])[:, 1])
     held_out = roc_auc_score(y[80:], fitted.out_of_fold[80:, 1])
     assert in_sample == 1.0 and held_out < 0.95

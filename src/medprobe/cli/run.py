@@ -45,6 +45,7 @@ def add_commands(commands):
 
 
 def _run(args, save=None):
+    from medprobe.probes.selection import Selection
     from medprobe.reporting.repeats import repeats_lines
     from medprobe.reporting.results import format_table, split_lines
     from medprobe.reporting.study import study_text
@@ -57,9 +58,9 @@ def _run(args, save=None):
     else:
         result = run(data_spec(args), embed_options(args), probe_spec(args), evaluation, out=args.out, save=save,
                      index=not getattr(args, "no_index", False))
-    selection = result.probe["selection"]
-    chosen = f" (chosen by {selection['criterion']})" if "encoder_choice" in selection else ""
-    protocol = f" · selection {selection['protocol']}" if "protocol" in selection else ""
+    selection = Selection.from_json(result.probe["selection"])
+    chosen = f" (chosen by {selection.criterion})" if selection.encoder_choice else ""
+    protocol = f" · selection {selection.protocol}" if selection.protocol else ""
     print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {result.encoder['name']}{chosen} · "
           f"{args.probe} {result.probe['params']}{protocol}")
     print("\n".join(split_lines(result.dataset)))

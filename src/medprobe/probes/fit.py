@@ -15,7 +15,7 @@ the splits do: otherwise a fold is scored on images whose twins it trained on, a
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -45,7 +45,9 @@ from threadpoolctl import threadpool_limits
 from medprobe.core import defaults
 from medprobe.core.errors import ProbeError, UnknownNameError
 from medprobe.evaluation.metrics import binary_columns
+from medprobe.evaluation.study import decisions_fitted_on
 from medprobe.probes import rowspace
+from medprobe.probes.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -123,26 +125,45 @@ def make_probe(name, task="multi-class", class_weight=None, seed=0, calibration_
 
 
 @dataclass
+class HeldOut:
+    """Scores of rows the probe did not fit, what thresholds and calibrators are decided on, and where they come from."""
+
+    rows: np.ndarray  # dataset rows, aligned with `scores`
+    scores: np.ndarray
+    where: str  # one of evaluation.study.FITTED_ON: val, or out-of-fold scores over train (+val)
+
+
+@dataclass
 class FittedProbe:
     estimator: Pipeline
     name: str
     params: dict
-    selection: dict = field(default_factory=dict)  # each grid point's score and how it was measured
+    selection: Selection  # each grid point's score and how it was measured
     # Selection "cv" fits on train+val, so val no longer scores a probe that has not seen it. These are the chosen
     # probe's out-of-fold scores over the rows it was fitted on (train, then val): what thresholds and calibrators
     # are decided on instead. None when the probe was fitted on train alone (val is then held out).
     out_of_fold: np.ndarray | None = None
 
-    def selected_auc(self):
-        """The AUC the protocol chose by (the best CV mean, or the best val AUC); -inf when nothing could be scored."""
-        if "best_auc" in self.selection:
-            return self.selection["best_auc"] if self.selection["best_auc"] is not None else float("-inf")
-        scores = [s for s in self.selection.get("scores", {}).values() if s is not None]
-        return max(scores) if scores else float("-inf")
-
     def predict_scores(self, X):
         """Per-class (or per-label) probabilities; columns follow the encoded classes 0..K-1."""
         return self.estimator.predict_proba(X)
+
+    def held_out(self, X, train, val):
+        """The scores of rows this probe did not fit, for thresholds and calibrators: val's own, when the probe was
+        fitted on train alone; else the out-of-fold scores over the rows it was fitted on (train, then val).
+
+        >>> held = fitted.held_out(X, train, val)
+        >>> held.where, held.scores.shape
+        ('out-of-fold scores over train+val', (1200, 5))
+        """
+        if self.out_of_fold is None:
+            return HeldOut(val, self.predict_scores(X[val]), decisions_fitted_on(self.selection.fit_on, None))
+        rows = np.concatenate([train, val]) if self.selection.fitted_on_val else train
+        return HeldOut(rows, self.out_of_fold, decisions_fitted_on(self.selection.fit_on, self.out_of_fold))
+
+    def val_scores(self, X, train, val):
+        """Val's held-out scores: its out-of-fold ones when the probe has seen val (selection cv), else the probe's own."""
+        return self.out_of_fold[len(train):] if self.selection.fitted_on_val else self.predict_scores(X[val])
 
 
 def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class", class_weight=None, seed=defaults.SEED,
@@ -167,7 +188,7 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
     reference benchmarks/probe_scale.py and the tests compare against.
 
     >>> fitted = fit_probe("logreg", X_tr, y_tr, X_va, y_va, task="binary", selection="cv")
-    >>> fitted.params, fitted.selection["fit_on"]
+    >>> fitted.params, fitted.selection.fit_on
     ({'C': 0.01, 'class_weight': None}, 'train+val')
     """
     if name not in GRIDS:
@@ -219,10 +240,8 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
             criterion = f"none: {why}, and {few}; used the default {param}={best}"
         # With a val split the winner was already fitted on train alone; otherwise it is fitted on all of train now.
         estimator = fitted.get(best) or make_probe(name, task, class_weight, seed, calibration, **{param: best}).fit(X_train, y_train)
-    selection = {"protocol": selection, "criterion": criterion, "fit_on": "train",
-                 "scores": {str(v): (s if np.isfinite(s) else None) for v, s in scores.items()}}
-    if name in ("svm", "ridge") and calibration < CALIBRATION_FOLDS:
-        selection["calibration_folds"] = calibration
+    selection = Selection(criterion, selection, "train", {str(v): (s if np.isfinite(s) else None) for v, s in scores.items()},
+                          calibration if name in ("svm", "ridge") and calibration < CALIBRATION_FOLDS else None)
     return FittedProbe(estimator, name, {param: best, "class_weight": class_weight}, selection)
 
 
@@ -344,27 +363,25 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     else:
         out_of_fold = cross_val_predict(make_probe(name, task, class_weight, seed, calibration, **{param: chosen}), X, y,
                                         cv=oof_folds, method="predict_proba")
-    selection = {
-        "protocol": "cv",
-        "criterion": f"{folds}-fold CV AUC on {fit_on} ({CV_REPEATS} repeats){_grouped(groups)}, one-standard-error rule",
-        "fit_on": fit_on,
-        "folds": folds,
-        "repeats": CV_REPEATS,
-        "folds_keep_groups_whole": groups is not None,
-        "best": best,
-        "best_auc": means[best] if np.isfinite(means[best]) else None,
-        "best_se": ses[best],
-        "scores": {str(v): (means[v] if np.isfinite(means[v]) else None) for v in evaluated},
-        "grid_widened": evaluated[0] < min(values) or evaluated[-1] > max(values),
-        "solver": ("row space, warm-started along C" if rowspace_logreg else "scikit-learn per fold")
-                  + ("" if parallel is None else f", {parallel} tasks"),
-        "selected_on_rows": len(rows),
-        "fitted_on_rows": len(X),
-    }
-    if len(rows) < len(X):
-        selection["criterion"] += f", on a subsample of {len(rows)} of {len(X)} rows"
-    if name in ("svm", "ridge") and calibration < CALIBRATION_FOLDS:
-        selection["calibration_folds"] = calibration
+    subsample = f", on a subsample of {len(rows)} of {len(X)} rows" if len(rows) < len(X) else ""
+    selection = Selection(
+        criterion=f"{folds}-fold CV AUC on {fit_on} ({CV_REPEATS} repeats){_grouped(groups)}, one-standard-error rule{subsample}",
+        protocol="cv",
+        fit_on=fit_on,
+        scores={str(v): (means[v] if np.isfinite(means[v]) else None) for v in evaluated},
+        calibration_folds=calibration if name in ("svm", "ridge") and calibration < CALIBRATION_FOLDS else None,
+        folds=folds,
+        repeats=CV_REPEATS,
+        folds_keep_groups_whole=groups is not None,
+        best=best,
+        best_auc=means[best] if np.isfinite(means[best]) else None,
+        best_se=ses[best],
+        grid_widened=evaluated[0] < min(values) or evaluated[-1] > max(values),
+        solver=("row space, warm-started along C" if rowspace_logreg else "scikit-learn per fold")
+               + ("" if parallel is None else f", {parallel} tasks"),
+        selected_on_rows=len(rows),
+        fitted_on_rows=len(X),
+    )
     return FittedProbe(estimator, name, {param: chosen, "class_weight": class_weight}, selection, out_of_fold)
 
 

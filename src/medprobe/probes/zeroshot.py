@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from medprobe.core.errors import ProbeError
 from medprobe.encoders import TextEncoder
 from medprobe.probes.fit import FittedProbe
+from medprobe.probes.selection import Selection
 
 
 class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
@@ -162,5 +163,5 @@ def fit_zeroshot(encoders, prompts_file, label_names, task, X_train, y_train):
     classifier = ZeroShotClassifier(class_embeddings(encoder, prompts), scale, classes=np.arange(len(prompts)))
     classifier.fit(X_train, y_train)
     params = {"prompts_file": str(prompts_file), "logit_scale": round(scale, 4)}
-    selection = {"criterion": "none (zero-shot: no training, no hyper-parameters)", "scores": {}}
+    selection = Selection("none (zero-shot: no training, no hyper-parameters)")
     return ZeroShotProbe(classifier, "zeroshot", params, selection, prompts=prompts)

@@ -55,13 +55,19 @@ def _json_default(value):
     return str(value)
 
 
+# The layout of results.json and curve.json. 1: files written before it was recorded (they have no schema_version);
+# 2: the same layout, versioned. A reader accepts READABLE_SCHEMAS and names them when it meets another.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+
+
 class _Result:
-    """to_json / from_json for the result dataclasses: the JSON is the fields plus `kind`."""
+    """to_json / from_json for the result dataclasses: the JSON is the fields plus `kind` and `schema_version`."""
 
     kind: ClassVar[str]
 
     def to_json(self):
-        return {"kind": self.kind, **asdict(self)}
+        return {"kind": self.kind, "schema_version": SCHEMA_VERSION, **asdict(self)}
 
     @classmethod
     def from_json(cls, data):
@@ -166,9 +172,14 @@ def read_curve(folder):
 
 def _read_json(path):
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise MedprobeError(f"{path}: cannot read saved results ({e})") from e
+    version = data.get("schema_version", 1) if isinstance(data, dict) else None
+    if version not in READABLE_SCHEMAS:
+        raise MedprobeError(f"{path}: results of schema_version {version!r}; this medprobe {__version__} reads versions "
+                            f"{', '.join(map(str, READABLE_SCHEMAS))}; read it with the medprobe that wrote it, or run it again")
+    return data
 
 
 def write_run_folder(out, result, ids, labels, scores, projection=None):

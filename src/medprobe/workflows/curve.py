@@ -113,7 +113,7 @@ def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seed
                 scores = fitted.predict_scores(X[test])
                 runs.append({**record, "auc": medmnist_auc(y[test], scores, data.task),
                              "acc": medmnist_acc(y[test], scores, data.task), "params": fitted.params,
-                             "criterion": fitted.selection["criterion"]})
+                             "criterion": fitted.selection.criterion})
     curve = CurveResult(
         spec=spec,
         dataset=data.describe(),

@@ -1,13 +1,12 @@
 """One experiment end to end: dataset -> embeddings -> probe -> metrics -> results folder (and, with `save`, a saved probe)."""
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from medprobe.core.costs import cpu_seconds
+from medprobe.core.costs import Timings
 from medprobe.core.errors import ModelError
 from medprobe.core.files import check_writable_folder
 from medprobe.embedding.fusion import check_spec, embed_spec, split_choices, split_spec
@@ -17,7 +16,7 @@ from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, check_n_boot, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
 from medprobe.evaluation.operating_points import column_names
-from medprobe.evaluation.study import StudyOptions, decisions_fitted_on, fit_decisions, score_decisions
+from medprobe.evaluation.study import Decisions, StudyOptions, fit_decisions, score_decisions
 from medprobe.evaluation.subgroups import group_values
 from medprobe.probes.fit import SAVABLE, fit_probe
 from medprobe.probes.index import training_index
@@ -70,8 +69,8 @@ def run(data_spec, options=None, probe_spec=None, evaluation=None, out=None, sav
     """
     options = options or EmbedOptions()
     with on_cluster(options.ray) as cluster:
-        started = {"ray_start_s": cluster["start_s"]} if options.ray is not None else {}
-        return run_here(data_spec, options, probe_spec, evaluation, out, save, scanned, index, timings=started)
+        timings = Timings(ray_start_s=cluster["start_s"] if options.ray is not None else None)
+        return run_here(data_spec, options, probe_spec, evaluation, out, save, scanned, index, timings)
 
 
 def run_here(data_spec, options=None, probe_spec=None, evaluation=None, out=None, save=None, scanned=None, index=True, timings=None):
@@ -88,85 +87,101 @@ def run_here(data_spec, options=None, probe_spec=None, evaluation=None, out=None
     keeps a retrieval index of the images the probe was fitted on beside it (`medprobe.probes.index`).
     """
     options, probe_spec, evaluation = options or EmbedOptions(), probe_spec or ProbeSpec(), evaluation or EvalOptions()
-    timings = dict(timings or {})  # run() puts Ray's start-up here
-    started, started_cpu = time.perf_counter(), cpu_seconds()
-    choices = check_before_images(options, probe_spec, out, save, data_spec)
-    data, scanned = data_spec.load(scanned)
-    # A misspelt subgroup column, or a calibrator that does not fit the task, is refused before any embedding.
-    resolve_method(evaluation.study.calibrate, data.task)
-    column_names(data.task, data.label_names, evaluation.study.positive)
-    for column in evaluation.study.subgroups.columns:
-        group_values(data.columns, column, evaluation.study.subgroups, data.name)
-    timings["scan_s"] = scanned.seconds
-    timings["load_s"] = time.perf_counter() - started
-    timings["load_cpu_s"] = cpu_seconds() - started_cpu
+    timings = timings or Timings()  # run() has put Ray's start-up in it
+    with timings.stage("load"):
+        choices = check_before_images(options, probe_spec, out, save, data_spec)
+        data, scanned = data_spec.load(scanned)
+        check_study_columns(data, evaluation.study)
+    timings.scan_s = scanned.seconds
+    with timings.stage("embed"):
+        candidates = [embed_spec(data, replace(options, encoder=choice)) for choice in choices]
+    count_embedding(timings, [c.embeddings for c in candidates])
+    with timings.stage("fit"):
+        encoded, fitted = fit_candidates(data, candidates, choices, probe_spec, options)
+    with timings.stage("evaluate"):
+        scored = score_run(data, encoded.embeddings.vectors, fitted, evaluation, probe_spec.seed)
+    result = run_result(data, scanned, encoded, probe_spec, fitted, scored, timings.finish())
+    X, test = encoded.embeddings.vectors, data.indices("test")
+    if out is not None:
+        xy = project_2d(X[test], evaluation.projection, probe_spec.seed)
+        write_run_folder(out, result, data.ids[test], data.labels[test], scored.test_scores, projection=(xy, evaluation.projection))
+    if save is not None:
+        fitted_on = np.concatenate([data.indices("train"), data.indices("val")]) if fitted.selection.fitted_on_val else data.indices("train")
+        save_model(save, fitted, data, encoded.encoders[0], encoded.transforms[0], options.encoder, options.weights, result.metrics,
+                   probe_spec.seed, scored.decisions, training_index(data, X, fitted_on) if index else None,
+                   calibration=encoded.encoders[0].int8_calibration)
+    return result
 
-    tick_cpu = cpu_seconds()
-    candidates = [embed_spec(data, replace(options, encoder=choice)) for choice in choices]
-    timings["embed_s"] = sum(c.embeddings.seconds for c in candidates)
-    timings["embed_cpu_s"] = cpu_seconds() - tick_cpu
-    # What computing every image cost, whenever it was computed: a run that read the store does not flatter the compute ratio.
-    # With a choice of encoders, every candidate's cost counts. A cost not known (images embedded on Ray) stays None: unknown.
-    costs = [c.embeddings.cost for c in candidates]
-    timings.update(embed_cost_s=_total(c["wall_s"] for c in costs), embed_cost_cpu_s=_total(c["cpu_s"] for c in costs),
-                   embed_cost_source=costs[0]["measured_in"], embedded_now=_total(c.get("computed_now") for c in costs),
-                   embedded_from_store=_total(c.get("from_store") for c in costs))
 
-    y = data.labels
-    train, val, test = (data.indices(s) for s in ("train", "val", "test"))
-    tick, tick_cpu = time.perf_counter(), cpu_seconds()
+def check_study_columns(data, study):
+    """A misspelt subgroup column, or a calibrator that does not fit the task, is refused before any embedding."""
+    resolve_method(study.calibrate, data.task)
+    column_names(data.task, data.label_names, study.positive)
+    for column in study.subgroups.columns:
+        group_values(data.columns, column, study.subgroups, data.name)
+
+
+def count_embedding(timings, embeddings):
+    """What computing every candidate's images cost, whenever it was computed (None where unknown: embedded on Ray)."""
+    timings.embed_s = sum(e.seconds for e in embeddings)
+    costs = [e.cost for e in embeddings]
+    timings.embed_cost_s, timings.embed_cost_cpu_s = _total(c["wall_s"] for c in costs), _total(c["cpu_s"] for c in costs)
+    timings.embed_cost_source = costs[0]["measured_in"]
+    timings.embedded_now, timings.embedded_from_store = _total(c.get("computed_now") for c in costs), _total(c.get("from_store") for c in costs)
+
+
+def fit_candidates(data, candidates, choices, probe_spec, options):
+    """(the chosen candidate, its fitted probe): with several encoders ('a|b') the encoder is one more hyper-parameter,
+    chosen by the same protocol's score (val or CV), never by test."""
+    y, train, val = data.labels, data.indices("train"), data.indices("val")
     if probe_spec.name == ZEROSHOT:
         encoded = candidates[0]
-        X = encoded.embeddings.vectors
-        fitted = fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, X[train], y[train])
-    else:
-        fits = [fit_probe(probe_spec.name, c.embeddings.vectors[train], y[train], c.embeddings.vectors[val], y[val], data.task,
-                          probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection, data.groups_of(train, val),
-                          parallel="ray" if options.ray is not None else None)
-                for c in candidates]
-        # The encoder is one more hyper-parameter: chosen by the same protocol's score (val or CV), never by test.
-        best = max(range(len(fits)), key=lambda i: fits[i].selected_auc())
-        encoded, fitted = candidates[best], fits[best]
-        if len(choices) > 1:
-            fitted.selection["encoder_choice"] = {"chosen": choices[best], "by": fitted.selection["criterion"],
-                                                  "scores": {choice: f.selected_auc() for choice, f in zip(choices, fits)}}
-        X = encoded.embeddings.vectors
-    embedded = encoded.embeddings
-    timings["fit_s"] = time.perf_counter() - tick
-    timings["fit_cpu_s"] = cpu_seconds() - tick_cpu
+        return encoded, fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, encoded.embeddings.vectors[train], y[train])
+    fits = [fit_probe(probe_spec.name, c.embeddings.vectors[train], y[train], c.embeddings.vectors[val], y[val], data.task,
+                      probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection, data.groups_of(train, val),
+                      parallel="ray" if options.ray is not None else None)
+            for c in candidates]
+    best = max(range(len(fits)), key=lambda i: fits[i].selection.score())
+    if len(choices) > 1:
+        fits[best].selection.encoder_choice = {"chosen": choices[best], "by": fits[best].selection.criterion,
+                                               "scores": {choice: f.selection.score() for choice, f in zip(choices, fits)}}
+    return candidates[best], fits[best]
 
-    tick, tick_cpu = time.perf_counter(), cpu_seconds()
-    scores = {split: fitted.predict_scores(X[rows]) for split, rows in (("val", val), ("test", test))}
-    # Calibrator and thresholds are decided on scores of images the probe did not fit, then applied unchanged to test
-    # (and saved): val's; or, when selection "cv" fitted the probe on train+val, the out-of-fold scores over those rows.
-    out_of_fold = fitted.out_of_fold
-    pooled = out_of_fold is not None and fitted.selection["fit_on"] == "train+val"
-    decided_on, decision_scores = val, scores["val"]
-    if out_of_fold is not None:
-        decided_on, decision_scores = (np.concatenate([train, val]) if pooled else train), out_of_fold
-    if pooled:
-        scores["val"] = out_of_fold[len(train):]  # val's own held-out scores: the fitted probe has seen val
-    metrics = {
-        split: evaluate(y[rows], scores[split], data.task, data.label_names, evaluation.n_boot, probe_spec.seed)
-        for split, rows in (("val", val), ("test", test))
-    }
-    if pooled:
+
+@dataclass
+class ScoredRun:
+    """A fitted probe scored: val and test metrics (with the study's operating points), its decisions, test's scores."""
+
+    metrics: dict
+    decisions: Decisions
+    test_scores: np.ndarray
+    near_duplicates: dict
+
+
+def score_run(data, X, fitted, evaluation, seed):
+    """Metrics on val and test; calibrator and thresholds decided on scores of images the probe did not fit (val's, or the
+    out-of-fold ones when selection cv fitted it on train+val), then applied unchanged to test (and saved)."""
+    y, train, val, test = data.labels, data.indices("train"), data.indices("val"), data.indices("test")
+    scores = {"val": fitted.val_scores(X, train, val), "test": fitted.predict_scores(X[test])}
+    metrics = {split: evaluate(y[rows], scores[split], data.task, data.label_names, evaluation.n_boot, seed)
+               for split, rows in (("val", val), ("test", test))}
+    if fitted.selection.fitted_on_val:
         metrics["val"]["scored_by"] = "out-of-fold predictions (selection cv fitted the probe on train+val)"
-    decisions = fit_decisions(y[decided_on], decision_scores, data.task, data.label_names, evaluation.study,
-                              decisions_fitted_on(fitted.selection.get("fit_on"), out_of_fold))
+    held = fitted.held_out(X, train, val)
+    decisions = fit_decisions(y[held.rows], held.scores, data.task, data.label_names, evaluation.study, held.where)
     metrics["test"].update(score_decisions(y[test], scores["test"], data.task, data.label_names, decisions,
-                                           {k: v[test] for k, v in data.columns.items()}, evaluation.study, evaluation.n_boot,
-                                           probe_spec.seed, data.name))
+                                           {k: v[test] for k, v in data.columns.items()}, evaluation.study, evaluation.n_boot, seed, data.name))
     close = near_duplicates(X[test], X[train], data.ids[test], data.ids[train], evaluation.near_duplicate_cosine)
     if close["count"]:
         log.warning("%d of %d test images have a near-identical train image (embedding cosine >= %g), e.g. %s",
                     close["count"], close["of"], close["threshold"], ", ".join(f"{e['test']} ~ {e['train']}" for e in close["examples"][:3]))
-    timings["evaluate_s"] = time.perf_counter() - tick
-    timings["evaluate_cpu_s"] = cpu_seconds() - tick_cpu
-    timings["total_s"] = time.perf_counter() - started
-    timings["total_cpu_s"] = cpu_seconds() - started_cpu
+    return ScoredRun(metrics, decisions, scores["test"], close)
 
-    result = RunResult(
+
+def run_result(data, scanned, encoded, probe_spec, fitted, scored, timings):
+    """The RunResult (results.json) of a run."""
+    embedded = encoded.embeddings
+    return RunResult(
         dataset=data.describe(),
         images=scanned.describe(),
         # what actually ran (ONNX Runtime or eager, the exactness guard's cosine), beside the keyed `runtime`
@@ -175,24 +190,16 @@ def run_here(data_spec, options=None, probe_spec=None, evaluation=None, out=None
         probe={
             "name": probe_spec.name,
             "params": fitted.params,
-            "selection": fitted.selection,
+            "selection": fitted.selection.to_json(),
             "config": {k: repr(v) for k, v in fitted.estimator.get_params(deep=True).items() if "__" in k},
             **({"prompts": fitted.prompts} if probe_spec.name == ZEROSHOT else {}),
         },
-        metrics=metrics,
+        metrics=scored.metrics,
         cache={"key": embedded.key, "path": embedded.path, "hit": embedded.from_cache},
-        timings=timings,
+        timings=timings.to_json(),
         seed=probe_spec.seed,
-        near_duplicates=close,
+        near_duplicates=scored.near_duplicates,
     )
-    if out is not None:
-        xy = project_2d(X[test], evaluation.projection, probe_spec.seed)
-        write_run_folder(out, result, data.ids[test], y[test], scores["test"], projection=(xy, evaluation.projection))
-    if save is not None:
-        fitted_on = np.concatenate([train, val]) if fitted.selection.get("fit_on") == "train+val" else train
-        save_model(save, fitted, data, encoded.encoders[0], encoded.transforms[0], options.encoder, options.weights, metrics, probe_spec.seed,
-                   decisions, training_index(data, X, fitted_on) if index else None, calibration=encoded.encoders[0].int8_calibration)
-    return result
 
 
 def _user_paths(data_spec, out):
