@@ -3,8 +3,8 @@
 Serves a model (default: fitted here on the shared HAM10000 train JPEGs with the default encoder, --selection val) and
 sends the shared 150x150 HAM10000 test JPEGs from a bounded client: first one request at a time (latency
 percentiles), then 16 clients each with one request in flight (throughput, errors). The offline rate is
-`medprobe predict --no-cache` on the same images, from two runs (1 image and N) so that start-up is not counted,
-measured before and after the server's runs and averaged (other work on a shared machine drifts over minutes).
+`medprobe predict` (no cache) on the same images in a warm process (start-up not counted), measured before and
+after the server's runs and averaged (other work on a shared machine drifts over minutes).
 The server's resident memory is read from /proc at the start and the end. Issue 25's targets: p50 <= 150 ms for one
 client, 16-client throughput >= 70 % of offline predict, zero errors over 2,000 requests, RSS flat.
 
@@ -50,23 +50,28 @@ def start_server(model, flags):
 
 
 def offline_rate(model, images, tmp):
-    """Images per second of `medprobe predict --no-cache`, start-up excluded: (N - 1) / (time(N) - time(1))."""
-    times = {}
-    for n in (1, len(images)):
-        folder = Path(tempfile.mkdtemp(dir=tmp)) / f"offline{n}"
-        folder.mkdir()
-        for path in images[:n]:
-            os.symlink(path, folder / path.name)
-        started = time.perf_counter()
-        subprocess.run([*MEDPROBE, "predict", str(model), str(folder), "--out", str(Path(tmp) / f"p{n}.csv"), "--no-cache", "--quiet"],
-                       check=True, capture_output=True)
-        times[n] = time.perf_counter() - started
-    return (len(images) - 1) / (times[len(images)] - times[1]), times
+    """Images per second of `medprobe predict` (no cache) on `images`, in this process once it is warm (a 1-image
+    predict first), so neither Python's start-up nor the first export is counted; (rate, seconds)."""
+    from medprobe.embedding.options import EmbedOptions
+    from medprobe.workflows.predict import predict
+
+    folder = Path(tempfile.mkdtemp(dir=tmp))
+    for path in images:
+        os.symlink(path, folder / path.name)
+    options = EmbedOptions(use_cache=False, progress=False)
+    predict(model, images[0], options)
+    started = time.perf_counter()
+    done = predict(model, folder, options)
+    seconds = time.perf_counter() - started
+    assert len(done.paths) == len(images)
+    return len(images) / seconds, seconds
 
 
-def hammer(url, payloads, n_requests, clients):
-    """(latencies in s, errors, wall s): `clients` threads, each with one request in flight, `n_requests` in all."""
+def hammer(url, payloads, n_requests, clients, on_quarter=None):
+    """(latencies in s, errors, wall s): `clients` threads, each with one request in flight, `n_requests` in all;
+    `on_quarter()` is called as each quarter of the requests is sent."""
     latencies, errors, lock = [], [], threading.Lock()
+    quarters = {n_requests * q // 4 for q in (1, 2, 3)}
     counter = iter(range(n_requests))
     local = threading.local()
 
@@ -77,6 +82,8 @@ def hammer(url, payloads, n_requests, clients):
                 i = next(counter, None)
             if i is None:
                 return
+            if i in quarters and on_quarter:
+                on_quarter()
             started = time.perf_counter()
             try:
                 r = session.post(url + "/v1/predict", data=payloads[i % len(payloads)], timeout=120)
@@ -117,7 +124,7 @@ def main():
             model = Path(tmp) / "model"
             subprocess.run([*MEDPROBE, "fit", "--dataset", str(HAM), "--save", str(model), "--selection", "val", "--n-boot", "200", "--quiet"],
                            check=True, capture_output=True)
-        rate_before, offline_times = offline_rate(model, images[: args.offline_images], tmp)
+        rate_before, before_s = offline_rate(model, images[: args.offline_images], tmp)
         process, url = start_server(model, [])
         try:
             rss_ready = rss_mib(process.pid)
@@ -125,13 +132,14 @@ def main():
             rss_start = rss_mib(process.pid)
             one, one_errors, _ = hammer(url, payloads, args.single, 1)
             rss_mid = rss_mib(process.pid)
-            many, many_errors, wall = hammer(url, payloads, args.requests, args.clients)
+            during = []  # RSS as each quarter of the 16-client run starts: a leak climbs, a plateau does not
+            many, many_errors, wall = hammer(url, payloads, args.requests, args.clients, lambda: during.append(round(rss_mib(process.pid), 1)))
             rss_end = rss_mib(process.pid)
             batches = requests.get(url + "/healthz", timeout=30).json()["batches"]
         finally:
             process.terminate()
             process.wait(30)
-        rate_after, _ = offline_rate(model, images[: args.offline_images], tmp)
+        rate_after, after_s = offline_rate(model, images[: args.offline_images], tmp)
     rate = (rate_before + rate_after) / 2
     throughput = args.requests / wall
     figures = {
@@ -141,15 +149,17 @@ def main():
         "throughput_img_s": round(throughput, 1), "offline_predict_img_s": round(rate, 1), "ratio": round(throughput / rate, 3),
         "offline_before_after_img_s": [round(rate_before, 1), round(rate_after, 1)],
         "many_clients_ms": {f"p{q}": round(1e3 * float(np.percentile(many, q)), 1) for q in (50, 95, 99)},
-        "server_rss_mib": {"ready": round(rss_ready, 1), "after_20_warm_up": round(rss_start, 1), "after_one_client": round(rss_mid, 1), "end": round(rss_end, 1)},
-        "batches": batches, "offline_seconds": {str(k): round(v, 2) for k, v in offline_times.items()},
+        "server_rss_mib": {"ready": round(rss_ready, 1), "after_20_warm_up": round(rss_start, 1), "after_one_client": round(rss_mid, 1),
+                           "16_clients_at_quarters": during, "end": round(rss_end, 1)},
+        "batches": batches, "offline_seconds": [round(before_s, 2), round(after_s, 2)], "offline_images": args.offline_images,
         "load_average": os.getloadavg(),
     }
     print(json.dumps(figures, indent=1))
     print(f"\none client: p50 {figures['one_client_ms']['p50']} ms, p95 {figures['one_client_ms']['p95']} ms, p99 {figures['one_client_ms']['p99']} ms "
           f"(target p50 <= 150)\n{args.clients} clients: {throughput:.1f} img/s vs offline predict {rate:.1f} img/s = {throughput / rate:.2f}x "
           f"(target >= 0.70)\nerrors: {figures['errors']} of {args.requests + args.single} (target 0)\n"
-          f"server RSS: ready {rss_ready:.0f}, warmed {rss_start:.0f} -> {rss_mid:.0f} -> {rss_end:.0f} MiB; mean batch {batches['images'] / max(1, batches['batches']):.2f} images")
+          f"server RSS: ready {rss_ready:.0f}, warmed {rss_start:.0f}, after one client {rss_mid:.0f}, 16 clients at 1/4, 1/2, 3/4 {during}, "
+          f"end {rss_end:.0f} MiB; mean batch {batches['images'] / max(1, batches['batches']):.2f} images")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 
