@@ -13,6 +13,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# CLI flags for calls where neither the default recipe (260 px, @stages,up,max) nor the default CV selection is under
+# test: the plain encoder and the val selection cost a fraction of the defaults (tests of the defaults leave them out).
+QUICK = ("--encoder", "efficientnet_lite0", "--selection", "val")
 
 
 @pytest.fixture(scope="session")

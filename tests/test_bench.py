@@ -33,6 +33,7 @@ n_boot: 50
 curve:
   shots: [1, 2, all]
   seeds: [0, 1]
+  selection: val
 """
 
 

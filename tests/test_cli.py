@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import write_image_folder, write_npz
+from conftest import QUICK, write_image_folder, write_npz
 from medprobe.cli import main
 
 
@@ -31,9 +31,9 @@ def test_run_writes_results_predictions_and_summary(tmp_path, capsys):
 
 def test_embed_then_run_reuses_the_cache(tmp_path, capsys):
     folder = write_image_folder(tmp_path / "imgs", per_class=10)
-    assert main(["embed", "--dataset", str(folder), "--quiet"]) == 0
+    assert main(["embed", "--dataset", str(folder), "--quiet", "--encoder", "efficientnet_lite0"]) == 0
     assert "computed" in capsys.readouterr().out
-    assert main(["run", "--dataset", str(folder), "--probe", "knn", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["run", "--dataset", str(folder), "--probe", "knn", "--out", str(tmp_path / "o"), "--quiet", *QUICK, "--n-boot", "200"]) == 0
     assert "cache hit" in capsys.readouterr().out
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_npz
+from conftest import QUICK, write_npz
 from medprobe.cli import main
 from medprobe.core.errors import MedprobeError
 from medprobe.data.datasets import DataSpec
@@ -46,8 +46,8 @@ def tiny(tmp_path_factory):
 
 
 def test_curve_from_cached_embeddings_costs_only_probe_fits(tmp_path, tiny, monkeypatch):
-    data, options = DataSpec(tiny["npz"]), EmbedOptions(cache_dir=tiny["cache"], progress=False)
-    first = run_curve(data, options, shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c")
+    data, options = DataSpec(tiny["npz"]), EmbedOptions("efficientnet_lite0", cache_dir=tiny["cache"], progress=False)
+    first = run_curve(data, options, shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c", selection="val")
     assert [p["shots"] for p in first.points] == ["1", "2", "5", "all"]
     one, every = first.points[0], first.points[-1]
     assert one["n_seeds"] == 3 and one["n_train_mean"] == 3 and every["n_seeds"] == 1 and every["n_train_mean"] == 30
@@ -64,21 +64,22 @@ def test_curve_from_cached_embeddings_costs_only_probe_fits(tmp_path, tiny, monk
     with monkeypatch.context() as patched:
         for name in ("embed", "fit_probe", "create_encoder"):
             patched.setattr(curve_module, name, refuse)
-        assert run_curve(data, options, shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c") == first
+        assert run_curve(data, options, shots="1,2,5,all", seeds=[0, 1, 2], out=tmp_path / "c", selection="val") == first
     assert (tmp_path / "c" / "curve.json").stat().st_mtime_ns == written
     # A new spec: embeddings come from the cache.
-    second = run_curve(data, options, shots="1,all", seeds=[4], out=tmp_path / "c")
+    second = run_curve(data, options, shots="1,all", seeds=[4], out=tmp_path / "c", selection="val")
     assert second.cache["hit"] and json.loads((tmp_path / "c" / "curve.json").read_text())["spec"]["seeds"] == [4]
 
 
 def test_points_a_probe_cannot_fit_are_skipped_not_fatal(tiny):
-    curve = run_curve(DataSpec(tiny["npz"]), EmbedOptions(cache_dir=tiny["cache"], progress=False), probe="svm", shots="1,all", seeds=[0])
+    curve = run_curve(DataSpec(tiny["npz"]), EmbedOptions("efficientnet_lite0", cache_dir=tiny["cache"], progress=False), probe="svm", shots="1,all",
+                      seeds=[0], selection="val")
     assert any("error" in r for r in curve.runs if r["shots"] == "1")  # 3-fold calibration needs 3 per class
     assert [p["shots"] for p in curve.points] == ["all"]
 
 
 def test_cli_curve(tmp_path, tiny, capsys):
     assert main(["curve", "--dataset", str(tiny["npz"]), "--shots", "1,all", "--seeds", "0,1", "--quiet",
-                 "--cache-dir", tiny["cache"], "--out", str(tmp_path / "c")]) == 0
+                 "--cache-dir", tiny["cache"], "--out", str(tmp_path / "c"), *QUICK]) == 0
     assert "AUC mean" in capsys.readouterr().out
     assert main(["curve", "--dataset", str(tiny["npz"]), "--seeds", "a", "--out", str(tmp_path / "c")]) == 2

@@ -78,7 +78,7 @@ def test_run_and_embed_commands_with_a_fusion(npz, tmp_path, capsys):
     assert main(["embed", "--dataset", str(npz), "--encoder", FUSED, "--quiet"]) == 0
     assert "-> 48-d" in capsys.readouterr().out  # 16-d tiny CLIP + 32-d tiny DINOv2
     out = tmp_path / "run"
-    assert main(["run", "--dataset", str(npz), "--encoder", FUSED, "--out", str(out), "--quiet", "--n-boot", "50"]) == 0
+    assert main(["run", "--dataset", str(npz), "--encoder", FUSED, "--out", str(out), "--quiet", "--n-boot", "50", "--selection", "val"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["encoder"]["name"] == FUSED
     assert [p["name"] for p in results["encoder"]["parts"]] == split_spec(FUSED)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_dicom, write_image_folder
+from conftest import QUICK, write_dicom, write_image_folder
 from medprobe.cli import main
 from medprobe.core.errors import DatasetError
 from medprobe.data.datasets import load_dataset
@@ -157,7 +157,7 @@ def test_run_cli_fails_before_embedding_and_skip_records_in_results(tmp_path, ca
     assert main(["run", "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "r1"), "--quiet", "--n-boot", "20"]) == 2
     err = capsys.readouterr().err
     assert all(name in err for name in broken) and not (tmp_path / "cache").exists()  # nothing embedded
-    code = main(["run", "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "r2"), "--quiet", "--n-boot", "20", "--on-error", "skip"])
+    code = main(["run", "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "r2"), "--quiet", "--n-boot", "20", "--on-error", "skip", *QUICK])
     assert code == 0
     images = json.loads((tmp_path / "r2" / "results.json").read_text())["images"]
     assert images["on_error"] == "skip" and {item["path"].rsplit("/", 1)[1] for item in images["skipped"]} == set(broken)

@@ -63,7 +63,7 @@ def test_same_images_in_another_order_give_the_same_calibration_key_and_vectors(
     np.testing.assert_array_equal(again.vectors, first.vectors)
     # and results.json records the calibration with the encoder
     done = medprobe("run", "--dataset", tmp_path / "a.npz", "--runtime", "int8", "--cache-dir", tmp_path / "cache1",
-                    "--out", tmp_path / "out", "--quiet")
+                    "--out", tmp_path / "out", "--quiet", "--encoder", "efficientnet_lite0", "--selection", "val", "--n-boot", "200")
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "out" / "results.json").read_text())["encoder"]["runtime"]
     assert record["calibration"] == encoder.calibration

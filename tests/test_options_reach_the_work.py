@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import write_image_folder, write_npz
+from conftest import QUICK, write_image_folder, write_npz
 from medprobe import __version__
 from medprobe.cli import main
 from medprobe.data.datasets import load_dataset
@@ -37,7 +37,7 @@ def tiny(tmp_path):
 def test_fit_uses_runtime_and_device(tmp_path, tiny, capsys, medprobe):
     # Before: `fit` parsed --runtime/--device and dropped them (it always ran `auto` on the CPU).
     assert run_main("fit", "--dataset", tiny, "--runtime", "torch", "--save", tmp_path / "m", "--out", tmp_path / "o", "--quiet",
-                    "--n-boot", "50") == 0
+                    "--n-boot", "50", *QUICK) == 0
     backends = json.loads((tmp_path / "o" / "results.json").read_text())["encoder"]["backends"]
     assert [b["mode"] for b in backends] == ["torch"] and backends[0]["backend"].startswith("torch eager fp32")
     done = medprobe("fit", "--dataset", tiny, "--device", "cuda:0", "--save", tmp_path / "m2", "--quiet")
@@ -48,7 +48,7 @@ def test_fit_uses_runtime_and_device(tmp_path, tiny, capsys, medprobe):
 def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
     # Before: `embed --ray` dropped --runtime, so a bf16 job on Ray looked up (and wrote) the fp32 entry.
     data = load_dataset(tiny)
-    options = EmbedOptions(runtime="bf16", cache_dir=str(tmp_path / "cache"), progress=False)
+    options = EmbedOptions("efficientnet_lite0", runtime="bf16", cache_dir=str(tmp_path / "cache"), progress=False)
     local = embed_spec(data, options).embeddings
     from medprobe.embedding.ray import embed_on_ray
 
@@ -56,14 +56,14 @@ def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
     on_ray = embed_on_ray(data, options, address="ray://nowhere:1")
     assert on_ray.from_cache and on_ray.key == local.key
     np.testing.assert_array_equal(on_ray.vectors, local.vectors)
-    assert embed_spec(data, EmbedOptions(cache_dir=str(tmp_path / "cache"), progress=False)).embeddings.key != local.key
+    assert embed_spec(data, EmbedOptions("efficientnet_lite0", cache_dir=str(tmp_path / "cache"), progress=False)).embeddings.key != local.key
 
 
 def test_curve_takes_the_embedding_flags_and_scans_images(tmp_path, capsys, medprobe):
     # Before: `curve` had no --on-error/--device/--runtime/--batch-size and never pre-scanned the images.
     folder = write_image_folder(tmp_path / "imgs", per_class=12)
     (folder / "a" / "a_3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    args = ["curve", "--dataset", folder, "--shots", "2,all", "--seeds", "0", "--out", tmp_path / "c", "--quiet", "--batch-size", "8"]
+    args = ["curve", "--dataset", folder, "--shots", "2,all", "--seeds", "0", "--out", tmp_path / "c", "--quiet", "--batch-size", "8", *QUICK]
     done = medprobe(*args)
     assert done.returncode == 2 and "a_3.png" in done.stderr and "--on-error skip" in done.stderr
     assert run_main(*args, "--on-error", "skip", "--runtime", "torch", "--device", "cpu") == 0
@@ -76,7 +76,7 @@ def test_bench_curves_use_the_configs_runtime(tmp_path, tiny):
     # Before: bench cells ran with the config's runtime but its curves with the default one (another cache entry).
     (tmp_path / "grid.yaml").write_text(
         "datasets: [tiny.npz]\nencoders: [efficientnet_lite0]\nprobes: [logreg]\nruntime: bf16\nselections: [val]\nn_boot: 50\n"
-        "curve: {shots: [2, all], seeds: [0]}\n"
+        "curve: {shots: [2, all], seeds: [0], selection: val}\n"
     )
     assert run_main("bench", tmp_path / "grid.yaml", "--out", tmp_path / "b", "--quiet", "--no-report") == 0
     cell = json.loads(next((tmp_path / "b" / "cells").rglob("results.json")).read_text())

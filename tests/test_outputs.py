@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import write_npz
+from conftest import QUICK, write_npz
 from medprobe.cli import main
 
 
@@ -22,7 +22,7 @@ def test_out_that_is_a_file_stops_before_any_work(tmp_path, tiny, medprobe):
 
 
 def test_predict_out_that_is_a_folder_stops_before_any_work(tmp_path, tiny, medprobe):
-    assert main(["fit", "--dataset", str(tiny), "--save", str(tmp_path / "m"), "--quiet", "--n-boot", "50"]) == 0
+    assert main(["fit", "--dataset", str(tiny), "--save", str(tmp_path / "m"), "--quiet", "--n-boot", "50", *QUICK]) == 0
     (tmp_path / "preds").mkdir()
     done = medprobe("predict", tmp_path / "m", tmp_path / "tiny.npz", "--out", tmp_path / "preds")
     assert done.returncode == 2 and "is a folder; give a file name" in done.stderr
@@ -38,7 +38,7 @@ def test_an_unwritable_out_folder_is_refused_up_front(tmp_path, tiny, monkeypatc
 
 def test_a_cache_that_cannot_be_written_is_used_without_writing(tmp_path, tiny, medprobe):
     (tmp_path / "cachefile").write_text("MEDPROBE_CACHE points at a file")
-    done = medprobe("run", "--dataset", tiny, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", env={"MEDPROBE_CACHE": str(tmp_path / "cachefile")})
+    done = medprobe("run", "--dataset", tiny, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", *QUICK, env={"MEDPROBE_CACHE": str(tmp_path / "cachefile")})
     assert done.returncode == 0, done.stderr
     assert "is not writable (or not a folder); embedding without saving" in done.stderr
     assert json.loads((tmp_path / "o" / "results.json").read_text())["cache"]["path"] == ""
@@ -46,7 +46,7 @@ def test_a_cache_that_cannot_be_written_is_used_without_writing(tmp_path, tiny, 
 
 def test_the_report_refuses_a_folder_that_mixes_two_runs(tmp_path, tiny, medprobe):
     for probe, out in (("logreg", "a"), ("knn", "b")):
-        assert main(["run", "--dataset", str(tiny), "--probe", probe, "--out", str(tmp_path / out), "--quiet", "--n-boot", "50"]) == 0
+        assert main(["run", "--dataset", str(tiny), "--probe", probe, "--out", str(tmp_path / out), "--quiet", "--n-boot", "50", *QUICK]) == 0
     # As after a kill between the two files: b's predictions beside a's results.json.
     (tmp_path / "a" / "predictions.csv").write_bytes((tmp_path / "b" / "predictions.csv").read_bytes())
     done = medprobe("report", tmp_path / "a")
@@ -62,7 +62,7 @@ def test_a_file_name_that_is_not_utf8_does_not_lose_the_run(tmp_path, medprobe):
     folder = write_image_folder(tmp_path / "imgs", per_class=10)
     odd = os.fsencode(folder / "a") + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
     shutil.move(folder / "a" / "a_0.png", os.fsdecode(odd))
-    done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", "--on-error", "skip")
+    done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", "--on-error", "skip", *QUICK)
     assert done.returncode == 0, done.stderr
     written = (tmp_path / "o" / "predictions.csv").read_text(encoding="utf-8") + (tmp_path / "o" / "results.json").read_text(encoding="utf-8")
     assert "Traceback" not in done.stderr and written

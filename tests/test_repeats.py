@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from conftest import store_vectors, write_npz
+from conftest import QUICK, store_vectors, write_npz
 from medprobe.data.datasets import DataSpec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.probes.spec import ProbeSpec
@@ -29,7 +29,7 @@ def test_seeds_redraw_the_made_val_split_and_embed_once(retina_without_val, medp
     root = retina_without_val
     cache = root / "cache"
     done = medprobe("run", "--dataset", root / "retina_small.npz", "--seeds", "3", "--out", tmp_path / "out", "--cache-dir", cache,
-                    "--quiet", "--n-boot", "100")
+                    "--quiet", "--n-boot", "100", *QUICK)
     assert done.returncode == 0, done.stderr
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     repeats = saved["repeats"]
@@ -45,8 +45,8 @@ def test_seeds_redraw_the_made_val_split_and_embed_once(retina_without_val, medp
     assert repeats["test"]["auc"]["sd"] > 0
     # The folder is the first seed's run; each other seed is exactly a run with that split seed and probe seed.
     assert saved["metrics"]["test"]["auc"] == repeats["per_seed"][0]["test"]["auc"] and saved["seed"] == 0
-    spec, options = DataSpec(str(root / "retina_small.npz")), EmbedOptions(cache_dir=str(cache), progress=False)
-    second = run(replace(spec, split_seed=1), options, ProbeSpec(seed=1), EvalOptions(n_boot=100))
+    spec, options = DataSpec(str(root / "retina_small.npz")), EmbedOptions("efficientnet_lite0", cache_dir=str(cache), progress=False)
+    second = run(replace(spec, split_seed=1), options, ProbeSpec(seed=1, selection="val"), EvalOptions(n_boot=100))
     assert second.metrics["test"]["auc"] == repeats["per_seed"][1]["test"]["auc"] and second.cache["hit"]
     # 460 images (360 train + 100 test), each embedded once over the three seeds and the extra run.
     assert len(store_vectors(cache)) == 460
@@ -54,7 +54,7 @@ def test_seeds_redraw_the_made_val_split_and_embed_once(retina_without_val, medp
 
 def test_given_splits_and_logreg_have_no_spread_and_say_so(tmp_path, medprobe):
     write_npz(tmp_path / "tiny.npz", n_train=30, n_val=9, n_test=12, classes=3)
-    done = medprobe("run", "--dataset", tmp_path / "tiny.npz", "--seeds", "2", "--out", tmp_path / "out", "--quiet", "--n-boot", "50")
+    done = medprobe("run", "--dataset", tmp_path / "tiny.npz", "--seeds", "2", "--out", tmp_path / "out", "--quiet", "--n-boot", "50", *QUICK)
     assert done.returncode == 0, done.stderr
     repeats = json.loads((tmp_path / "out" / "results.json").read_text())["repeats"]
     assert repeats["spread_is"] == "none" and repeats["test"]["auc"]["sd"] == 0
@@ -74,7 +74,7 @@ def test_report_shows_the_repeats_in_a_browser(tmp_path, medprobe):
 
     write_npz(tmp_path / "tiny.npz", n_train=30, n_val=9, n_test=12, classes=3)
     assert medprobe("run", "--dataset", tmp_path / "tiny.npz", "--probe", "svm", "--seeds", "2", "--out", tmp_path / "out", "--quiet",
-                    "--n-boot", "50").returncode == 0
+                    "--n-boot", "50", *QUICK).returncode == 0
     assert medprobe("report", tmp_path / "out").returncode == 0
     dom = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
                           (tmp_path / "out" / "report.html").resolve().as_uri()], check=True, capture_output=True, text=True, timeout=120).stdout

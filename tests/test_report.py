@@ -33,8 +33,8 @@ def run_folder(tmp_path_factory):
     write_npz(root / "tiny.npz", n_train=24, n_val=9, n_test=15, classes=3)
     data = DataSpec(str(root / "tiny.npz"))
     options = EmbedOptions("efficientnet_lite0", cache_dir=str(root / "cache"), progress=False)
-    run(data, options, ProbeSpec("logreg"), EvalOptions(n_boot=50), out=root / "run")
-    run_curve(data, options, shots="1,2,all", seeds=[0, 1], out=root / "run")
+    run(data, options, ProbeSpec("logreg", selection="val"), EvalOptions(n_boot=50), out=root / "run")
+    run_curve(data, options, shots="1,2,all", seeds=[0, 1], out=root / "run", selection="val")
     train_baseline(data, TrainingConfig(epochs=1), out=root / "baseline", n_boot=50, progress=False)
     return root
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import write_image_folder, write_npz
+from conftest import QUICK, write_image_folder, write_npz
 from medprobe.core.errors import ModelError
 from medprobe.data.datasets import Dataset
 from medprobe.data.sources import FileImages
@@ -87,7 +87,7 @@ def test_fit_predict_decision_and_evaluate_on_a_small_folder(tmp_path, medprobe)
             writer.writerow([path.stem, "north" if i % 2 else "south"])
     done = medprobe("fit", "--dataset", tmp_path / "imgs", "--metadata", tmp_path / "meta.csv", "--save", tmp_path / "model",
                     "--out", tmp_path / "run", "--operating-point", "youden", "--operating-point", "sensitivity=0.9",
-                    "--positive", "a", "--calibrate", "platt", "--subgroup", "site", "--n-boot", "50", "--quiet")
+                    "--positive", "a", "--calibrate", "platt", "--subgroup", "site", "--n-boot", "50", "--quiet", *QUICK)
     assert done.returncode == 0, done.stderr
     assert "operating points" in done.stdout and "after platt" in done.stdout and "subgroups by site" in done.stdout
     test = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]["test"]
