@@ -92,12 +92,11 @@ def scored_row(name, label, X, data, selection):
     y = data.labels.ravel() if task != "multi-label" else data.labels
     tr, va, te = (data.indices(s) for s in ("train", "val", "test"))
     fitted = fit_probe("logreg", X[tr], y[tr], X[va], y[va], task, selection=selection, groups=data.groups_of(tr, va))
-    scores = fitted.selection
-    chooses = scores.get("best_auc") if selection == "cv" else max(v for v in scores["scores"].values() if v is not None)
-    se = f" ± {scores['best_se']:.4f}" if selection == "cv" else ""
+    chooses = fitted.selection.score()  # cv: the best mean CV AUC; val: the best val AUC
+    se = f" ± {fitted.selection.best_se:.4f}" if selection == "cv" else ""
     m = evaluate(y[te], fitted.predict_scores(X[te]), task, n_boot=1000, seed=0)
-    lo, hi = m["auc_ci"]
-    return f"| {name} | {label} | {X.shape[1]} | {selection} | {chooses:.5f}{se} | {m['auc']:.4f} [{lo:.3f}, {hi:.3f}] | {fitted.params} |"
+    lo, hi = m.auc_ci
+    return f"| {name} | {label} | {X.shape[1]} | {selection} | {chooses:.5f}{se} | {m.auc:.4f} [{lo:.3f}, {hi:.3f}] | {fitted.params} |"
 
 
 if __name__ == "__main__":

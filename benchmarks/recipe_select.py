@@ -48,8 +48,8 @@ def main():
                     seconds = time.perf_counter() - tick
                     chooses = fitted.selection.score()  # cv: the best mean CV AUC; val: the best val AUC
                     m = evaluate(y[te], fitted.predict_scores(X[te][:, cols]), task, n_boot=1000, seed=0)
-                    lo, hi = m["auc_ci"]
-                    print(f"| {path.parent.name} | {path.stem} | {subset} | {probe} | {selection} | {chooses:.4f} | {m['auc']:.3f} [{lo:.3f}, {hi:.3f}] "
+                    lo, hi = m.auc_ci
+                    print(f"| {path.parent.name} | {path.stem} | {subset} | {probe} | {selection} | {chooses:.4f} | {m.auc:.3f} [{lo:.3f}, {hi:.3f}] "
                           f"| {fitted.params} | {seconds:.0f} |", flush=True)
 
 

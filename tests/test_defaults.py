@@ -87,7 +87,7 @@ def test_the_readme_quick_start_prints_what_medprobe_run_prints(tmp_path, medpro
                                          f"load_dataset({str(small_pneumonia)!r})")
     namespace = {}
     exec(compile(code, "README.md quick start", "exec"), namespace)
-    api = namespace["metrics"]
+    api = namespace["metrics"].to_json()
     assert namespace["encoder"].config.name == cli["encoder"]["name"]
     assert namespace["probe"].selection.protocol == cli["probe"]["selection"]["protocol"]
     assert namespace["probe"].params == cli["probe"]["params"]

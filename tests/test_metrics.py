@@ -73,6 +73,6 @@ def test_evaluate_reports_everything_and_per_class_names():
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
     scores = np.eye(3)[[0, 1, 2, 0, 2, 2, 1, 1, 2]] * 0.8 + 0.2 / 3
     result = evaluate(y, scores, "multi-class", label_names=["a", "b", "c"], n_boot=200)
-    assert set(result) >= {"auc", "acc", "auc_ci", "acc_ci", "balanced_accuracy", "macro_f1", "per_class_auc", "n"}
-    assert list(result["per_class_auc"]) == ["a", "b", "c"]
-    assert result["acc"] == pytest.approx(7 / 9)
+    assert set(result.to_json()) >= {"auc", "acc", "auc_ci", "acc_ci", "balanced_accuracy", "macro_f1", "per_class_auc", "n"}
+    assert list(result.per_class_auc) == ["a", "b", "c"]
+    assert result.acc == pytest.approx(7 / 9)

@@ -13,6 +13,8 @@ macro AUC is then the mean over the classes that have one, and the result names 
 it is never nan. When every class is present this is exactly MedMNIST's number.
 """
 
+from dataclasses import asdict, dataclass, field, fields
+
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
@@ -148,13 +150,47 @@ def bootstrap_ci(y_true, scores, task, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED, 
     }
 
 
+@dataclass
+class SplitMetrics:
+    """One split's metrics, MedMNIST AUC and ACC first with their 95 % bootstrap CIs: results.json's `metrics[split]`.
+
+    The validation study adds its operating points, calibration and subgroups on test; `scored_by` says when val was
+    scored by out-of-fold predictions. Fields left None are not written, so the JSON keeps its layout.
+    """
+
+    auc: float | None  # None: no class has both positives and negatives
+    acc: float
+    auc_ci: tuple
+    acc_ci: tuple
+    bootstrap: dict
+    balanced_accuracy: float
+    macro_f1: float
+    per_class_auc: dict
+    auc_over: list
+    images_per_class: dict
+    n: int
+    notes: list = field(default_factory=list)  # in words, what makes the numbers less than they look
+    operating_points: dict | None = None
+    calibration: dict | None = None
+    subgroups: dict | None = None
+    scored_by: str | None = None
+
+    def to_json(self):
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "auc"}
+
+    @classmethod
+    def from_json(cls, data):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 def evaluate(y_true, scores, task, label_names=None, n_boot=N_BOOTSTRAP, seed=BOOTSTRAP_SEED):
     """All metrics for one split, MedMNIST-defined AUC and ACC first, with 95 % bootstrap CIs.
 
     `notes` lists, in words, everything that makes the numbers less than they look: classes left
     out of the AUC, classes with few images, a CI resting on too few usable resamples.
 
-    >>> evaluate(np.array([0, 1, 1, 0]), np.array([[.9, .1], [.2, .8], [.4, .6], [.6, .4]]), "binary")["auc"]
+    >>> evaluate(np.array([0, 1, 1, 0]), np.array([[.9, .1], [.2, .8], [.4, .6], [.6, .4]]), "binary").auc
     1.0
     """
     y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
@@ -181,8 +217,7 @@ def evaluate(y_true, scores, task, label_names=None, n_boot=N_BOOTSTRAP, seed=BO
         "images_per_class": _images_per_class(y_true, task, label_names, len(columns)),
         "n": int(len(y_true)),
     }
-    metrics["notes"] = _notes(metrics, unscored)
-    return metrics
+    return SplitMetrics(**metrics, notes=_notes(metrics, unscored))
 
 
 def _images_per_class(y_true, task, label_names, k):

@@ -186,7 +186,7 @@ def train_baseline(data_spec, config=TrainingConfig(), out=None, n_boot=defaults
     model.load_state_dict(best.state)
     tick, tick_cpu = time.perf_counter(), cpu_seconds()
     scores = {split: _scores(model, pixels, rows, config.size, data.task) for split, rows in (("val", val), ("test", test))}
-    metrics = {split: evaluate(data.labels[rows], scores[split], data.task, data.label_names, n_boot, config.seed)
+    metrics = {split: evaluate(data.labels[rows], scores[split], data.task, data.label_names, n_boot, config.seed).to_json()
                for split, rows in (("val", val), ("test", test))}
     timings.update(train_images_per_s=len(history) * len(train) / timings["train_s"], evaluate_s=time.perf_counter() - tick,
                    evaluate_cpu_s=cpu_seconds() - tick_cpu, total_s=time.perf_counter() - started,

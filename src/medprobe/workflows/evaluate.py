@@ -95,8 +95,8 @@ def evaluate_model(model_dir, data_spec, options=None, evaluation=None, rows="al
     seed = int(model.meta.get("trained_on", {}).get("seed", 0))
     raw = model.raw_scores(embedded.vectors)
     test = evaluate(data.labels, raw, model.task, model.label_names, evaluation.n_boot, seed)
-    test.update(score_decisions(data.labels, raw, model.task, model.label_names, model.decisions, data.columns, evaluation.study,
-                                evaluation.n_boot, seed, data.name))
+    test = replace(test, **score_decisions(data.labels, raw, model.task, model.label_names, model.decisions, data.columns,
+                                           evaluation.study, evaluation.n_boot, seed, data.name))
     cost = embedded.cost
     trained_on = model.meta.get("trained_on", {})
     result = RunResult(
@@ -105,7 +105,7 @@ def evaluate_model(model_dir, data_spec, options=None, evaluation=None, rows="al
         encoder={**encoded.record, "backends": encoded.backends()},
         preprocessing=encoded.preprocessing,
         probe={**model.meta["probe"]},
-        metrics={"test": test},
+        metrics={"test": test.to_json()},
         cache={"key": embedded.key, "path": embedded.path, "hit": embedded.from_cache},
         timings={"embed_s": embedded.seconds, "fit_s": 0.0, "embed_cost_s": cost["wall_s"], "embed_cost_cpu_s": cost["cpu_s"],
                  "embedded_now": cost.get("computed_now"), "embedded_from_store": cost.get("from_store"),

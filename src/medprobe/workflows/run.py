@@ -152,7 +152,7 @@ def fit_candidates(data, candidates, choices, probe_spec, options):
 class ScoredRun:
     """A fitted probe scored: val and test metrics (with the study's operating points), its decisions, test's scores."""
 
-    metrics: dict
+    metrics: dict  # split -> SplitMetrics
     decisions: Decisions
     test_scores: np.ndarray
     near_duplicates: dict
@@ -166,11 +166,12 @@ def score_run(data, X, fitted, evaluation, seed):
     metrics = {split: evaluate(y[rows], scores[split], data.task, data.label_names, evaluation.n_boot, seed)
                for split, rows in (("val", val), ("test", test))}
     if fitted.selection.fitted_on_val:
-        metrics["val"]["scored_by"] = "out-of-fold predictions (selection cv fitted the probe on train+val)"
+        metrics["val"].scored_by = "out-of-fold predictions (selection cv fitted the probe on train+val)"
     held = fitted.held_out(X, train, val)
     decisions = fit_decisions(y[held.rows], held.scores, data.task, data.label_names, evaluation.study, held.where)
-    metrics["test"].update(score_decisions(y[test], scores["test"], data.task, data.label_names, decisions,
-                                           {k: v[test] for k, v in data.columns.items()}, evaluation.study, evaluation.n_boot, seed, data.name))
+    metrics["test"] = replace(metrics["test"], **score_decisions(y[test], scores["test"], data.task, data.label_names, decisions,
+                                                                 {k: v[test] for k, v in data.columns.items()}, evaluation.study,
+                                                                 evaluation.n_boot, seed, data.name))
     close = near_duplicates(X[test], X[train], data.ids[test], data.ids[train], evaluation.near_duplicate_cosine)
     if close["count"]:
         log.warning("%d of %d test images have a near-identical train image (embedding cosine >= %g), e.g. %s",
@@ -194,7 +195,7 @@ def run_result(data, scanned, encoded, probe_spec, fitted, scored, timings):
             "config": {k: repr(v) for k, v in fitted.estimator.get_params(deep=True).items() if "__" in k},
             **({"prompts": fitted.prompts} if probe_spec.name == ZEROSHOT else {}),
         },
-        metrics=scored.metrics,
+        metrics={split: m.to_json() for split, m in scored.metrics.items()},
         cache={"key": embedded.key, "path": embedded.path, "hit": embedded.from_cache},
         timings=timings.to_json(),
         seed=probe_spec.seed,
