@@ -89,9 +89,7 @@ def cluster(s3):
         for command in (["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", folder], ["--address", f"127.0.0.1:{port}"]):
             started = subprocess.run([ray, "start", *command, *common], env=env, capture_output=True, text=True, timeout=180)
             assert started.returncode == 0, f"ray start {command} failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}"
-        with pytest.MonkeyPatch.context() as patch:
-            patch.delenv("RAY_AUTH_MODE", raising=False)
-            yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
     finally:
         _stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
@@ -122,12 +120,17 @@ def _stop(folder):
         time.sleep(2)
 
 
-def test_run_on_two_nodes_from_s3_equals_the_local_run(s3, cluster, tmp_path, capsys):
+def medprobe(s3, *args):
+    """The CLI in a fresh process, as a user runs it (a driver that never held another Ray session), with the S3 variables."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **s3["env"]}
+    return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_run_on_two_nodes_from_s3_equals_the_local_run(s3, cluster, tmp_path):
     common = ["--encoder", ENCODER, "--selection", "val", "--n-boot", "200", "--batch-size", "32", "--quiet"]
     assert main(["run", "--dataset", str(s3["local"]), *common, "--cache-dir", str(tmp_path / "local"), "--out", str(tmp_path / "here")]) == 0
-    assert main(["run", "--dataset", s3["url"], *common, "--cache-dir", str(tmp_path / "s3"), "--out", str(tmp_path / "there"),
-                 "--ray", cluster]) == 0
-    capsys.readouterr()
+    there = medprobe(s3, "run", "--dataset", s3["url"], *common, "--cache-dir", tmp_path / "s3", "--out", tmp_path / "there", "--ray", cluster)
+    assert there.returncode == 0, there.stderr[-3000:]
 
     import json
 
@@ -153,9 +156,9 @@ def test_wrong_credentials_are_one_line_naming_the_url(s3, capsys):
     assert s3["url"] in err and "access denied" in err and "Traceback" not in err
 
 
-def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path, capsys):
+def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path):
     cache = tmp_path / "cache"
-    command = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--batch-size", "8", "--cache-dir", str(cache), "--ray", cluster, "--quiet"]
+    command = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--batch-size", "8", "--cache-dir", cache, "--ray", cluster, "--quiet"]
     stopped = []
 
     def stop_after_the_first_file():
@@ -168,11 +171,11 @@ def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, c
     stopper = threading.Thread(target=stop_after_the_first_file)
     stopper.start()
     try:
-        code = main(command)
+        first = medprobe(s3, *command)
     finally:
         stopper.join()
         s3["server"]["now"] = _moto(s3["port"])  # the same buckets: moto keeps them in this process
-    err = capsys.readouterr().err.strip()
+    code, err = first.returncode, first.stderr.strip()
     assert stopped and stopped[0] < 4, "the job ended before the server was stopped"
     # The error is one line naming the file's URL (Ray's workers may print their own lines before it).
     last = err.splitlines()[-1]
@@ -180,7 +183,7 @@ def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, c
     assert sum("medprobe: error" in line for line in err.splitlines()) == 1, err
 
     kept = {p.name: p.stat().st_mtime_ns for p in cache.rglob("rows-*.parquet")}
-    assert kept and main(command) == 0
-    assert "computed" in capsys.readouterr().out
+    again = medprobe(s3, *command)
+    assert kept and again.returncode == 0 and "computed" in again.stdout, again.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("rows-*.parquet") if p.name in kept} == kept  # nothing redone
     assert len(store_vectors(next(cache.glob("*/*")))) == 64

@@ -230,7 +230,7 @@ class ShardEmbedder:
 
     def __call__(self, batch):
         tick = time.perf_counter()
-        rows = [int(i) for i in batch["index"]]
+        rows = [int(i) for i in np.concatenate([np.atleast_1d(r) for r in batch["index"]])]  # one block's rows (or a plain list)
         contents = list(self.pool.map(self.images.content, rows))  # each file read once, here
         digests = [hashlib.sha256(c).hexdigest() for c in contents]
         out = {"index": np.asarray(rows, np.int64), "sha256": np.asarray(digests, dtype=object)}
@@ -300,19 +300,19 @@ def _held_digests(store, skip=()):
 
 def _pipeline(ray, blocks, worker_args, layout):
     """The Ray Data plan: one block of row indices per actor call, read -> hash -> look up -> decode -> embed -> append."""
-    import pyarrow as pa
-
+    # One row per block, holding the block's row indices: from_items builds its blocks here, with none of the metadata
+    # tasks from_arrow runs on the workers (which Ray 2.60 was seen to abort on a loaded machine, losing their objects).
     # File datasets ship only their paths to the workers; in-memory (npz) arrays go once into the object store.
     # Failures use Ray Data's defaults: a task on a lost worker reruns (max_retries=3), a dead actor restarts
     # and its in-flight blocks rerun (max_restarts=-1, max_task_retries=-1). A rerun block finds what the lost
     # worker appended already in no look-up, so it may append those rows again: the store keeps the first.
-    records = ray.data.from_arrow([pa.table({"index": pa.array(block, pa.int64())}) for block in blocks])
+    records = ray.data.from_items([{"index": np.asarray(block, np.int64)} for block in blocks], override_num_blocks=len(blocks))
     embedded = records.map_batches(
         ShardEmbedder,
         fn_constructor_kwargs=worker_args,
         compute=ray.data.ActorPoolStrategy(size=layout["actors"]),
         num_cpus=layout["cpus_per_actor"],
-        batch_size=None,
+        batch_size=1,
     )
     return embedded.iter_batches(batch_size=None, batch_format="numpy")
 
