@@ -297,7 +297,9 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     n_train = min(len(train) for train, _ in splits)
     fold_aucs, means, held_scores = {}, {}, {}
     run = _parallel(parallel)
-    rowspace_logreg = fast and name == "logreg" and task != "multi-label"
+    # logreg's final fit of a large X is solved in place (no standardised copy); its folds in their row space where that pays
+    in_place = fast and name == "logreg" and task != "multi-label" and len(rows) < len(X)
+    rowspace_logreg = fast and name == "logreg" and task != "multi-label" and rowspace.pays(n_train, X.shape[1])
     folds_path = rowspace.FoldPath(X_sel, y_sel, splits, class_weight, run) if rowspace_logreg else None
 
     def score(value):
@@ -348,8 +350,8 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     # it trades a statistically invisible loss for a probe less tuned to these particular folds.
     chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
     oof_folds = _folds(X, y, task, folds, seed, groups)
-    if rowspace_logreg:
-        estimator = _fit_logreg(X, y, task, chosen, class_weight, seed, None if len(rows) == len(X) else rows)
+    if rowspace_logreg or in_place:
+        estimator = _fit_logreg(X, y, task, chosen, class_weight, seed, rows if in_place else None)
     else:
         estimator = make_probe(name, task, class_weight, seed, calibration, **{param: chosen}).fit(X, y)
     reuse = fast and len(rows) == len(X) and len(first) == folds and all(
@@ -358,7 +360,7 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
         out_of_fold = np.empty((len(X), held_scores[chosen][0].shape[1]))
         for i in first:
             out_of_fold[splits[i][1]] = held_scores[chosen][i]
-    elif rowspace_logreg:
+    elif in_place:
         out_of_fold = _logreg_out_of_fold(X, y, oof_folds, estimator, class_weight)
     else:
         out_of_fold = cross_val_predict(make_probe(name, task, class_weight, seed, calibration, **{param: chosen}), X, y,

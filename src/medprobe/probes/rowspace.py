@@ -22,18 +22,24 @@ from sklearn.utils.class_weight import compute_class_weight
 TOL, MAX_ITER = 1e-4, 3000  # LogisticRegression's tol, and the probe's max_iter
 
 
+def pays(rows, columns):
+    """Whether factorising a fold pays: its eigendecomposition costs ~min(rows, columns)^3, the plain solver's
+    iterations rows x columns each. Measured on the default recipe's 4,128 columns (2 cores): RetinaMNIST's 960-row
+    folds 4.2x less CPU; PneumoniaMNIST balanced's 2,152-row folds 2x more (binary: one cheap column per iteration)."""
+    return min(rows, columns) <= 0.35 * max(rows, columns)
+
+
 def scale_stats(X, rows=None, chunk=8192):
     """Column means and StandardScaler's scale (std, ddof 0; 1 where constant) of X[rows], in float64, by chunks:
     no standardised copy of a large matrix is ever made."""
-    rows = np.arange(len(X)) if rows is None else rows
-    total = np.zeros(X.shape[1])
-    for start in range(0, len(rows), chunk):
-        total += X[rows[start:start + chunk]].sum(axis=0, dtype=np.float64)
-    mean = total / len(rows)
-    squares = np.zeros(X.shape[1])
-    for start in range(0, len(rows), chunk):
-        squares += np.square(X[rows[start:start + chunk]] - mean.astype(X.dtype), dtype=np.float64).sum(axis=0)
-    var = squares / len(rows)
+    n = len(X) if rows is None else len(rows)
+
+    def parts():
+        for start in range(0, n, chunk):
+            yield X[start:start + chunk] if rows is None else X[rows[start:start + chunk]]
+
+    mean = sum(part.sum(axis=0, dtype=np.float64) for part in parts()) / n
+    var = sum(np.square(part - mean.astype(X.dtype), dtype=np.float64).sum(axis=0) for part in parts()) / n
     scale = np.sqrt(var)
     scale[var < 10 * np.finfo(np.float64).eps * np.maximum(mean**2, 1)] = 1.0  # as StandardScaler treats constant columns
     return mean, scale, var
@@ -62,16 +68,19 @@ class Basis:
     def __init__(self, X, train, held=None, dtype=None, keep_rows=False):
         # float32 features stay float32 (half the memory and time); float64 ones stay exact
         dtype = self.dtype = np.dtype(dtype or (X.dtype if X.dtype in (np.float32, np.float64) else np.float64))
-        self.mean, self.scale, self.var = scale_stats(X, train)
+        A = X[train].astype(dtype)  # the fold's one copy, standardised in place
+        self.mean, self.scale, self.var = scale_stats(A)
         mean, scale = self.mean.astype(dtype), self.scale.astype(dtype)
-        A = (X[train].astype(dtype, copy=False) - mean) / scale
+        A -= mean
+        A /= scale
         B = None if held is None else (X[held].astype(dtype, copy=False) - mean) / scale
         cutoff = 1e-10 if dtype == np.float64 else 1e-6  # relative: the rank lost to duplicate rows or columns
         self.rows = len(A) <= A.shape[1]
         if self.rows:
-            K = (A @ A.T).astype(np.float64)
+            K = A @ A.T
             self.shift = float(np.mean(np.diag(K))) or 1.0  # s: the constant column's square, on the kernel's scale
-            lam, U = eigh(K + self.shift, driver="evd")
+            lam, U = eigh(K + K.dtype.type(self.shift), driver="evd", overwrite_a=True)  # float32: 1.6x faster (measured)
+            lam, U = lam.astype(np.float64), U.astype(np.float64)
             keep = lam > lam[-1] * cutoff
             root = np.sqrt(lam[keep])
             self.Z = U[:, keep] * root
@@ -79,7 +88,8 @@ class Basis:
             self.held = None if B is None else ((B @ A.T).astype(np.float64) + self.shift) @ self._to_rows
             self._A = A if keep_rows else None
         else:
-            lam, V = eigh((A.T @ A).astype(np.float64), driver="evd")
+            lam, V = eigh(A.T @ A, driver="evd", overwrite_a=True)
+            lam, V = lam.astype(np.float64), V.astype(np.float64)
             keep = lam > lam[-1] * cutoff
             self._V = V[:, keep]
             self.Z = (A @ self._V.astype(dtype)).astype(np.float64)
