@@ -41,8 +41,9 @@ NOT_RECORDED = "not recorded (saved by an older medprobe)"
 
 
 def decisions_fitted_on(probe_fit_on, out_of_fold):
-    """Which of FITTED_ON a run's decisions come from, given what the probe was fitted on and whether it has out-of-fold scores."""
-    if out_of_fold is None:
+    """Which of FITTED_ON a run's decisions come from: val, unless the probe has out-of-fold scores (selection cv;
+    `out_of_fold` is truthy), which come from the rows it was fitted on (`probe_fit_on`: "train" or "train+val")."""
+    if out_of_fold is None or out_of_fold is False:
         return ON_VAL
     return ON_TRAIN_VAL_OUT_OF_FOLD if probe_fit_on == "train+val" else ON_TRAIN_OUT_OF_FOLD
 

@@ -23,6 +23,7 @@ from medprobe.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image
 from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import usable_cores
 from medprobe.evaluation.operating_points import Rule, decide
+from medprobe.evaluation.study import NOT_RECORDED, decisions_fitted_on
 from medprobe.probes.index import TrainingIndex
 from medprobe.probes.saved import MODEL_JSON, load_model
 from medprobe.serving.batcher import MicroBatcher
@@ -193,7 +194,6 @@ class Engine:
         if self.rule is None:
             return {"rule": None, "note": self.decision_note}
         saved, names = self.model.decisions.thresholds[self.rule], self.model.label_names
-        selection = self.model.meta["probe"]["selection"]
         columns = {}
         for name, threshold in self.thresholds.items():
             choice = saved[name]
@@ -203,7 +203,7 @@ class Engine:
                              "specificity": (choice.get("val") or {}).get("specificity"),
                              "reached": choice.get("reached"), **({"note": choice["note"]} if choice.get("note") else {})}
         return {"rule": self.rule, "label": decided, "positive_when": "score >= threshold",
-                "chosen_on": _chosen_on(selection), "on": self.model.decisions.scores_label, "columns": columns}
+                "chosen_on": _chosen_on(self.model), "on": self.model.decisions.scores_label, "columns": columns}
 
     def _neighbour(self, row, cosine):
         label = self.index.labels[row]
@@ -228,7 +228,7 @@ class Engine:
             "encoder": {"name": meta["encoder"]["name"], "recipe": meta["encoder"]["name"].partition("@")[2] or None,
                         "weights": meta["encoder"]["weights"] or "default", "runtime": self.encoder.runtime_info(),
                         "input_size": meta["encoder"]["config"].get("input_size"), "licence": meta["encoder"]["config"].get("license")},
-            "probe": {"name": meta["probe"]["name"], "params": meta["probe"]["params"], "selection": _selection_summary(meta["probe"]["selection"])},
+            "probe": {"name": meta["probe"]["name"], "params": meta["probe"]["params"], "selection": _selection_summary(self.model.probe.selection)},
             "training_set": {"dataset": trained.get("dataset", {}).get("name"), "images": trained.get("dataset", {}).get("n"),
                              "indexed": len(self.index.ids) if self.index else None},
             "test_metrics": summary,
@@ -282,14 +282,16 @@ def _or_error(prepare, data, suffix):
         return e
 
 
-def _chosen_on(selection):
-    if selection.get("protocol") == "cv":
-        return f"out-of-fold predictions ({selection.get('fit_on', 'train')}, selection cv)"
-    return "val"
+def _chosen_on(model):
+    """Where the thresholds were chosen: as the model records it, or, for a model saved before that, as its selection implies."""
+    if model.decisions.fitted_on != NOT_RECORDED:
+        return model.decisions.fitted_on
+    selection = model.probe.selection  # under selection cv they came from out-of-fold scores, which a saved model does not keep
+    return decisions_fitted_on(selection.fit_on, selection.protocol == "cv")
 
 
 def _selection_summary(selection):
-    return {k: selection.get(k) for k in ("protocol", "criterion", "fit_on", "chosen") if k in selection}
+    return {"protocol": selection.protocol, "criterion": selection.criterion, "fit_on": selection.fit_on}
 
 
 def _blank():
