@@ -146,18 +146,19 @@ def test_a_resumed_job_records_the_cost_of_every_image(tmp_path):
     data = load_dataset(write_npz(tmp_path / "t.npz", n_train=16, n_val=4, n_test=4, classes=2))
     options = EmbedOptions(cache_dir=str(tmp_path / "cache"), progress=False, shard_size=8, batch_size=8)
     encoder, transform = create_encoder("efficientnet_lite0", runtime="torch")
-    real, calls = encoder.embed_batch, []
+    real, calls = encoder.embed_batches, []
 
-    def dies_on_the_third_batch(pixels):
-        calls.append(len(pixels))
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as a kill after two appended chunks
-        return real(pixels)
+    def dies_on_the_third_batch(batches):
+        for tag, vectors in real(batches):
+            calls.append(tag)
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # as a kill after two appended chunks
+            yield tag, vectors
 
-    encoder.embed_batch = dies_on_the_third_batch
+    encoder.embed_batches = dies_on_the_third_batch
     with pytest.raises(KeyboardInterrupt):
         embed(data, encoder, transform, options)
-    encoder.embed_batch = real
+    encoder.embed_batches = real
     killed = store_rows(tmp_path / "cache")
     assert len(killed["image_sha256"]) == 16 and (killed["cpu_s"] > 0).all()
     resumed = embed(data, encoder, transform, options)

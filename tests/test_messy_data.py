@@ -440,3 +440,12 @@ def test_evaluate_on_a_small_external_set_draws_no_split(tmp_path, ham_files, ha
                     "--cache-dir", cache)
     assert done.returncode == 2 and "train" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "the model's classes 'nv' do not occur in ext" in done.stderr
+
+
+def test_knn_chosen_by_cv_on_a_dozen_training_images_keeps_k_within_each_folds_rows():
+    from medprobe.probes.fit import fit_probe
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 8)), np.arange(12) % 2
+    fitted = fit_probe("knn", X, y, task="binary", selection="val")  # no val: k chosen by 5-fold CV on 12 rows (9 or 10 per fold)
+    assert fitted.params["n_neighbors"] <= 9 and all(int(k) <= 9 for k in fitted.selection.scores)
