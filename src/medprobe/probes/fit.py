@@ -217,6 +217,9 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
                                   "train+val" if have_val else "train", groups_pool, parallel, fast)
     calibration = min(CALIBRATION_FOLDS, smallest)
     folds = min(CV_FOLDS, smallest, _group_count(groups_train, y_train, task))
+    if param == "n_neighbors" and not have_val and folds >= 2:  # chosen by CV on train: k must fit in every fold's rows
+        fold_rows = min(len(train) for train, _ in _folds(X_train, y_train, task, folds, seed, groups_train))
+        values = [k for k in values if k <= fold_rows] or [max(1, fold_rows)]
     scores, fitted = {}, {}
     # One BLAS thread: these problems are small, and OpenBLAS's spinning threads made the sweep ~15x
     # slower whenever the other core was busy (measured: 14.8 s vs 0.9 s for RetinaMNIST's six fits).
