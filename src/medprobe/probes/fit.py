@@ -352,6 +352,7 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     # The one-standard-error rule: the simplest model whose CV AUC is within one SE of the best one's;
     # it trades a statistically invisible loss for a probe less tuned to these particular folds.
     chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
+    folds_path = None  # its factorised folds are not needed past here: freed before the final fit of a large X
     oof_folds = _folds(X, y, task, folds, seed, groups)
     if rowspace_logreg or in_place:
         estimator = _fit_logreg(X, y, task, chosen, class_weight, seed, rows if in_place else None)
@@ -439,7 +440,7 @@ def _logreg_out_of_fold(X, y, folds, estimator, class_weight):
             weights = np.zeros(len(X))
             weights[train] = rowspace.sample_weights(y[train], class_weight)
             coef, intercept, _ = rowspace.solve_columns(X, Y, weights, clf.C, binary, scaler.mean_, scaler.scale_, start)
-            out[held] = rowspace.probabilities(rowspace.margins(X[held], coef, intercept, scaler.mean_, scaler.scale_), binary)
+            out[held] = rowspace.probabilities(rowspace.margins(X, coef, intercept, scaler.mean_, scaler.scale_, held), binary)
     return out
 
 

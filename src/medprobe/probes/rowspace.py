@@ -202,11 +202,13 @@ def probabilities(M, binary):
     return softmax(M, axis=1)
 
 
-def margins(X, coef, intercept, mean, scale, chunk=65536):
-    """((X - mean) / scale) @ coef.T + intercept without standardising a copy of X; (n, K)."""
+def margins(X, coef, intercept, mean, scale, rows=None, chunk=65536):
+    """((X[rows] - mean) / scale) @ coef.T + intercept without standardising (or, by chunks, copying) X; (n, K)."""
     V = (coef / scale).T
     offset = intercept - mean @ V
-    return np.vstack([(X[i:i + chunk] @ V.astype(X.dtype)).astype(np.float64) + offset for i in range(0, len(X), chunk)])
+    n = len(X) if rows is None else len(rows)
+    parts = (X[i:i + chunk] if rows is None else X[rows[i:i + chunk]] for i in range(0, n, chunk))
+    return np.vstack([(part @ V.astype(X.dtype)).astype(np.float64) + offset for part in parts])
 
 
 def solve_fold(basis, y, class_weight, C, W0=None):
