@@ -299,59 +299,60 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
                          f"add images of more groups, or use --selection val")
     n_train = min(len(train) for train, _ in splits)
     fold_aucs, means, held_scores = {}, {}, {}
-    run = _parallel(parallel)
-    # logreg's final fit of a large X is solved in place (no standardised copy); its folds in their row space where that pays
-    in_place = fast and name == "logreg" and task != "multi-label" and len(rows) < len(X)
-    rowspace_logreg = fast and name == "logreg" and task != "multi-label" and rowspace.pays(n_train, X.shape[1])
-    folds_path = rowspace.FoldPath(X_sel, y_sel, splits, class_weight, run) if rowspace_logreg else None
+    # One pool for the whole walk: a joblib backend such as Ray starts its workers once, not once per grid value
+    with _parallel(parallel) as run:
+        # logreg's final fit of a large X is solved in place (no standardised copy); its folds in their row space where that pays
+        in_place = fast and name == "logreg" and task != "multi-label" and len(rows) < len(X)
+        rowspace_logreg = fast and name == "logreg" and task != "multi-label" and rowspace.pays(n_train, X.shape[1])
+        folds_path = rowspace.FoldPath(X_sel, y_sel, splits, class_weight, run) if rowspace_logreg else None
 
-    def score(value):
-        if value not in fold_aucs:
-            if folds_path is not None:
-                held_scores[value] = folds_path(value)
-            else:
-                probe = make_probe(name, task, class_weight, seed, calibration, **{param: value})
-                def fold_scores(train, held):
-                    return clone(probe).fit(X_sel[train], y_sel[train]).predict_proba(X_sel[held])
+        def score(value):
+            if value not in fold_aucs:
+                if folds_path is not None:
+                    held_scores[value] = folds_path(value)
+                else:
+                    probe = make_probe(name, task, class_weight, seed, calibration, **{param: value})
+                    def fold_scores(train, held):
+                        return clone(probe).fit(X_sel[train], y_sel[train]).predict_proba(X_sel[held])
 
-                # The folds run on threads, one BLAS thread each (set by the caller): scikit-learn's solvers release the GIL
-                # in their BLAS calls, and RetinaMNIST's 15 folds took 4.9 s against 7.7 s one after another on 2 cores.
-                held_scores[value] = run(delayed(fold_scores)(*split) for split in splits)
-            fold_aucs[value] = np.array([selection_auc(y_sel[held], p, task) for (_, held), p in zip(splits, held_scores[value])])
-            finite = fold_aucs[value][np.isfinite(fold_aucs[value])]
-            means[value] = float(finite.mean()) if len(finite) else float("-inf")  # -inf: never the best
-        return means[value]
+                    # The folds run on threads, one BLAS thread each (set by the caller): scikit-learn's solvers release the GIL
+                    # in their BLAS calls, and RetinaMNIST's 15 folds took 4.9 s against 7.7 s one after another on 2 cores.
+                    held_scores[value] = run(delayed(fold_scores)(*split) for split in splits)
+                fold_aucs[value] = np.array([selection_auc(y_sel[held], p, task) for (_, held), p in zip(splits, held_scores[value])])
+                finite = fold_aucs[value][np.isfinite(fold_aucs[value])]
+                means[value] = float(finite.mean()) if len(finite) else float("-inf")  # -inf: never the best
+            return means[value]
 
-    grid = sorted(_tidy(v, name) for v in values if name != "knn" or v < n_train) or [max(1, n_train - 1)]
-    # Simple end first, stopping once two values in a row score below the best: past the optimum the AUC only falls,
-    # and the complex end (large C) is where the solver is slowest (measured: 3x less time on RetinaMNIST).
-    falling = 0
-    for value in grid if SIMPLER[name] is min else grid[::-1]:
-        falling = falling + 1 if score(value) < max(means.values()) else 0
-        if falling == 2:
-            break
-    for _ in range(MAX_WIDENINGS):
+        grid = sorted(_tidy(v, name) for v in values if name != "knn" or v < n_train) or [max(1, n_train - 1)]
+        # Simple end first, stopping once two values in a row score below the best: past the optimum the AUC only falls,
+        # and the complex end (large C) is where the solver is slowest (measured: 3x less time on RetinaMNIST).
+        falling = 0
+        for value in grid if SIMPLER[name] is min else grid[::-1]:
+            falling = falling + 1 if score(value) < max(means.values()) else 0
+            if falling == 2:
+                break
+        for _ in range(MAX_WIDENINGS):
+            evaluated = sorted(fold_aucs)
+            best = max(evaluated, key=means.get)
+            if len(evaluated) > 1 and means[best] == min(means.values()):
+                break  # a flat curve (every value ties, e.g. separable data): nothing to find past the edge
+            wider = _widen(evaluated, best, name, n_train)
+            if wider == evaluated:
+                break
+            for value in wider:
+                score(value)
         evaluated = sorted(fold_aucs)
         best = max(evaluated, key=means.get)
-        if len(evaluated) > 1 and means[best] == min(means.values()):
-            break  # a flat curve (every value ties, e.g. separable data): nothing to find past the edge
-        wider = _widen(evaluated, best, name, n_train)
-        if wider == evaluated:
-            break
-        for value in wider:
-            score(value)
-    evaluated = sorted(fold_aucs)
-    best = max(evaluated, key=means.get)
-    i = evaluated.index(best)
-    for neighbour in evaluated[max(0, i - 1) : i] + evaluated[i + 1 : i + 2]:
-        score(_tidy(np.sqrt(best * neighbour), name))  # half a step towards each neighbour
-    evaluated = sorted(fold_aucs)
-    best = max(evaluated, key=means.get)
-    ses = {v: float(np.nanstd(a, ddof=1) / np.sqrt(np.isfinite(a).sum())) if np.isfinite(a).sum() > 1 else 0.0
-           for v, a in fold_aucs.items()}
-    # The one-standard-error rule: the simplest model whose CV AUC is within one SE of the best one's;
-    # it trades a statistically invisible loss for a probe less tuned to these particular folds.
-    chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
+        i = evaluated.index(best)
+        for neighbour in evaluated[max(0, i - 1) : i] + evaluated[i + 1 : i + 2]:
+            score(_tidy(np.sqrt(best * neighbour), name))  # half a step towards each neighbour
+        evaluated = sorted(fold_aucs)
+        best = max(evaluated, key=means.get)
+        ses = {v: float(np.nanstd(a, ddof=1) / np.sqrt(np.isfinite(a).sum())) if np.isfinite(a).sum() > 1 else 0.0
+               for v, a in fold_aucs.items()}
+        # The one-standard-error rule: the simplest model whose CV AUC is within one SE of the best one's;
+        # it trades a statistically invisible loss for a probe less tuned to these particular folds.
+        chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
     folds_path = None  # its factorised folds are not needed past here: freed before the final fit of a large X
     oof_folds = _folds(X, y, task, folds, seed, groups)
     if rowspace_logreg or in_place:
