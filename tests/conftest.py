@@ -53,6 +53,21 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDPROBE_MEDMNIST_MIRROR", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def worker_threads():
+    """A test that builds a Ray worker in this process (ShardEmbedder sizes torch and $MEDPROBE_THREADS to its CPUs, as an
+    actor must) gives them back: eager results depend on the thread count, and later tests compare them bit for bit."""
+    import torch
+
+    threads, variable = torch.get_num_threads(), os.environ.get("MEDPROBE_THREADS")
+    yield
+    torch.set_num_threads(threads)
+    if variable is None:
+        os.environ.pop("MEDPROBE_THREADS", None)
+    else:
+        os.environ["MEDPROBE_THREADS"] = variable
+
+
 @pytest.fixture(scope="session", autouse=True)
 def exported_once(tmp_path_factory):
     """Each ONNX graph is exported once per session, then copied wherever a later test's encoder exports it again.

@@ -36,9 +36,9 @@ def decodes(monkeypatch):
     calls = []
     original = images_module.read_image
 
-    def counting(path, fast=False):
+    def counting(path, fast=False, data=None):
         calls.append((str(path), fast))
-        return original(path, fast)
+        return original(path, fast, data=data)
 
     monkeypatch.setattr(images_module, "read_image", counting)
     monkeypatch.setattr(scan_module, "read_image", counting)

@@ -45,6 +45,7 @@ def test_fit_uses_runtime_and_device(tmp_path, tiny, capsys, medprobe):
     assert not (tmp_path / "m2").exists()
 
 
+@pytest.mark.ray
 def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
     # Before: `embed --ray` dropped --runtime, so a bf16 job on Ray looked up (and wrote) the fp32 entry.
     data = load_dataset(tiny)
@@ -52,8 +53,8 @@ def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
     local = embed_spec(data, options).embeddings
     from medprobe.embedding.ray import embed_on_ray
 
-    # Every image is in the bf16 store, so the Ray path must find them all and start no cluster at all.
-    on_ray = embed_on_ray(data, options, address="ray://nowhere:1")
+    # Every image is in the bf16 store: the workers hash each file, find it there and embed nothing.
+    on_ray = embed_on_ray(data, options, address="local")
     assert on_ray.from_cache and on_ray.key == local.key
     np.testing.assert_array_equal(on_ray.vectors, local.vectors)
     assert embed_spec(data, EmbedOptions("efficientnet_lite0", cache_dir=str(tmp_path / "cache"), progress=False)).embeddings.key != local.key
