@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import store_rows, store_vectors, write_image_folder, write_npz
+from conftest import QUICK, store_rows, store_vectors, write_image_folder, write_npz
 from medprobe.data.datasets import load_dataset
 from medprobe.embedding.embed import embed
 from medprobe.embedding.options import EmbedOptions
@@ -72,7 +72,7 @@ def test_pydicoms_own_output_becomes_per_file_notes(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target)
     done = subprocess.run([sys.executable, "-m", "medprobe.cli", "run", "--dataset", str(tmp_path / "dcm"), "--on-error", "skip",
-                           "--out", str(tmp_path / "o"), "--quiet", "--n-boot", "50"], capture_output=True, text=True)
+                           "--out", str(tmp_path / "o"), "--quiet", "--n-boot", "50", *QUICK], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "Expected explicit VR" not in done.stderr
     stray = [line for line in done.stderr.strip().splitlines() if not line.startswith(("medprobe:", "  skipped "))]
