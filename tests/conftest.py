@@ -4,6 +4,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,19 @@ def own_exports(request):
     _OWN_EXPORTS[0] = request.node.get_closest_marker("own_exports") is not None
     yield
     _OWN_EXPORTS[0] = False
+
+
+def copy_ham(target, split, per_class, skip=0):
+    """`target`/mel and `target`/nv holding `per_class` real HAM10000 JPEGs of `split` each (after the first `skip`)."""
+    ham = SHARED_DATA / "ham10000_melnv"
+    for cls in ("mel", "nv"):
+        files = sorted((ham / split / cls).glob("*.jpg"))[skip : skip + per_class]
+        if len(files) < per_class:
+            pytest.fail(f"real data not found at {ham}")
+        (target / cls).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, target / cls / f.name)
+    return target
 
 
 def write_npz(path, n_train=40, n_val=10, n_test=20, classes=3, size=28, channels=3, label_shape="2d", seed=0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA, store_vectors
+from conftest import SHARED_DATA, copy_ham, store_vectors
 from medprobe.cli import main
 from medprobe.data.datasets import Dataset, DataSpec, load_dataset
 from medprobe.data.sources import FileImages
@@ -19,24 +19,13 @@ from medprobe.encoders import create_encoder
 from medprobe.probes.fit import fit_probe
 from medprobe.workflows.run import EvalOptions, run
 
-HAM = SHARED_DATA / "ham10000_melnv"
 
-
-def real_folder(target, split, per_class, skip=0):
-    for cls in ("mel", "nv"):
-        files = sorted((HAM / split / cls).glob("*.jpg"))[skip : skip + per_class]
-        if len(files) < per_class:
-            pytest.fail(f"real data not found at {HAM}")
-        (target / cls).mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy(f, target / cls / f.name)
-    return target
 
 
 @pytest.fixture(scope="module")
 def fitted_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    folder = real_folder(root / "train", "train", per_class=10)
+    folder = copy_ham(root / "train", "train", per_class=10)
     cache = root / "cache"
     args = ["fit", "--dataset", str(folder), "--save", str(root / "model"), "--cache-dir", str(cache), "--quiet", "--n-boot", "10",
             "--encoder", "efficientnet_lite0", "--selection", "val"]  # what the in-process comparison below rebuilds
@@ -51,7 +40,7 @@ def read_csv(path):
 
 def test_predict_round_trip_equals_in_process_probabilities(fitted_model, tmp_path):
     root, folder, cache = fitted_model
-    new = real_folder(tmp_path / "new", "test", per_class=2)
+    new = copy_ham(tmp_path / "new", "test", per_class=2)
     # Full-size images of a few megapixels, as a clinic's camera would give (upscaled real photographs).
     for source in sorted(new.rglob("*.jpg"))[:2]:
         Image.open(source).resize((2400, 1800), Image.Resampling.BICUBIC).save(source.with_name(f"big_{source.name}"), quality=90)

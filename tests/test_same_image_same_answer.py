@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, copy_ham
 from medprobe.cli import main
 from medprobe.core.errors import ModelError
 from medprobe.embedding.options import EmbedOptions
@@ -27,16 +27,6 @@ SAMPLE = 8  # calibration images (256 in use): small, so quantising stays quick
 # The model each runtime predicts with: its preprocessing must be the runtime's (fast resizes with OpenCV).
 FITTED_UNDER = {runtime: "fast" if runtime == "fast" else "int8" for runtime in runtimes.RUNTIMES}
 
-
-def copy_ham(target, split, per_class, skip=0):
-    for cls in ("mel", "nv"):
-        files = sorted((HAM / split / cls).glob("*.jpg"))[skip : skip + per_class]
-        if len(files) < per_class:
-            pytest.fail(f"real data not found at {HAM}")
-        (target / cls).mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy(f, target / cls / f.name)
-    return target
 
 
 def skip_without_packages(runtime):

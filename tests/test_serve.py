@@ -22,7 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import SHARED_DATA, write_dicom
+from conftest import SHARED_DATA, copy_ham, write_dicom
 from medprobe.cli import main
 from medprobe.core.errors import ModelError
 from medprobe.data.datasets import Dataset
@@ -36,16 +36,6 @@ HAM = SHARED_DATA / "ham10000_melnv"
 ENCODER = "efficientnet_lite0"
 MAX_BYTES = 2_000_000
 
-
-def copy_images(target, split, per_class, skip=0):
-    for cls in ("mel", "nv"):
-        files = sorted((HAM / split / cls).glob("*.jpg"))[skip : skip + per_class]
-        if len(files) < per_class:
-            pytest.fail(f"real data not found at {HAM}")
-        (target / cls).mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copy(f, target / cls / f.name)
-    return target
 
 
 class Server:
@@ -84,12 +74,12 @@ class Server:
 def served(tmp_path_factory):
     """The model (fitted once), new images (JPEGs and one DICOM) and one server with an audit log and a small body limit."""
     root = tmp_path_factory.mktemp("serve")
-    train = copy_images(root / "train", "train", per_class=8)
+    train = copy_ham(root / "train", "train", per_class=8)
     cache = root / "cache"
     fit = ["fit", "--dataset", str(train), "--save", str(root / "model"), "--cache-dir", str(cache), "--quiet", "--n-boot", "200",
            "--encoder", ENCODER, "--selection", "val"]
     assert main(fit) == 0
-    new = copy_images(root / "new", "test", per_class=2)
+    new = copy_ham(root / "new", "test", per_class=2)
     gray = np.asarray(Image.open(sorted(new.rglob("*.jpg"))[0]).convert("L"))
     write_dicom(new / "scan.dcm", gray.astype(np.uint16) * 16, bits_stored=12)
     server = Server(root / "model", "--cache-dir", cache, "--log", root / "audit", "--max-bytes", MAX_BYTES, cache=cache)
