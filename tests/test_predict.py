@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA, copy_ham, store_vectors
+from conftest import copy_ham, store_vectors
 from medprobe.cli import main
 from medprobe.data.datasets import Dataset, DataSpec, load_dataset
 from medprobe.data.sources import FileImages
@@ -18,8 +18,6 @@ from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import create_encoder
 from medprobe.probes.fit import fit_probe
 from medprobe.workflows.run import EvalOptions, run
-
-
 
 
 @pytest.fixture(scope="module")
