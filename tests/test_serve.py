@@ -2,6 +2,7 @@
 HAM10000 images (plain efficientnet_lite0, --selection val), and the answers checked against `medprobe predict`,
 against brute-force cosine, and under hostile uploads, a full queue and a missing token; the page in headless Chromium."""
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -346,12 +347,10 @@ def test_index_is_checked_and_can_be_left_out(served, tmp_path):
         engine.close()
 
 
-def test_page_in_headless_chromium_uploads_and_shows_the_answer(served, tmp_path):
-    """A real file chosen in the page's file input, then the page's content: answer, decision, cases, OOD line, card, note."""
+@contextlib.contextmanager
+def headless_chromium(profile):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver_path, browser = shutil.which("chromedriver"), shutil.which("chromium")
     if not driver_path or not browser:
@@ -359,12 +358,24 @@ def test_page_in_headless_chromium_uploads_and_shows_the_answer(served, tmp_path
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1500"):
+                 "--no-first-run", "--disable-sync", f"--user-data-dir={profile}", "--window-size=1100,1500"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_in_headless_chromium_uploads_and_shows_the_answer(served, tmp_path):
+    """A real file chosen in the page's file input, then the page's content: answer, decision, cases, OOD line, card, note."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with headless_chromium(tmp_path / "profile") as driver:
         driver.get(served["server"].url + "/")
         WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "card").text.strip())
+        assert not driver.find_element(By.ID, "token-row").is_displayed()
         image = files_of(served["new"])[1]
         driver.find_element(By.ID, "file").send_keys(str(image))
         WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "result").is_displayed())
@@ -382,8 +393,46 @@ def test_page_in_headless_chromium_uploads_and_shows_the_answer(served, tmp_path
         shot = Path(os.environ.get("MEDPROBE_SERVE_SCREENSHOT", tmp_path / "page.png"))
         driver.save_screenshot(str(shot))
         assert Image.open(shot).size[0] > 500
+
+
+def test_page_asks_for_the_token_and_sends_it_with_every_request(served, tmp_path):
+    """Against a server that wants a token: the page shows the token input and the 401, a wrong token still fails, the right
+    one loads the card, and an upload and its case thumbnails go through with it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    token = "page-s3cret"
+    server = Server(served["model"], "--cache-dir", served["cache"], env={"MEDPROBE_TOKEN": token}, cache=served["cache"])
+    try:
+        with headless_chromium(tmp_path / "profile") as driver:
+            driver.get(server.url + "/")
+            WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "token-row").is_displayed())
+            WebDriverWait(driver, 60).until(lambda d: "model card:" in d.find_element(By.ID, "status").text)
+            assert "token" in driver.find_element(By.ID, "status").text.lower() and not driver.find_element(By.ID, "card").text.strip()
+
+            def use(value):
+                driver.find_element(By.ID, "token").clear()
+                driver.find_element(By.ID, "token").send_keys(value)
+                driver.find_element(By.ID, "token-save").click()
+
+            use("wrong")
+            WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith("model card:"))
+            image = files_of(served["new"])[1]
+            driver.find_element(By.ID, "file").send_keys(str(image))
+            WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith("401"))
+            assert not driver.find_element(By.ID, "result").is_displayed()
+            use(token)
+            WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith("ready"))
+            assert driver.find_element(By.ID, "card").text.strip()
+            driver.find_element(By.ID, "file").clear()
+            driver.find_element(By.ID, "file").send_keys(str(image))
+            WebDriverWait(driver, 120).until(lambda d: d.find_element(By.ID, "result").is_displayed())
+            WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#neighbours img")) == 5)
+            expected = server.post("/v1/predict", data=image.read_bytes(), headers={"Authorization": f"Bearer {token}"}).json()
+            assert driver.find_element(By.ID, "label").text == expected["label"]
+            assert expected["image"]["sha256"] in driver.find_element(By.ID, "digest").text
     finally:
-        driver.quit()
+        server.stop()
 
 
 def test_index_round_trip_and_ood_reference_equal_brute_force(tmp_path):
