@@ -13,6 +13,7 @@ client, 16-client throughput >= 70 % of offline predict, zero errors over 2,000 
 """
 
 import argparse
+import http.client
 import json
 import os
 import select
@@ -51,7 +52,7 @@ def start_server(model, flags):
 
 def offline_rate(model, images, tmp):
     """Images per second of `medprobe predict` (no cache) on `images`, in this process once it is warm (a 1-image
-    predict first), so neither Python's start-up nor the first export is counted; (rate, seconds)."""
+    predict first), so neither Python's start-up nor the first export is counted; (rate, seconds, CPU-s per image)."""
     from medprobe.embedding.options import EmbedOptions
     from medprobe.workflows.predict import predict
 
@@ -60,40 +61,54 @@ def offline_rate(model, images, tmp):
         os.symlink(path, folder / path.name)
     options = EmbedOptions(use_cache=False, progress=False)
     predict(model, images[0], options)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     done = predict(model, folder, options)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert len(done.paths) == len(images)
-    return len(images) / seconds, seconds
+    return len(images) / seconds, seconds, cpu / len(images)
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def hammer(url, payloads, n_requests, clients, on_quarter=None):
-    """(latencies in s, errors, wall s): `clients` threads, each with one request in flight, `n_requests` in all;
-    `on_quarter()` is called as each quarter of the requests is sent."""
+    """(latencies in s, errors, wall s): `clients` threads, each with one request in flight on its own keep-alive
+    connection, `n_requests` in all; `on_quarter()` is called as each quarter of the requests is sent.
+    The client is http.client, not requests: it shares the two cores with the server, and requests' own CPU per call
+    (several ms) would be charged to the server's throughput."""
+    host, port = url.removeprefix("http://").split(":")
     latencies, errors, lock = [], [], threading.Lock()
     quarters = {n_requests * q // 4 for q in (1, 2, 3)}
     counter = iter(range(n_requests))
-    local = threading.local()
 
     def worker():
-        session = local.__dict__.setdefault("session", requests.Session())
+        connection = http.client.HTTPConnection(host, int(port), timeout=120)
         while True:
             with lock:
                 i = next(counter, None)
             if i is None:
+                connection.close()
                 return
             if i in quarters and on_quarter:
                 on_quarter()
             started = time.perf_counter()
             try:
-                r = session.post(url + "/v1/predict", data=payloads[i % len(payloads)], timeout=120)
-                ok = r.status_code == 200 and "label" in r.json()
-            except requests.RequestException as e:
-                ok, r = False, e
+                connection.request("POST", "/v1/predict", body=payloads[i % len(payloads)], headers={"Content-Type": "image/jpeg"})
+                response = connection.getresponse()
+                body = response.read()
+                ok = response.status == 200 and b'"label"' in body
+                outcome = response.status
+            except (OSError, http.client.HTTPException) as e:
+                connection.close()
+                connection = http.client.HTTPConnection(host, int(port), timeout=120)
+                ok, outcome = False, repr(e)
             with lock:
                 latencies.append(time.perf_counter() - started)
                 if not ok:
-                    errors.append(str(getattr(r, "status_code", r)))
+                    errors.append(str(outcome))
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -124,7 +139,7 @@ def main():
             model = Path(tmp) / "model"
             subprocess.run([*MEDPROBE, "fit", "--dataset", str(HAM), "--save", str(model), "--selection", "val", "--n-boot", "200", "--quiet"],
                            check=True, capture_output=True)
-        rate_before, before_s = offline_rate(model, images[: args.offline_images], tmp)
+        rate_before, before_s, cpu_before = offline_rate(model, images[: args.offline_images], tmp)
         process, url = start_server(model, [])
         try:
             rss_ready = rss_mib(process.pid)
@@ -133,13 +148,15 @@ def main():
             one, one_errors, _ = hammer(url, payloads, args.single, 1)
             rss_mid = rss_mib(process.pid)
             during = []  # RSS as each quarter of the 16-client run starts: a leak climbs, a plateau does not
+            server_cpu, client_cpu = cpu_seconds(process.pid), time.process_time()
             many, many_errors, wall = hammer(url, payloads, args.requests, args.clients, lambda: during.append(round(rss_mib(process.pid), 1)))
+            server_cpu, client_cpu = cpu_seconds(process.pid) - server_cpu, time.process_time() - client_cpu
             rss_end = rss_mib(process.pid)
             batches = requests.get(url + "/healthz", timeout=30).json()["batches"]
         finally:
             process.terminate()
             process.wait(30)
-        rate_after, after_s = offline_rate(model, images[: args.offline_images], tmp)
+        rate_after, after_s, cpu_after = offline_rate(model, images[: args.offline_images], tmp)
     rate = (rate_before + rate_after) / 2
     throughput = args.requests / wall
     figures = {
@@ -152,6 +169,8 @@ def main():
         "server_rss_mib": {"ready": round(rss_ready, 1), "after_20_warm_up": round(rss_start, 1), "after_one_client": round(rss_mid, 1),
                            "16_clients_at_quarters": during, "end": round(rss_end, 1)},
         "batches": batches, "offline_seconds": [round(before_s, 2), round(after_s, 2)], "offline_images": args.offline_images,
+        "cpu_ms_per_image": {"offline_predict": round(1e3 * (cpu_before + cpu_after) / 2, 2), "server": round(1e3 * server_cpu / args.requests, 2),
+                             "client": round(1e3 * client_cpu / args.requests, 2)},
         "load_average": os.getloadavg(),
     }
     print(json.dumps(figures, indent=1))
@@ -159,7 +178,9 @@ def main():
           f"(target p50 <= 150)\n{args.clients} clients: {throughput:.1f} img/s vs offline predict {rate:.1f} img/s = {throughput / rate:.2f}x "
           f"(target >= 0.70)\nerrors: {figures['errors']} of {args.requests + args.single} (target 0)\n"
           f"server RSS: ready {rss_ready:.0f}, warmed {rss_start:.0f}, after one client {rss_mid:.0f}, 16 clients at 1/4, 1/2, 3/4 {during}, "
-          f"end {rss_end:.0f} MiB; mean batch {batches['images'] / max(1, batches['batches']):.2f} images")
+          f"end {rss_end:.0f} MiB; mean batch {batches['images'] / max(1, batches['batches']):.2f} images\n"
+          f"CPU per image at {args.clients} clients: server {figures['cpu_ms_per_image']['server']} ms, the client itself "
+          f"{figures['cpu_ms_per_image']['client']} ms, offline predict {figures['cpu_ms_per_image']['offline_predict']} ms")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 

@@ -457,4 +457,20 @@ def test_index_round_trip_and_ood_reference_equal_brute_force(tmp_path):
     loaded = TrainingIndex.read(tmp_path, {name: hashlib.sha256(data).hexdigest() for name, data in files.items()})
     assert loaded.ids == index.ids and loaded.k == 3
     np.testing.assert_array_equal(loaded.vectors, index.vectors)
-    np.testing.assert_array_equal(loaded.neighbours(same[:20])[0], index.neighbours(same[:20])[0])
+    np.testing.assert_array_equal(loaded.neighbours(loaded.similarities(same[:20]))[0], index.neighbours(index.similarities(same[:20]))[0])
+
+
+def test_neighbours_match_a_full_stable_sort_with_ties():
+    """The partial sort gives the full sort's order, ties (duplicate training images) broken by the lower row."""
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(60, 16))
+    train[[7, 30, 31]] = train[3]  # four copies of one image: equal cosines for every query
+    index = TrainingIndex.build(train, np.zeros(60, np.int64), [f"i{i}" for i in range(60)], [f"{i:064x}" for i in range(60)], k=2)
+    queries = np.vstack([train[3] + 0.01 * rng.normal(size=16), rng.normal(size=(9, 16))])
+    sims = index.similarities(queries)
+    for n in (1, 3, 5, 60):
+        rows, cosines = index.neighbours(sims, n)
+        expected = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_array_equal(cosines, np.take_along_axis(sims, expected, axis=1))
+    assert list(index.neighbours(sims, 4)[0][0]) == [3, 7, 30, 31]

@@ -81,10 +81,17 @@ class TrainingIndex:
         """(Q, N) cosine of each query embedding to every training image."""
         return _unit(vectors) @ self.vectors.T
 
-    def neighbours(self, vectors, n=5):
-        """(rows (Q, n), cosines (Q, n)) of the n most similar training images, most similar first (ties: lower row)."""
-        sims = self.similarities(vectors)
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    def neighbours(self, similarities, n=5):
+        """(rows (Q, n), cosines (Q, n)) of the n most similar training images, most similar first (ties: lower row),
+        from `similarities(vectors)`: a partial sort, not a full one, of each row."""
+        sims = np.atleast_2d(similarities)
+        n = min(n, sims.shape[1])
+        nth = -np.partition(-sims, n - 1, axis=1)[:, n - 1]
+        rows = []
+        for row, floor in zip(sims, nth):
+            candidates = np.flatnonzero(row >= floor)  # every tie at the n-th value, so that the lower rows win
+            rows.append(candidates[np.argsort(-row[candidates], kind="stable")][:n])
+        order = np.array(rows, dtype=np.int64).reshape(len(sims), n)
         return order, np.take_along_axis(sims, order, axis=1)
 
     def out_of_distribution(self, similarities):

@@ -170,7 +170,7 @@ class Engine:
         decided = decide(scores, model.task, names, self.thresholds) if self.thresholds is not None else [None] * len(scores)
         if self.index is not None:
             similarities = self.index.similarities(vectors)
-            rows, cosines = self.index.neighbours(vectors, self.options.neighbours)
+            rows, cosines = self.index.neighbours(similarities, self.options.neighbours)
             ood = self.index.out_of_distribution(similarities)
         answers = []
         for i, p in enumerate(prepared):
