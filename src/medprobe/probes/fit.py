@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from joblib import Parallel, delayed
-from scipy.stats import rankdata
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
@@ -466,10 +465,21 @@ def selection_auc(y_true, scores, task):
 
 def _rank_auc(t, s):
     """roc_auc_score's value (ties counted half) from the ranks: it is called for every fold, value and class, and
-    roc_auc_score's input checks cost ~13 % of RetinaMNIST's whole selection (measured)."""
+    roc_auc_score's input checks cost ~13 % of RetinaMNIST's whole selection (measured), scipy's rankdata another 15 %."""
     positive = np.asarray(t).astype(bool)
     n_pos = positive.sum()
-    return float((rankdata(s)[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(positive) - n_pos)))
+    return float((_midranks(np.asarray(s))[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(positive) - n_pos)))
+
+
+def _midranks(s):
+    """scipy.stats.rankdata(s) (1-based, ties get their mean rank) in a few NumPy calls."""
+    order = np.argsort(s, kind="stable")
+    ordered = s[order]
+    first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # where each run of equal values starts
+    last = np.r_[first[1:], len(s)]
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat((first + last + 1) / 2.0, last - first)
+    return ranks
 
 
 def _scorable(y, task):
