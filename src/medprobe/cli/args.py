@@ -74,6 +74,11 @@ def add_probe_args(parser, probes="logreg, svm, knn, pca_logreg, lda, ridge, or 
         "rule, fitted on train+val; val metrics are then not held out) or 'val' (MedMNIST's rule: best val AUC, fitted on train; "
         "use it to compare with MedMNIST's published rows)",
     )
+    parser.add_argument(
+        "--column-groups", choices=("all", "choose"), default=defaults.COLUMN_GROUPS,
+        help="'all' (default): the probe sees every column of the recipe; 'choose': the selection also chooses among the recipe's "
+        "column groups (all, avg, max, heads, avg_head) by the same score, at no embedding cost (logreg)",
+    )
 
 
 def add_n_boot(parser, what="the CIs"):
@@ -110,7 +115,8 @@ def embed_options(args):
 def probe_spec(args):
     from medprobe.probes.spec import ProbeSpec
 
-    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed, getattr(args, "selection", defaults.SELECTION))
+    return ProbeSpec(args.probe, args.class_weight, getattr(args, "prompts", None), args.seed, getattr(args, "selection", defaults.SELECTION),
+                     getattr(args, "column_groups", defaults.COLUMN_GROUPS))
 
 
 def add_study_args(parser, chooses=True):

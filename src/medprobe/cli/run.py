@@ -63,6 +63,10 @@ def _run(args, save=None):
     protocol = f" · selection {selection.protocol}" if selection.protocol else ""
     print(f"{result.dataset['name']} ({result.dataset['task']}, test n={result.dataset['n']['test']}) · {result.encoder['name']}{chosen} · "
           f"{args.probe} {result.probe['params']}{protocol}")
+    if selection.column_choice:
+        choice = selection.column_choice
+        print(f"column groups: {choice['chosen']} ({choice['columns']} of {choice['of']} columns), chosen by the same score: "
+              + ", ".join(f"{name} {score:.4f}" for name, score in choice["scores"].items()))
     print("\n".join(split_lines(result.dataset)))
     close = result.near_duplicates
     if close.get("count"):

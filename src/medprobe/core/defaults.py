@@ -14,3 +14,6 @@ ENCODER = "efficientnet_lite0@stages,up,max"
 SELECTION = "cv"
 N_BOOTSTRAP = 1000  # resamples behind every 95 % CI
 SEED = 0  # the probe's seed, the splits medprobe draws and the bootstrap's draws
+# The probe sees every column of the recipe; "choose" lets the selection pick among its column groups (probes.columns).
+# Left at "all" until benchmarks/column_groups.py shows the choice pays (docs/probe.md).
+COLUMN_GROUPS = "all"

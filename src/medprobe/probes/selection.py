@@ -33,6 +33,8 @@ class Selection:
     fitted_on_rows: int | None = None
     # `--encoder 'a|b'`: the encoder is one more hyper-parameter, chosen by the same score
     encoder_choice: dict | None = None
+    # `--column-groups choose`: which of the recipe's column groups, chosen by the same score (probes.columns)
+    column_choice: dict | None = None
 
     @property
     def fitted_on_val(self):

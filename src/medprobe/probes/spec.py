@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from medprobe.core import defaults
 from medprobe.core.errors import ProbeError
+from medprobe.probes.columns import COLUMN_CHOICES, LINEAR_PROBES
 from medprobe.probes.fit import SELECTIONS, make_probe
 from medprobe.probes.zeroshot import read_prompts
 
@@ -24,11 +25,17 @@ class ProbeSpec:
     prompts: str | None = None
     seed: int = defaults.SEED
     selection: str = defaults.SELECTION  # "val" is MedMNIST's rule (see probes.fit)
+    column_groups: str = defaults.COLUMN_GROUPS  # "choose": the selection also chooses among the recipe's column groups
 
     def check(self):
         """Raise now for anything that would only fail after the embedding pass."""
         if self.selection not in SELECTIONS:
             raise ProbeError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
+        if self.column_groups not in COLUMN_CHOICES:
+            raise ProbeError(f"unknown --column-groups {self.column_groups!r}; choose one of {', '.join(COLUMN_CHOICES)}")
+        if self.column_groups == "choose" and self.name not in LINEAR_PROBES:
+            raise ProbeError(f"--column-groups choose needs a linear probe ({', '.join(LINEAR_PROBES)}), not {self.name}: "
+                             "its probe on a subset is saved at full width with zero weight on the other columns")
         if self.name == ZEROSHOT:
             read_prompts(self.prompts)
         else:

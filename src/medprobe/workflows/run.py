@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,14 @@ from medprobe.core.files import check_writable_folder
 from medprobe.embedding.fusion import check_spec, embed_spec, split_choices, split_spec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.ray import on_cluster
+from medprobe.encoders.registry import column_groups
 from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, check_n_boot, evaluate
 from medprobe.evaluation.near_duplicates import COSINE, near_duplicates
 from medprobe.evaluation.operating_points import column_names
 from medprobe.evaluation.study import Decisions, StudyOptions, fit_decisions, score_decisions
 from medprobe.evaluation.subgroups import group_values
+from medprobe.probes.columns import choose_columns
 from medprobe.probes.fit import SAVABLE, fit_probe
 from medprobe.probes.index import training_index
 from medprobe.probes.saved import check_save_folder, save_model
@@ -137,15 +140,27 @@ def fit_candidates(data, candidates, choices, probe_spec, options):
     if probe_spec.name == ZEROSHOT:
         encoded = candidates[0]
         return encoded, fit_zeroshot(encoded.encoders, probe_spec.prompts, data.label_names, data.task, encoded.embeddings.vectors[train], y[train])
-    fits = [fit_probe(probe_spec.name, c.embeddings.vectors[train], y[train], c.embeddings.vectors[val], y[val], data.task,
-                      probe_spec.class_weight, probe_spec.seed, data.label_names, probe_spec.selection, data.groups_of(train, val),
-                      parallel="ray" if options.ray is not None else None)
-            for c in candidates]
+    def fit(X, columns=slice(None)):
+        return fit_probe(probe_spec.name, X[train][:, columns], y[train], X[val][:, columns], y[val], data.task, probe_spec.class_weight,
+                         probe_spec.seed, data.label_names, probe_spec.selection, data.groups_of(train, val),
+                         parallel="ray" if options.ray is not None else None)
+
+    if probe_spec.column_groups == "choose":
+        fits = [choose_columns(partial(fit, c.embeddings.vectors), column_groups_of(c), c.embeddings.vectors.shape[1]) for c in candidates]
+    else:
+        fits = [fit(c.embeddings.vectors) for c in candidates]
     best = max(range(len(fits)), key=lambda i: fits[i].selection.score())
     if len(choices) > 1:
         fits[best].selection.encoder_choice = {"chosen": choices[best], "by": fits[best].selection.criterion,
                                                "scores": {choice: f.selection.score() for choice, f in zip(choices, fits)}}
     return candidates[best], fits[best]
+
+
+def column_groups_of(encoded):
+    """The column groups of a one-encoder embedding; a fusion is one group (no choice among its parts' columns)."""
+    if len(encoded.encoders) == 1:
+        return column_groups(encoded.record["name"])
+    return [("embedding", encoded.embeddings.vectors.shape[1])]
 
 
 @dataclass
