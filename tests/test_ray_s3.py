@@ -126,20 +126,44 @@ def medprobe(s3, *args):
     return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_run_on_two_nodes_from_s3_equals_the_local_run(s3, cluster, tmp_path):
-    common = ["--encoder", ENCODER, "--selection", "val", "--n-boot", "200", "--batch-size", "32", "--quiet"]
-    assert main(["run", "--dataset", str(s3["local"]), *common, "--cache-dir", str(tmp_path / "local"), "--out", str(tmp_path / "here")]) == 0
-    there = medprobe(s3, "run", "--dataset", s3["url"], *common, "--cache-dir", tmp_path / "s3", "--out", tmp_path / "there", "--ray", cluster)
-    assert there.returncode == 0, there.stderr[-3000:]
-
+def test_run_on_two_nodes_from_s3_with_an_s3_store_equals_the_local_run(s3, cluster, tmp_path):
+    """Images and the embedding store both in the bucket (no shared filesystem): the two-node run equals the local run bit
+    for bit, and a second run on this machine, without Ray, reads every vector back from the bucket and writes nothing."""
     import json
 
+    import s3fs
+
+    # PyTorch eager on both sides: under `auto`, a job this small runs eager unless an exported graph is already in the
+    # artifacts folder, which differs between a store on disk (its own folder) and one in a bucket (the user cache)
+    common = ["--encoder", ENCODER, "--runtime", "torch", "--selection", "val", "--n-boot", "200", "--batch-size", "32", "--quiet"]
+    assert main(["run", "--dataset", str(s3["local"]), *common, "--cache-dir", str(tmp_path / "local"), "--out", str(tmp_path / "here")]) == 0
+    store = f"s3://{BUCKET}/stores/{tmp_path.name}"
+    there = medprobe(s3, "run", "--dataset", s3["url"], *common, "--cache-dir", store, "--out", tmp_path / "there", "--ray", cluster)
+    assert there.returncode == 0, there.stderr[-3000:]
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3["env"].items():
+            patch.setenv(name, value)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        objects = sorted(fs.find(store))
+        fs.get(store.removeprefix("s3://") + "/", str(tmp_path / "copy") + "/", recursive=True)
+    assert any(o.endswith("/_recipe.json") for o in objects) and sum("/rows-" in o for o in objects) >= 2  # written by both nodes' actors
+    ours, theirs = store_vectors(tmp_path / "copy"), store_vectors(tmp_path / "local")
+    assert len(theirs) == 64 and ours.keys() == theirs.keys()
+    assert all(np.array_equal(ours[d], theirs[d]) and ours[d].tobytes() == theirs[d].tobytes() for d in theirs)
     here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
     assert there["metrics"]["test"]["auc"] == here["metrics"]["test"]["auc"] and there["metrics"] == here["metrics"]
     assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
-    ours, theirs = store_vectors(tmp_path / "s3"), store_vectors(tmp_path / "local")
-    assert len(theirs) == 64 and ours.keys() == theirs.keys()
-    assert all(np.array_equal(ours[d], theirs[d]) and ours[d].tobytes() == theirs[d].tobytes() for d in theirs)
+
+    again = medprobe(s3, "run", "--dataset", s3["url"], *common, "--cache-dir", store, "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr[-3000:]
+    timings = json.loads((tmp_path / "again" / "results.json").read_text())["timings"]
+    assert timings["embedded_from_store"] == 64 and timings["embedded_now"] == 0
+    assert (tmp_path / "again" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3["env"].items():
+            patch.setenv(name, value)
+        assert sorted(s3fs.S3FileSystem(skip_instance_cache=True).find(store)) == objects  # nothing written again
 
 
 def test_wrong_credentials_are_one_line_naming_the_url(s3, capsys):
@@ -187,3 +211,33 @@ def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, c
     assert kept and again.returncode == 0 and "computed" in again.stdout, again.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("rows-*.parquet") if p.name in kept} == kept  # nothing redone
     assert len(store_vectors(next(cache.glob("*/*")))) == 64
+
+
+def test_a_damaged_object_in_an_s3_store_is_dropped_and_its_images_recomputed(s3, tmp_path, monkeypatch, caplog):
+    """The store's checksum-in-the-name holds in a bucket: an object whose bytes were changed is never read as rows,
+    it is deleted with a warning, and its images are embedded again, to the same vectors."""
+    import s3fs
+
+    for name, value in s3["env"].items():
+        monkeypatch.setenv(name, value)
+    store = f"s3://{BUCKET}/stores/damaged-{tmp_path.name}"
+    embed = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--cache-dir", store, "--quiet"]
+    assert main(embed) == 0
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.get(store.removeprefix("s3://") + "/", str(tmp_path / "first") + "/", recursive=True)
+    first = store_vectors(tmp_path / "first")
+    (victim,) = [o for o in fs.find(store) if "/rows-" in o]
+    data = fs.cat_file(victim)
+    fs.pipe_file(victim, data[:-64] + bytes(64))  # the same name, other bytes
+    assert main(embed) == 0
+    assert any("is damaged" in r.getMessage() and "recomputed" in r.getMessage() for r in caplog.records)
+    assert not fs.exists(victim)
+    fs.get(store.removeprefix("s3://") + "/", str(tmp_path / "second") + "/", recursive=True)
+    second = store_vectors(tmp_path / "second")
+    assert second.keys() == first.keys() and len(first) == 64 and all(np.array_equal(first[d], second[d]) for d in first)
+
+
+def test_cache_listing_of_a_bucket_is_refused_in_one_line(capsys):
+    assert main(["cache", "--cache-dir", f"s3://{BUCKET}/stores"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "local disk" in err and "aws s3 ls" in err

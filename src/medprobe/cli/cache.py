@@ -18,6 +18,9 @@ def cmd_cache(args):
     from medprobe.embedding.store import list_stores, prune, verify_store
 
     root = cache_root(args.cache_dir)
+    if isinstance(root, str):
+        raise MedprobeError(f"medprobe cache lists, verifies and prunes stores on a local disk, not {root}: list a bucket's stores "
+                            "with its own tools (aws s3 ls --recursive), or mount it; embed and run read and write it as they are")
     if args.prune:
         if args.older_than is None and args.encoder is None:
             raise MedprobeError("--prune needs --older-than DAYS and/or --encoder NAME (nothing is deleted without one)")

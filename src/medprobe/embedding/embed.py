@@ -12,7 +12,7 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.core.costs import cpu_seconds
-from medprobe.core.locations import cache_root
+from medprobe.core.locations import artifacts_root, cache_root
 from medprobe.data.images import DECODING
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import Store, content_key
@@ -117,6 +117,8 @@ class Job:
     @property
     def artifacts(self):
         """Where a fast runtime may cache its exported graph: beside the stores, or a temporary folder."""
+        if self.store.remote:  # a bucket keeps no graphs (ONNX Runtime opens local files): the user cache does
+            return artifacts_root()
         return self.store.root if self.writable else Path(tempfile.gettempdir()) / "medprobe-artifacts"
 
     def put(self, rows, vectors):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medprobe.core.errors import ClusterError, MedprobeError
-from medprobe.core.locations import cache_root
+from medprobe.core.locations import artifacts_root, cache_root
 from medprobe.embedding.embed import Job, describe_job
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import Store, content_key
@@ -222,7 +222,11 @@ class ShardEmbedder:
             o = part.options
             model, transform = create_encoder(o.encoder, weights=o.weights, device=o.device, runtime=o.runtime)
             # as embed() does: the job's size picks the runtime, and an exported graph is kept beside the stores
-            model.prepare(n_images=n_images, artifacts=Path(root) if ok else Path(tempfile.gettempdir()) / "medprobe-artifacts")
+            if isinstance(root, str):  # a bucket (s3://) keeps no graphs (ONNX Runtime opens local files): the node's user cache does
+                artifacts = artifacts_root()
+            else:
+                artifacts = Path(root) if ok else Path(tempfile.gettempdir()) / "medprobe-artifacts"
+            model.prepare(n_images=n_images, artifacts=artifacts)
             self.models.append((model, transform))
             self.stores.append(Store(root, part.name, part.description))
         self.batch_size = parts[0].options.batch_size
@@ -292,7 +296,8 @@ def _held_digests(store, skip=()):
             continue
         names.add(path.name)
         try:
-            held.update(pq.read_table(path, columns=["image_sha256"], page_checksum_verification=True).column(0).to_pylist())
+            with path.open("rb") as file:  # a local file or an object (s3://): only its footer and digest column are read
+                held.update(pq.read_table(file, columns=["image_sha256"], page_checksum_verification=True).column(0).to_pylist())
         except Exception:  # noqa: BLE001 -- torn or foreign: pyarrow raises many types
             continue
     return frozenset(held), frozenset(names)

@@ -9,7 +9,13 @@ A run looks up every image's digest and embeds only the missing ones, so order, 
 duplicates and dataset name do not matter. Files are only ever added, each written whole under a
 temporary name and renamed: two processes filling one store at once each add their own files, a
 kill loses at most the rows not yet written, and a file's name is the SHA-256 of its bytes, so a
-damaged file is recognised, left out and its images recomputed. The folder reads directly:
+damaged file is recognised, left out and its images recomputed.
+
+The cache may be a URL (`--cache-dir s3://bucket/medprobe-store`, any filesystem fsspec knows): the same layout, read
+and written through universal_pathlib. An object is written whole by one PUT, so it appears complete or not at all,
+and content-named objects never collide: writers on many nodes need no shared filesystem and no lock. What is
+local-only: moving foreign files aside (objects of other names are never read as rows) and sweeping writers' parts
+(there are none). The folder reads directly:
 
     pd.read_parquet(folder)                                        # pandas
     pl.read_parquet(f"{folder}/rows-*.parquet")                    # polars
@@ -26,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_bytes, file_digest, is_writable_folder
+from medprobe.core.remote import INSTALL_HINT, is_url
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,8 @@ class Store:
     """The store of one encoder recipe under a cache root."""
 
     def __init__(self, root, encoder_name, description):
-        self.root = Path(root)
+        self.remote = is_url(str(root))
+        self.root = folder_at(root)
         self.description = description
         self.key = recipe_key(description)
         self.encoder_folder = self.root / encoder_name.replace("/", "_")  # as the per-dataset cache named it
@@ -74,16 +83,18 @@ class Store:
         """{digest: Stored} for every digest in `wanted` the store holds in an intact file."""
         import pyarrow.parquet as pq
 
-        self._import_legacy()
-        self._remove_stale_parts()
-        tidy(self.path)
+        if not self.remote:
+            self._import_legacy()
+            self._remove_stale_parts()
+            tidy(self.path)
         self._repair_recipe()
         where = defaultdict(list)  # file -> [(digest, row)]
         seen = set()
         for path in self.files():
             try:
-                column = pq.read_table(path, columns=["image_sha256"], page_checksum_verification=True,
-                                       use_threads=False).column(0).to_pylist()
+                with path.open("rb") as file:  # only the footer and the digest column are read (an object: ranged GETs)
+                    column = pq.read_table(file, columns=["image_sha256"], page_checksum_verification=True,
+                                           use_threads=False).column(0).to_pylist()
             except Exception as e:  # a torn or foreign file: pyarrow raises many types
                 self._drop(path, e)
                 continue
@@ -107,7 +118,7 @@ class Store:
         import pyarrow.parquet as pq
 
         if not (self.path / RECIPE).is_file():
-            atomic_write_bytes(self.path / RECIPE, self._recipe_bytes())
+            self._write(self.path / RECIPE, self._recipe_bytes())
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         table = pa.table({
             "image_sha256": pa.array(list(digests), pa.string()),
@@ -121,11 +132,26 @@ class Store:
         pq.write_table(table, sink, write_page_checksum=True, use_dictionary=False)
         data = sink.getvalue().to_pybytes()
         path = self.path / f"rows-{hashlib.sha256(data).hexdigest()[:32]}.parquet"
-        atomic_write_bytes(path, data)
+        self._write(path, data)
         return path
 
     def writable(self):
-        return is_writable_folder(self.path)
+        if not self.remote:
+            return is_writable_folder(self.path)
+        try:  # a bucket says whether it takes writes only when written: the recipe is the store's first object anyway
+            if not (self.path / RECIPE).is_file():
+                self._write(self.path / RECIPE, self._recipe_bytes())
+        except OSError as e:
+            log.warning("embedding store %s cannot be written (%s: %s)", self.path, type(e).__name__, e)
+            return False
+        return True
+
+    def _write(self, path, data):
+        """A whole file: a local one through a synced temporary file and a rename; an object by one PUT."""
+        if self.remote:
+            path.write_bytes(data)
+        else:
+            atomic_write_bytes(path, data)
 
     def _recipe_bytes(self):
         return (json.dumps(self.description, indent=1, sort_keys=True, default=str) + "\n").encode()
@@ -136,7 +162,7 @@ class Store:
         if not self.path.is_dir() or _read_recipe(path) == json.loads(self._recipe_bytes()):
             return
         try:
-            atomic_write_bytes(path, self._recipe_bytes())
+            self._write(path, self._recipe_bytes())
         except OSError as e:  # a read-only store still reads; only its listing lacks the names
             log.warning("embedding store %s: %s is missing or damaged and cannot be written again (%s)", self.path, RECIPE, e)
             return
@@ -228,8 +254,21 @@ def _is_rows_name(name):
     return len(name) == 45 and name.startswith("rows-") and name.endswith(".parquet") and all(c in "0123456789abcdef" for c in name[5:37])
 
 
+def folder_at(location):
+    """A local Path, or a UPath for a URL: the store uses the same path methods on both."""
+    if not is_url(str(location)):
+        return Path(location)
+    try:
+        from upath import UPath
+    except ImportError as e:
+        raise MedprobeError(INSTALL_HINT.format(scheme=str(location).split("://", 1)[0])) from e
+    return UPath(str(location))
+
+
 def _row_files(folder):
-    return sorted(p for p in Path(folder).glob(ROWS) if _is_rows_name(p.name) and p.is_file())
+    folder = folder_at(folder) if isinstance(folder, str) else folder
+    local = isinstance(folder, Path)  # an object store lists objects only: no per-file request to ask if it is one
+    return sorted((p for p in folder.glob(ROWS) if _is_rows_name(p.name) and (not local or p.is_file())), key=lambda p: p.name)
 
 
 def tidy(folder):
@@ -267,7 +306,7 @@ def tidy(folder):
 def _read_recipe(path):
     """The recipe a store's _recipe.json holds, or None when it is missing or unreadable."""
     try:
-        description = json.loads(Path(path).read_text())
+        description = json.loads((folder_at(path) if isinstance(path, str) else path).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     return description if isinstance(description, dict) else None

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medprobe.core.errors import EncoderError
-from medprobe.core.locations import cache_root
+from medprobe.core.locations import artifacts_root
 from medprobe.encoders import backends, runtimes
 from medprobe.encoders.transforms import make_transform
 from medprobe.encoders.weights import weights_fingerprint
@@ -244,7 +244,7 @@ class TorchEncoder:
         return self._graphs.fp32(self._artifact_folder(), export=False).is_file()  # exported by an earlier, larger job: free to reuse
 
     def _artifact_folder(self):
-        return (self.artifacts if self.artifacts is not None else cache_root()) / "_onnx"
+        return (self.artifacts if self.artifacts is not None else artifacts_root()) / "_onnx"
 
 
 def check_runtime(runtime, device):

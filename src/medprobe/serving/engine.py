@@ -18,7 +18,7 @@ import numpy as np
 
 from medprobe import __version__
 from medprobe.core.errors import ImageError, MedprobeError, ServeError
-from medprobe.core.locations import cache_root
+from medprobe.core.locations import artifacts_root
 from medprobe.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image
 from medprobe.encoders import create_encoder
 from medprobe.encoders.runtimes import usable_cores
@@ -77,7 +77,7 @@ class Engine:
         weights = options.weights or self.model.meta["encoder"]["weights"]
         self.encoder, self.transform = create_encoder(self.model.encoder_name, weights=weights, runtime=options.runtime)
         self.model.check_encoder(self.encoder, self.transform)
-        self.encoder.prepare(n_images=ENDLESS_JOB, artifacts=cache_root(options.cache_dir))
+        self.encoder.prepare(n_images=ENDLESS_JOB, artifacts=artifacts_root(options.cache_dir))
         self._uploads = tempfile.TemporaryDirectory(prefix="medprobe-serve-")
         # A full batch of blank images through the encoder now: the first request does not pay for an export or a compile,
         # and the runtime's memory arena grows to its size under load before the server takes requests.
