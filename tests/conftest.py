@@ -46,6 +46,14 @@ def real(shared_data, tmp_path_factory):
     return encoder, pixels, encoder.reference_batch(pixels), tmp_path_factory.mktemp("artifacts")
 
 
+@pytest.fixture(scope="session")
+def real_store(tmp_path_factory):
+    """One embedding store for the modules that embed whole real datasets with plain efficientnet_lite0: whichever runs
+    first fills it, the others read it. The store is keyed by recipe and image bytes, so sharing it changes no result;
+    tests that count what was embedded use their own."""
+    return tmp_path_factory.mktemp("real_store")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own embedding cache and data dir, so nothing leaks between tests or into ~/.cache."""

@@ -10,19 +10,13 @@ from medprobe.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def real_cache(tmp_path_factory):
-    """One cache folder for the module: each dataset keeps its own entry, and the ONNX export (~5 s) is made once."""
-    return tmp_path_factory.mktemp("real_cache")
-
-
 @pytest.fixture
-def _run(real_cache):
+def _run(real_store):
     def run(tmp_path, dataset, *extra):
         out = tmp_path / "out"
         # MedMNIST's selection rule: seconds per fit, and the numbers medprobe has always reported
         assert main(["run", "--dataset", str(dataset), "--encoder", "efficientnet_lite0", "--probe", "logreg", "--out", str(out),
-                     "--quiet", "--cache-dir", str(real_cache), "--selection", "val", *extra]) == 0
+                     "--quiet", "--cache-dir", str(real_store), "--selection", "val", *extra]) == 0
         return json.loads((out / "results.json").read_text())
 
     return run

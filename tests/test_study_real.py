@@ -16,14 +16,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ham(tmp_path_factory, shared_data):
-    """Fit on HAM's train folder (val and test made by lesion), save, then evaluate on the test folder; one embedding store."""
+def ham(tmp_path_factory, shared_data, real_store):
+    """Fit on HAM's train folder (val and test made by lesion), save, then evaluate on the test folder; plain Lite0 and the
+    real-data modules' shared store (what is under test is the study, not the recipe)."""
     root = tmp_path_factory.mktemp("ham_study")
-    cache, folder = root / "cache", shared_data / "ham10000_melnv"
-    common = ["--metadata", str(folder / "metadata.csv"), "--cache-dir", str(cache), "--quiet", "--n-boot", "300"]
+    folder = shared_data / "ham10000_melnv"
+    common = ["--metadata", str(folder / "metadata.csv"), "--cache-dir", str(real_store), "--quiet", "--n-boot", "300"]
     assert main(["fit", "--dataset", str(folder / "train"), "--group", "lesion_id", "--save", str(root / "model"), "--out", str(root / "fit"),
                  "--operating-point", "youden", "--operating-point", "sensitivity=0.9", "--positive", "mel", "--calibrate", "platt",
-                 "--subgroup", "sex", "--subgroup", "age", *common]) == 0
+                 "--subgroup", "sex", "--subgroup", "age", "--encoder", "efficientnet_lite0", *common]) == 0
     assert main(["evaluate", str(root / "model"), "--dataset", str(folder / "test"), "--out", str(root / "external"),
                  "--subgroup", "sex", "--subgroup", "age", *common]) == 0
     fit, external = (json.loads((root / name / "results.json").read_text()) for name in ("fit", "external"))
@@ -114,12 +115,12 @@ def test_the_report_shows_the_study_in_headless_chromium(ham, tmp_path):
     assert len(busy) >= 8, [round(float((b < 250).mean()), 3) for b in bands]
 
 
-def test_temperature_scaling_on_retinamnist(tmp_path, shared_data):
+def test_temperature_scaling_on_retinamnist(tmp_path, shared_data, real_store):
     out = tmp_path / "retina"
     # The MedMNIST protocol (plain Lite0, C chosen on val): its strongly regularised probe is the under-confident case.
     assert main(["run", "--dataset", "retinamnist", "--data-dir", str(shared_data / "medmnist"), "--calibrate", "auto", "--out", str(out),
                  "--encoder", "efficientnet_lite0", "--selection", "val",
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet", "--n-boot", "300"]) == 0
+                 "--cache-dir", str(real_store), "--quiet", "--n-boot", "300"]) == 0
     test = json.loads((out / "results.json").read_text())["metrics"]["test"]
     calibration = test["calibration"]
     # Fitted on val: this strongly regularised probe is under-confident there (T < 1 sharpens; measured T = 0.71).
