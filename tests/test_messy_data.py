@@ -119,7 +119,7 @@ def ham_subset(shared_data, tmp_path_factory):
 def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_none(tmp_path, ham_subset, medprobe):
     root, metadata = ham_subset
     given = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--out", tmp_path / "given", "--quiet",
-                "--n-boot", "100")
+                "--n-boot", "100", "--encoder", "efficientnet_lite0")
     assert given.returncode == 0, given.stderr
     record = results(tmp_path / "given")["dataset"]
     groups = record["groups"]
@@ -130,7 +130,7 @@ def test_groups_straddling_the_given_split_are_counted_and_a_grouped_split_has_n
     assert record["metadata"]["matched"] == 120
 
     grouped = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--resplit", "--out", tmp_path / "grouped",
-                  "--quiet", "--n-boot", "100")
+                  "--quiet", "--n-boot", "100", "--encoder", "efficientnet_lite0")
     assert grouped.returncode == 0, grouped.stderr
     record = results(tmp_path / "grouped")["dataset"]
     assert record["groups"]["straddling_groups"] == 0 and record["resplit"]["by"] == "lesion_id"
@@ -283,13 +283,13 @@ def test_seeds_scan_once_and_each_seed_is_its_own_grouped_split(tmp_path, ham_su
     real_scan = datasets.scan_images
     monkeypatch.setattr(datasets, "scan_images", lambda *a, **k: scans.append(1) or real_scan(*a, **k))
     done = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--resplit", "--seeds", "2",
-                    "--out", tmp_path / "seeds", "--quiet", "--n-boot", "50")
+                    "--out", tmp_path / "seeds", "--quiet", "--n-boot", "50", "--encoder", "efficientnet_lite0")
     assert done.returncode == 0, done.stderr
     assert len(scans) == 1
     repeats = results(tmp_path / "seeds")["repeats"]
     assert repeats["distinct"]["test_sets"] == 2 and repeats["spread_is"] == "sampling and method variance"
     spec = DataSpec(str(root), metadata=str(metadata), group="lesion_id", resplit=True, split_seed=1)
-    alone = run(spec, EmbedOptions(progress=False), ProbeSpec(seed=1), EvalOptions(n_boot=50))
+    alone = run(spec, EmbedOptions("efficientnet_lite0", progress=False), ProbeSpec(seed=1), EvalOptions(n_boot=50))
     assert alone.metrics["test"]["auc"] == repeats["per_seed"][1]["test"]["auc"]
     assert alone.dataset["groups"]["straddling_groups"] == 0 and alone.dataset["made_splits"]["test"]["seed"] == 1
 
