@@ -241,3 +241,30 @@ def test_cache_listing_of_a_bucket_is_refused_in_one_line(capsys):
     assert main(["cache", "--cache-dir", f"s3://{BUCKET}/stores"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "local disk" in err and "aws s3 ls" in err
+
+
+def test_an_image_folder_in_a_bucket_runs_as_the_same_folder_on_disk(s3, tmp_path, monkeypatch):
+    """split/class/image objects under a prefix, listed (never read) by the driver: the same run as the local folder, and the
+    bucket's metadata.csv beside the class folders is not taken for a manifest."""
+    import json
+
+    import s3fs
+
+    for name, value in s3["env"].items():
+        monkeypatch.setenv(name, value)
+    folder = tmp_path / "ham_folder"
+    with open(s3["local"], newline="") as f:
+        for row in csv.DictReader(f):
+            target = folder / row["split"] / row["label"] / Path(row["path"]).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(s3["local"].parent / row["path"], target)
+    (folder / "metadata.csv").write_text("image_id,age\nx,1\n")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.put(str(folder) + "/", f"{BUCKET}/folders/{tmp_path.name}/", recursive=True)
+    quick = ["--encoder", ENCODER, "--runtime", "torch", "--selection", "val", "--n-boot", "200", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(["run", "--dataset", str(folder), "--out", str(tmp_path / "here"), *quick]) == 0
+    assert main(["run", "--dataset", f"s3://{BUCKET}/folders/{tmp_path.name}/", "--out", str(tmp_path / "there"), *quick]) == 0
+    here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
+    assert there["metrics"] == here["metrics"] and there["dataset"]["n"] == here["dataset"]["n"]
+    assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
+    assert there["timings"]["embedded_from_store"] == 64  # the same bytes: every vector came from the local run's store

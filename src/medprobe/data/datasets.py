@@ -16,7 +16,7 @@ import numpy as np
 from medprobe.core import remote
 from medprobe.core.errors import DatasetError
 from medprobe.core.names import printable
-from medprobe.data.images import is_image_file
+from medprobe.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_image_file
 from medprobe.data.leakage import DUPLICATES, group_ids, join_metadata, record_straddling, resolve_duplicates
 from medprobe.data.medmnist import medmnist_file, medmnist_table
 from medprobe.data.scan import ON_ERROR, scan_images
@@ -276,11 +276,12 @@ def _csv_header(path):
 
 
 def _from_url(url):
-    """A CSV manifest or an npz file at a URL (s3://bucket/ham.csv); a manifest's relative paths resolve beside it."""
+    """A CSV manifest, an npz file or an image folder at a URL (s3://bucket/ham.csv, s3://bucket/ham/); a manifest's
+    relative paths resolve beside it."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
     suffix = Path(name).suffix.lower()
     if suffix not in (".csv", ".npz"):
-        raise DatasetError(f"{url}: a dataset at a URL is a CSV manifest (.csv) or an npz file; list an image folder's files in a manifest")
+        return _from_url_folder(url)
     try:
         data = remote.read_bytes(url)
     except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
@@ -288,6 +289,38 @@ def _from_url(url):
     if suffix == ".npz":
         return _from_npz(io.BytesIO(data), name=Path(name).stem, where=url)
     return _from_csv(url, data)
+
+
+def _from_url_folder(url):
+    """`class/image` or `split/class/image` under a URL, as a local folder: one listing of the objects, no image read.
+    An object is an image by its suffix (a suffix-less DICOM file, which a local folder recognises by its bytes, is not
+    looked into: name it .dcm or list it in a manifest)."""
+    fs, base = remote.filesystem(url)
+    scheme, base = url.split("://", 1)[0], base.rstrip("/")
+    try:
+        keys = fs.find(base)
+    except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
+        raise DatasetError(f"{url}: {remote.reason(e)}") from e
+    relative = sorted(key[len(base) + 1:] for key in keys if key.startswith(base + "/"))
+    for name in (r for r in relative if "/" not in r and r.lower().endswith(".csv")):
+        with fs.open(f"{base}/{name}", "rb") as f:
+            header = next(csv.reader(io.StringIO(f.readline().decode("utf-8-sig", errors="replace"))), [])
+        if {"path", "label"} <= {c.strip() for c in header}:
+            raise DatasetError(f"{url} holds the manifest {name} (path,label columns), but a folder dataset takes its labels from class/ "
+                               f"sub-folders; pass --dataset {scheme}://{base}/{name} to use the manifest")
+    tops = {r.split("/", 1)[0] for r in relative if "/" in r}
+    has_splits = bool(tops) and tops <= set(SPLITS)
+    rows = []
+    for r in relative:
+        if Path(r).suffix.lower() not in IMAGE_SUFFIXES | DICOM_SUFFIXES:
+            continue
+        parts = r.split("/")
+        if len(parts) != (3 if has_splits else 2):
+            raise DatasetError(f"{scheme}://{base}/{r}: expected {'split/class/image' if has_splits else 'class/image'} under {url}")
+        rows.append((f"{scheme}://{base}/{r}", parts[1] if has_splits else parts[0], parts[0] if has_splits else ""))
+    if not rows:
+        raise DatasetError(f"{url}: no images found (expected class/image or split/class/image under it)")
+    return _from_rows(base.rsplit("/", 1)[-1], rows, f"{scheme}://{base}", source="folder")
 
 
 def _from_csv(path, data=None):
