@@ -268,3 +268,13 @@ def test_an_image_folder_in_a_bucket_runs_as_the_same_folder_on_disk(s3, tmp_pat
     assert there["metrics"] == here["metrics"] and there["dataset"]["n"] == here["dataset"]["n"]
     assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
     assert there["timings"]["embedded_from_store"] == 64  # the same bytes: every vector came from the local run's store
+
+
+def test_an_unreachable_store_bucket_is_one_line_naming_it(s3):
+    """The images are local, the store's endpoint is down: one line naming the store's URL, exit 2, nothing taken for damage.
+    (A fresh process: fsspec caches filesystems per process, so one made for the live server here would be reused.)"""
+    down = {**s3, "env": {**s3["env"], "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1"}}  # no retries to wait for
+    done = medprobe(down, "embed", "--dataset", s3["local"], "--encoder", ENCODER, "--cache-dir", f"s3://{BUCKET}/stores/down", "--quiet")
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"medprobe: error: embedding store s3://{BUCKET}/stores/down/") and "AWS_ENDPOINT_URL" in err

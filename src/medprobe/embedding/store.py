@@ -27,12 +27,14 @@ import json
 import logging
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medprobe.core.errors import MedprobeError
+from medprobe.core import remote
+from medprobe.core.errors import CacheError, MedprobeError
 from medprobe.core.files import atomic_write_bytes, file_digest, is_writable_folder
 from medprobe.core.remote import INSTALL_HINT, is_url
 
@@ -77,24 +79,45 @@ class Store:
         self.path = self.encoder_folder / self.key[:24]
 
     def files(self):
-        return _row_files(self.path)
+        with self._reaching(self.path):
+            return _row_files(self.path)
+
+    @contextmanager
+    def _reaching(self, where):
+        """For a store at a URL: a network or credentials failure stops the command in one line naming the URL, and is
+        never taken for a damaged file (which would be deleted)."""
+        if not self.remote:
+            yield
+            return
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
+            raise CacheError(f"embedding store {where}: {remote.reason(e)}") from e
 
     def lookup(self, wanted):
         """{digest: Stored} for every digest in `wanted` the store holds in an intact file."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not self.remote:
             self._import_legacy()
             self._remove_stale_parts()
             tidy(self.path)
-        self._repair_recipe()
+        with self._reaching(self.path):
+            self._repair_recipe()
         where = defaultdict(list)  # file -> [(digest, row)]
-        seen = set()
+        seen, fetched = set(), {}
         for path in self.files():
+            if self.remote:  # an object in one GET, outside the damage check below: a lost connection is not a damaged file
+                with self._reaching(path):
+                    fetched[path] = path.read_bytes()
             try:
-                with path.open("rb") as file:  # only the footer and the digest column are read (an object: ranged GETs)
-                    column = pq.read_table(file, columns=["image_sha256"], page_checksum_verification=True,
-                                           use_threads=False).column(0).to_pylist()
+                if self.remote:
+                    table = pq.read_table(pa.BufferReader(fetched[path]), columns=["image_sha256"], page_checksum_verification=True,
+                                          use_threads=False)
+                else:
+                    table = pq.read_table(path, columns=["image_sha256"], page_checksum_verification=True, use_threads=False)
+                column = table.column(0).to_pylist()
             except Exception as e:  # a torn or foreign file: pyarrow raises many types
                 self._drop(path, e)
                 continue
@@ -104,7 +127,7 @@ class Store:
                     where[path].append((digest, row))
         found = {}
         for path, items in where.items():
-            rows = self._read_verified(path)
+            rows = self._read_verified(path, fetched.get(path))
             if rows is None:
                 continue
             vectors, wall, cpu = rows
@@ -117,8 +140,9 @@ class Store:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not (self.path / RECIPE).is_file():
-            self._write(self.path / RECIPE, self._recipe_bytes())
+        with self._reaching(self.path / RECIPE):
+            if not (self.path / RECIPE).is_file():
+                self._write(self.path / RECIPE, self._recipe_bytes())
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         table = pa.table({
             "image_sha256": pa.array(list(digests), pa.string()),
@@ -132,7 +156,8 @@ class Store:
         pq.write_table(table, sink, write_page_checksum=True, use_dictionary=False)
         data = sink.getvalue().to_pybytes()
         path = self.path / f"rows-{hashlib.sha256(data).hexdigest()[:32]}.parquet"
-        self._write(path, data)
+        with self._reaching(path):
+            self._write(path, data)
         return path
 
     def writable(self):
@@ -141,7 +166,7 @@ class Store:
         try:  # a bucket says whether it takes writes only when written: the recipe is the store's first object anyway
             if not (self.path / RECIPE).is_file():
                 self._write(self.path / RECIPE, self._recipe_bytes())
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 -- refused (credentials, a read-only bucket): embed without keeping the result
             log.warning("embedding store %s cannot be written (%s: %s)", self.path, type(e).__name__, e)
             return False
         return True
@@ -168,13 +193,14 @@ class Store:
             return
         log.warning("embedding store %s: %s was missing or damaged; written again", self.path, RECIPE)
 
-    def _read_verified(self, path):
-        """(vectors, wall_s, cpu_s) of an intact file of this recipe, or None (logged, and the file removed)."""
+    def _read_verified(self, path, data=None):
+        """(vectors, wall_s, cpu_s) of an intact file of this recipe, or None (logged, and the file removed). `data`: its
+        bytes, when already fetched."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            data = path.read_bytes()
+            data = path.read_bytes() if data is None else data
             if hashlib.sha256(data).hexdigest()[:32] != path.stem.removeprefix("rows-"):
                 raise ValueError("its bytes no longer match the checksum in its name")
             # One thread: pyarrow's pool, torn down at exit after reading from a buffer, aborted `medprobe cache --verify`
@@ -193,7 +219,7 @@ class Store:
         log.warning("embedding store file %s is damaged (%s: %s); its images are recomputed", path, type(error).__name__, error)
         try:
             path.unlink()
-        except OSError:  # a read-only store: it is left and ignored
+        except Exception:  # noqa: BLE001 -- a read-only store or bucket: it is left and ignored
             pass
 
     def _remove_stale_parts(self, older_than_s=3600):
