@@ -256,15 +256,17 @@ def _from_folder(root):
     rows = []
     for path in sorted(root.rglob("*")):
         if path.is_file() and is_image_file(path):
-            parts = path.relative_to(root).parts
-            if len(parts) != (3 if has_splits else 2):
-                raise DatasetError(
-                    f"{path}: expected {'split/class/image' if has_splits else 'class/image'} under {root}"
-                )
-            rows.append((path, parts[1] if has_splits else parts[0], parts[0] if has_splits else ""))
+            rows.append(_class_folder_row(path, path.relative_to(root).parts, has_splits, root))
     if not rows:
         raise DatasetError(f"{root}: no images found (expected class/image or split/class/image folders)")
     return _from_rows(root.name, rows, root, source="folder")
+
+
+def _class_folder_row(path, parts, has_splits, root):
+    """(path, label, split) of an image whose path under the dataset's root (a folder or a URL) is `parts`."""
+    if len(parts) != (3 if has_splits else 2):
+        raise DatasetError(f"{path}: expected {'split/class/image' if has_splits else 'class/image'} under {root}")
+    return path, parts[1] if has_splits else parts[0], parts[0] if has_splits else ""
 
 
 def _csv_header(path):
@@ -314,10 +316,7 @@ def _from_url_folder(url):
     for r in relative:
         if Path(r).suffix.lower() not in IMAGE_SUFFIXES | DICOM_SUFFIXES:
             continue
-        parts = r.split("/")
-        if len(parts) != (3 if has_splits else 2):
-            raise DatasetError(f"{scheme}://{base}/{r}: expected {'split/class/image' if has_splits else 'class/image'} under {url}")
-        rows.append((f"{scheme}://{base}/{r}", parts[1] if has_splits else parts[0], parts[0] if has_splits else ""))
+        rows.append(_class_folder_row(f"{scheme}://{base}/{r}", r.split("/"), has_splits, url))
     if not rows:
         raise DatasetError(f"{url}: no images found (expected class/image or split/class/image under it)")
     return _from_rows(base.rsplit("/", 1)[-1], rows, f"{scheme}://{base}", source="folder")

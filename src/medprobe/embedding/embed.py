@@ -1,18 +1,16 @@
 """The embedding step: every image not yet in the store once through a frozen encoder, appended chunk by chunk."""
 
 import logging
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from medprobe import __version__
 from medprobe.core.costs import cpu_seconds
-from medprobe.core.locations import artifacts_root, cache_root
+from medprobe.core.locations import cache_root, job_artifacts
 from medprobe.data.images import DECODING
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import Store, content_key
@@ -117,9 +115,7 @@ class Job:
     @property
     def artifacts(self):
         """Where a fast runtime may cache its exported graph: beside the stores, or a temporary folder."""
-        if self.store.remote:  # a bucket keeps no graphs (ONNX Runtime opens local files): the user cache does
-            return artifacts_root()
-        return self.store.root if self.writable else Path(tempfile.gettempdir()) / "medprobe-artifacts"
+        return job_artifacts(str(self.store.root) if self.store.remote else self.store.root, self.writable)
 
     def put(self, rows, vectors):
         for row, vector in zip(rows, vectors):

@@ -15,17 +15,15 @@ read and decoded once, and every part embeds what its own store lacks.
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from medprobe.core.errors import ClusterError, MedprobeError
-from medprobe.core.locations import artifacts_root, cache_root
+from medprobe.core.locations import cache_root, job_artifacts
 from medprobe.embedding.embed import Job, describe_job
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import Store, content_key
@@ -222,11 +220,7 @@ class ShardEmbedder:
             o = part.options
             model, transform = create_encoder(o.encoder, weights=o.weights, device=o.device, runtime=o.runtime)
             # as embed() does: the job's size picks the runtime, and an exported graph is kept beside the stores
-            if isinstance(root, str):  # a bucket (s3://) keeps no graphs (ONNX Runtime opens local files): the node's user cache does
-                artifacts = artifacts_root()
-            else:
-                artifacts = Path(root) if ok else Path(tempfile.gettempdir()) / "medprobe-artifacts"
-            model.prepare(n_images=n_images, artifacts=artifacts)
+            model.prepare(n_images=n_images, artifacts=job_artifacts(root, ok))
             self.models.append((model, transform))
             self.stores.append(Store(root, part.name, part.description))
         self.batch_size = parts[0].options.batch_size

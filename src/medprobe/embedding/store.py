@@ -96,7 +96,6 @@ class Store:
 
     def lookup(self, wanted):
         """{digest: Stored} for every digest in `wanted` the store holds in an intact file."""
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not self.remote:
@@ -106,18 +105,12 @@ class Store:
         with self._reaching(self.path):
             self._repair_recipe()
         where = defaultdict(list)  # file -> [(digest, row)]
-        seen, fetched = set(), {}
+        seen = set()
         for path in self.files():
-            if self.remote:  # an object in one GET, outside the damage check below: a lost connection is not a damaged file
-                with self._reaching(path):
-                    fetched[path] = path.read_bytes()
             try:
-                if self.remote:
-                    table = pq.read_table(pa.BufferReader(fetched[path]), columns=["image_sha256"], page_checksum_verification=True,
-                                          use_threads=False)
-                else:
-                    table = pq.read_table(path, columns=["image_sha256"], page_checksum_verification=True, use_threads=False)
-                column = table.column(0).to_pylist()
+                with path.open("rb") as file:  # only the footer and the digest column are read (an object: ranged GETs)
+                    column = pq.read_table(file, columns=["image_sha256"], page_checksum_verification=True,
+                                           use_threads=False).column(0).to_pylist()
             except Exception as e:  # a torn or foreign file: pyarrow raises many types
                 self._drop(path, e)
                 continue
@@ -127,7 +120,7 @@ class Store:
                     where[path].append((digest, row))
         found = {}
         for path, items in where.items():
-            rows = self._read_verified(path, fetched.get(path))
+            rows = self._read_verified(path)
             if rows is None:
                 continue
             vectors, wall, cpu = rows
@@ -193,14 +186,13 @@ class Store:
             return
         log.warning("embedding store %s: %s was missing or damaged; written again", self.path, RECIPE)
 
-    def _read_verified(self, path, data=None):
-        """(vectors, wall_s, cpu_s) of an intact file of this recipe, or None (logged, and the file removed). `data`: its
-        bytes, when already fetched."""
+    def _read_verified(self, path):
+        """(vectors, wall_s, cpu_s) of an intact file of this recipe, or None (logged, and the file removed)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            data = path.read_bytes() if data is None else data
+            data = path.read_bytes()
             if hashlib.sha256(data).hexdigest()[:32] != path.stem.removeprefix("rows-"):
                 raise ValueError("its bytes no longer match the checksum in its name")
             # One thread: pyarrow's pool, torn down at exit after reading from a buffer, aborted `medprobe cache --verify`
@@ -216,6 +208,9 @@ class Store:
             return None
 
     def _drop(self, path, error):
+        if self.remote:  # a lost connection or refused credentials is not damage: checked before anything is deleted
+            with self._reaching(path):
+                path.stat()
         log.warning("embedding store file %s is damaged (%s: %s); its images are recomputed", path, type(error).__name__, error)
         try:
             path.unlink()
@@ -292,7 +287,6 @@ def folder_at(location):
 
 
 def _row_files(folder):
-    folder = folder_at(folder) if isinstance(folder, str) else folder
     local = isinstance(folder, Path)  # an object store lists objects only: no per-file request to ask if it is one
     return sorted((p for p in folder.glob(ROWS) if _is_rows_name(p.name) and (not local or p.is_file())), key=lambda p: p.name)
 
@@ -332,7 +326,7 @@ def tidy(folder):
 def _read_recipe(path):
     """The recipe a store's _recipe.json holds, or None when it is missing or unreadable."""
     try:
-        description = json.loads((folder_at(path) if isinstance(path, str) else path).read_text())
+        description = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     return description if isinstance(description, dict) else None
@@ -380,6 +374,7 @@ def verify_store(folder):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    folder = Path(folder)
     tidy(folder)
     good, bad = 0, []
     for path in _row_files(folder):
