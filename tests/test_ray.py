@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import store_rows, store_vectors
 from medprobe.cli import main
-from medprobe.data.datasets import SPLITS, load_dataset
+from medprobe.data.datasets import load_dataset
 from medprobe.data.sources import FileImages
 from medprobe.embedding.embed import describe_job, embed, load_pixels
 from medprobe.embedding.options import EmbedOptions
@@ -275,18 +276,53 @@ def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, capsy
     assert len(err.splitlines()) == 1 and "pip install 'medprobe[ray]'" in err
 
 
-@pytest.mark.ray
-def test_an_unreadable_image_on_a_worker_is_reported_as_itself(local_ray, shared_data, tmp_path):
-    from medprobe.core.errors import ImageError
-
-    good = sorted((shared_data / "ham10000_melnv" / "train").rglob("*.jpg"))
-    (tmp_path / "broken.jpg").write_bytes(good[0].read_bytes()[:300])  # a JPEG cut off in its header
-    with open(tmp_path / "m.csv", "w", newline="") as f:
+def _manifest_with_a_broken_jpeg(folder, rows):
+    """`rows` (a manifest's data lines, paths relative to `folder`) and a JPEG cut off in its header, as a CSV there."""
+    lines = rows.read_text().splitlines()
+    shutil.copy(rows, folder / "good.csv")
+    first = next(csv.reader(lines[1:2]))[0]
+    (folder / "broken.jpg").write_bytes((rows.parent / first).read_bytes()[:300])
+    manifest = folder / "m.csv"
+    with open(manifest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
-        for i, split in enumerate(SPLITS):
-            writer.writerows([os.path.relpath(p, tmp_path), p.parent.name, split] for p in (good[i], good[-1 - i]))
+        writer.writerows([os.path.relpath(rows.parent / path, folder), label, split] for path, label, split in csv.reader(lines[1:]))
         writer.writerow(["broken.jpg", "mel", "train"])
-    with pytest.raises(ImageError, match="broken.jpg") as raised:
-        embed_on_ray(load_dataset(tmp_path / "m.csv"), options(), concurrency=1)
-    assert "\n" not in str(raised.value) and raised.value.path == str(tmp_path / "broken.jpg")
+    return manifest
+
+
+@pytest.mark.ray
+def test_an_unreadable_image_on_a_worker_is_listed_after_the_job_keeps_the_rest(local_ray, ham48, tmp_path):
+    from medprobe.core.errors import DatasetError
+
+    manifest = _manifest_with_a_broken_jpeg(tmp_path, ham48)
+    with pytest.raises(DatasetError, match=r"1 of 49 images cannot be read:\n  .*broken.jpg: ") as raised:
+        embed_on_ray(load_dataset(manifest), options(tmp_path / "cache"), concurrency=1)
+    assert "--on-error skip" in str(raised.value)
+    assert len(store_rows(next((tmp_path / "cache").glob("*/*")))["image_sha256"]) == 48  # what was embedded is kept
+
+
+@pytest.mark.ray
+def test_run_on_ray_reads_no_image_here_and_skips_or_lists_an_unreadable_one(local_ray, ham48, tmp_path, monkeypatch, medprobe):
+    """Issue 24: with --ray the driver lists the dataset and the workers read it; nothing here opens an image file."""
+    manifest = _manifest_with_a_broken_jpeg(tmp_path, ham48)
+    common = ["--dataset", manifest, "--encoder", ENCODER, "--selection", "val", "--n-boot", "200", "--quiet"]
+    local = medprobe("run", *common, "--on-error", "skip", "--cache-dir", tmp_path / "local", "--out", tmp_path / "here")
+    assert local.returncode == 0, local.stderr
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver read an image")
+
+    for name in ("content", "load", "load_content"):
+        monkeypatch.setattr(FileImages, name, refuse)  # this process only: the Ray workers import their own
+    failed = medprobe("run", *common, "--cache-dir", tmp_path / "ray", "--out", tmp_path / "failed", "--ray", "--ray-actors", "1")
+    assert failed.returncode != 0 and "1 of 49 images cannot be read" in failed.stderr and "broken.jpg" in failed.stderr
+    assert "Traceback" not in failed.stderr and not (tmp_path / "failed" / "results.json").exists()
+    done = medprobe("run", *common, "--on-error", "skip", "--cache-dir", tmp_path / "ray", "--out", tmp_path / "there",
+                    "--ray", "--ray-actors", "1")
+    assert done.returncode == 0, done.stderr
+    here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
+    assert there["metrics"] == here["metrics"] and there["images"]["skipped"] == here["images"]["skipped"]
+    assert there["images"]["on_ray"]["actors"] == 1 and here["images"]["on_ray"] is None
+    assert there["timings"]["embedded_now"] == 0 and there["timings"]["embedded_from_store"] == 48  # the failed run stored them
+    assert there["cache"]["hit"] is True  # the failed run computed them all, this one nothing

@@ -278,3 +278,17 @@ def test_an_unreachable_store_bucket_is_one_line_naming_it(s3):
     err = done.stderr.strip()
     assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"medprobe: error: embedding store s3://{BUCKET}/stores/down/") and "AWS_ENDPOINT_URL" in err
+
+
+def test_unreachable_images_stop_in_one_line_even_under_on_error_skip(s3, tmp_path):
+    """An endpoint that is down fails every image alike: --on-error skip must not drop them all as "unreadable" (the
+    dataset would shrink to nothing, or worse, to the images read before a blip); one line naming an image's URL."""
+    rows = s3["local"].read_text().splitlines()
+    manifest = tmp_path / "remote.csv"  # on this disk, naming the images in the bucket
+    manifest.write_text("\n".join(rows[:1] + [f"s3://{BUCKET}/ham/{row}" for row in rows[1:]]) + "\n")
+    down = {**s3, "env": {**s3["env"], "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1"}}
+    done = medprobe(down, "run", "--dataset", manifest, "--encoder", ENCODER, "--on-error", "skip", "--out", tmp_path / "run", "--quiet")
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"medprobe: error: s3://{BUCKET}/ham/images/") and "AWS_ENDPOINT_URL" in err
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -11,17 +11,19 @@ def add_commands(commands):
 
 
 def cmd_embed(args):
-    from medprobe.data.datasets import load_dataset
     from medprobe.embedding.fusion import check_spec, embed_spec
+    from medprobe.workflows.run import scan_for
 
     options = embed_options(args)
     check_spec(options.encoder)
-    # On Ray the driver only lists the dataset: the workers read, hash and decode each image (an unreadable one stops
-    # the job with its name); locally the pre-scan reads them first, to list every unreadable image at once.
-    data = load_dataset(args.dataset, args.data_dir, args.size) if options.ray else data_spec(args).load()[0]
+    # On Ray the driver only lists the dataset: the workers read, hash, decode and embed each image (scan_for);
+    # locally the pre-scan reads them first. Either way every unreadable image is listed at once.
+    spec = data_spec(args)
+    data, scanned = spec.load(scan_for(spec, options))
     result = embed_spec(data, options).embeddings
-    ray = result.cost.get("ray")
+    ray = scanned.on_ray  # the workers embedded while they read: their pass is the embedding
+    seconds, computed = (scanned.seconds, ray["embedded_now"] > 0) if ray else (result.seconds, not result.from_cache)
     started = f"; Ray start-up {ray['start_s']:.1f} s, {ray['actors']} actors x {ray['cpus_per_actor']} CPUs" if ray else ""
-    print(f"{len(data)} images -> {result.vectors.shape[1]}-d in {result.seconds:.1f} s ({'cache hit' if result.from_cache else 'computed'}{started})")
+    print(f"{len(data)} images -> {result.vectors.shape[1]}-d in {seconds:.1f} s ({'computed' if computed else 'cache hit'}{started})")
     if result.path:
         print(f"cache: {result.path}")

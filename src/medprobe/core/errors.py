@@ -49,6 +49,18 @@ class ImageError(DatasetError):
         return type(self), (self.path, self.reason)
 
 
+class UnreachableError(DatasetError):
+    """Where images live cannot be read at all (an endpoint down, credentials refused): not one image's fault, so the
+    command stops, naming the URL, instead of listing or skipping every image alike."""
+
+    def __init__(self, url, reason):
+        self.url, self.reason = str(url), reason
+        super().__init__(f"{url}: {reason}")
+
+    def __reduce__(self):  # as ImageError's: it crosses from a Ray worker with its own message only
+        return type(self), (self.url, self.reason)
+
+
 class EncoderError(MedprobeError):
     """An encoder is unknown, or its weights cannot be loaded."""
 

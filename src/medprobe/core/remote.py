@@ -7,7 +7,7 @@ A local path is never a URL: `Path` objects and strings without "://" keep their
 
 import posixpath
 
-from medprobe.core.errors import MedprobeError
+from medprobe.core.errors import ImageError, MedprobeError, UnreachableError
 
 INSTALL_HINT = "reading {scheme}:// URLs needs fsspec and its {scheme} filesystem: pip install 'medprobe[cloud]'"
 
@@ -56,6 +56,18 @@ def read_bytes(url):
     """The whole object at `url`; errors keep their type (FileNotFoundError, PermissionError, OSError)."""
     fs, path = filesystem(url)
     return fs.cat_file(path)
+
+
+def read_image_bytes(url):
+    """`read_bytes` for an image: a missing object is that image's own problem (an ImageError, listed or skipped with
+    the other unreadable files); anything else (endpoint down, credentials refused) would fail every image alike, so it
+    stops the command in one line naming the URL (UnreachableError), and --on-error skip never drops images for it."""
+    try:
+        return read_bytes(url)
+    except FileNotFoundError as e:
+        raise ImageError(url, reason(e)) from e
+    except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
+        raise UnreachableError(url, reason(e)) from e
 
 
 def reason(error):

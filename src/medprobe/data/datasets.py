@@ -130,10 +130,14 @@ class DataSpec:
             record_straddling(data, self.group)
         return data, report
 
-    def scan(self):
-        """(dataset, ScanReport) before any split is drawn: images decoded once, copies resolved, metadata joined."""
+    def scan(self, read=None):
+        """(dataset, ScanReport) before any split is drawn: images decoded once, copies resolved, metadata joined.
+
+        `read(dataset, on_error)` stands in for the local pre-scan (`scan_images`): on Ray the workers read, hash and
+        decode each file (`medprobe.embedding.ray.read_on_cluster`), and this process never reads an image.
+        """
         data = read_dataset(self.dataset, self.data_dir, self.size)
-        data, scanned = scan_images(data, self.on_error, check=False)
+        data, scanned = read(data, self.on_error) if read else scan_images(data, self.on_error, check=False)
         if self.metadata:
             join_metadata(data, self.metadata, self.metadata_key)
         data = resolve_duplicates(data, self.duplicates)
@@ -352,7 +356,9 @@ def _from_csv(path, data=None):
         if split and split not in SPLITS:
             raise DatasetError(f"{where}: split must be one of {', '.join(SPLITS)} or empty, got {split!r}")
         # A missing image is reported by the pre-scan together with every other unreadable file (medprobe.scan).
-        rows.append((remote.join(remote.parent(path), row["path"].strip()) if url else path.parent / row["path"].strip(), label, split))
+        given = row["path"].strip()
+        # A URL in the path column is the image's own address, whichever disk or bucket the manifest is on
+        rows.append((given if remote.is_url(given) else remote.join(remote.parent(path), given) if url else path.parent / given, label, split))
         lines.append(line)
     if not rows:
         raise DatasetError(f"{path}: the manifest has no rows")
@@ -373,13 +379,20 @@ def _from_rows(name, rows, root, source, where=None):
         name=name,
         task="binary" if len(label_names) == 2 else "multi-class",
         label_names=label_names,
-        ids=np.array([printable(os.path.relpath(p, root)) for p in paths]),  # ids are names for people and files; paths stay exact
+        ids=np.array([printable(_image_id(p, root)) for p in paths]),  # ids are names for people and files; paths stay exact
         splits=np.array(splits, dtype=object),
         labels=np.array([index[label] for label in label_strings], dtype=np.int64),
         images=FileImages(paths),
         info={"source": source, "path": str(root)},
     )
     return dataset
+
+
+def _image_id(path, root):
+    """An image's name for people: its path relative to the dataset's folder, or its whole URL when outside it."""
+    if remote.is_url(path):
+        return path[len(str(root)) + 1:] if str(path).startswith(f"{root}/") else path
+    return os.path.relpath(path, root)
 
 
 def _refuse_near_identical_labels(label_names, label_strings, where):

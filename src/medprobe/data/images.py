@@ -71,10 +71,7 @@ def read_image(path, fast=False, data=None):
     'L'
     """
     if data is None and remote.is_url(path):  # s3://... : read once here, then decoded like a file's bytes
-        try:
-            data = remote.read_bytes(path)
-        except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
-            raise ImageError(path, remote.reason(e)) from e
+        data = remote.read_image_bytes(path)
     path = Path(path) if data is None else path
     if data is None:
         try:

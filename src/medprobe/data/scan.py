@@ -26,6 +26,9 @@ class ScanReport:
     skipped: list = field(default_factory=list)  # [{"path": ..., "reason": ...}] for each unreadable file
     notes: list = field(default_factory=list)  # [{"path": ..., "note": ...}], e.g. a multi-frame file or a lying extension
     seconds: float = 0.0
+    # The Ray job whose workers read the files instead of this process (medprobe.embedding.ray.read_on_cluster): its actors,
+    # CPUs, start-up seconds, and the images (x encoders) it embedded in the same pass, whose seconds are these; None here.
+    on_ray: dict | None = None
 
     def describe(self):
         return asdict(self)
@@ -50,24 +53,32 @@ def scan_images(dataset, on_error="fail", workers=4, check=True):
         return dataset, ScanReport(on_error, len(dataset))
     with ThreadPoolExecutor(workers) as pool:
         outcomes = list(pool.map(lambda path: _check_one(path, images.kept), images.paths))
-    bad = [(row, outcome) for row, outcome in enumerate(outcomes) if isinstance(outcome, ImageError)]
+    bad = {row: outcome for row, outcome in enumerate(outcomes) if isinstance(outcome, ImageError)}
     notes = [{"path": str(images.paths[row]), "note": note} for row, outcome in enumerate(outcomes) if isinstance(outcome, list) for note in outcome]
     for note in notes:
         log.info("%s: %s", note["path"], note["note"])
-    skipped = [{"path": error.path, "reason": error.reason} for _, error in bad]
+    dataset, report = drop_unreadable(dataset, bad, on_error, check)
+    report.notes, report.seconds = notes, time.perf_counter() - started
+    return dataset, report
+
+
+def drop_unreadable(dataset, bad, on_error, check=True):
+    """(dataset without the rows of `bad` ({row: ImageError}), ScanReport): under "fail" every bad file is listed with
+    its reason in one DatasetError instead; under "skip" each is logged and recorded. Shared by the local pre-scan and
+    the Ray workers' reading (`medprobe.embedding.ray.read_on_cluster`)."""
+    skipped = [{"path": error.path, "reason": error.reason} for _, error in sorted(bad.items())]
     if bad and on_error == "fail":
         listing = "\n".join(f"  {item['path']}: {item['reason']}" for item in skipped)
         raise DatasetError(
-            f"{len(bad)} of {len(images)} images cannot be read:\n{listing}\n"
+            f"{len(bad)} of {len(dataset)} images cannot be read:\n{listing}\n"
             "Fix or remove them, or pass --on-error skip to leave them out (each is then recorded in results.json)"
         )
     if bad:
-        log.warning("skipping %d of %d unreadable images (each is recorded with its reason):", len(bad), len(images))
+        log.warning("skipping %d of %d unreadable images (each is recorded with its reason):", len(bad), len(dataset))
         for item in skipped:
             log.warning("  skipped %s: %s", item["path"], item["reason"])
-        bad_rows = {row for row, _ in bad}
-        dataset = dataset.subset([row for row in range(len(images)) if row not in bad_rows], check=check)
-    return dataset, ScanReport(on_error, len(images), skipped, notes, time.perf_counter() - started)
+        dataset = dataset.subset([row for row in range(len(dataset)) if row not in bad], check=check)
+    return dataset, ScanReport(on_error, len(bad) + len(dataset), skipped)
 
 
 def _check_one(path, kept):

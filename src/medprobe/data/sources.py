@@ -144,10 +144,7 @@ class FileImages:
     def content(self, index):
         path = self.paths[index]
         if remote.is_url(path):
-            try:
-                return remote.read_bytes(path)
-            except Exception as e:  # noqa: BLE001 -- each filesystem (s3fs, gcsfs, ...) raises its own types
-                raise ImageError(path, remote.reason(e)) from e
+            return remote.read_image_bytes(path)
         try:
             return path.read_bytes()
         except OSError as e:

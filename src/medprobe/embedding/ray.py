@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from medprobe.core.errors import ClusterError, MedprobeError
+from medprobe.core.errors import ClusterError, ImageError, MedprobeError
 from medprobe.core.locations import cache_root, job_artifacts
+from medprobe.data.scan import drop_unreadable
 from medprobe.embedding.embed import Job, describe_job
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import Store, content_key
@@ -70,73 +71,123 @@ def embed_parts_on_ray(dataset, models, options):
     The encoders here are only configured (lazy): the driver takes their recipes for the store keys; the
     workers build and run their own. Costs: each computed image's wall time is measured on its worker
     (Ray's start-up is not in it; `cost["ray"]` reports it apart); the workers' CPU seconds are not
-    visible to the driver and are recorded as unknown.
+    visible to the driver and are recorded as unknown. A file the workers cannot read or decode stops the command
+    after the job, with every such file listed (what was embedded is in the store). When the dataset's digests are
+    known (`read_on_cluster` read it) and every store holds them all, no job is started: the stores are read here.
     """
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
-    for model, _ in models:
-        if model.mode in INT8:
-            # the actors would each calibrate on their own first batch, not on the job's sample that keys the store
-            raise ClusterError(f"--runtime {options.runtime} is not available on Ray yet (its int8 calibration is chosen per job); "
-                               "embed without Ray, or use --runtime auto or openvino-bf16 on Ray")
-    ray = _import_ray()
-    root = cache_root(options.cache_dir)
-    parts = [Part(model.config.name, replace(options, encoder=model.config.name, ray=None), describe_job(model, transform)) for model, transform in models]
-    stores = [Store(root, part.name, part.description) for part in parts]
-    writable = [options.use_cache and store.writable() for store in stores]
-    for store, ok in zip(stores, writable):
-        if options.use_cache and not ok:
-            log.warning("the embedding cache %s is not writable (or not a folder); embedding on Ray without saving the result there "
-                        "(set --cache-dir or MEDPROBE_CACHE to a writable folder to keep it)", store.root)
-    # What the stores hold is read from their files' digest columns (store metadata, not images): the workers skip those.
-    held = [_held_digests(store) if options.use_cache else (frozenset(), frozenset()) for store in stores]
-    n = len(dataset)
-    digests, computed = [None] * n, [{} for _ in parts]
-    bar = tqdm(total=n, desc=f"embedding with {'+'.join(p.name for p in parts)} on Ray", unit="img", disable=not options.progress or None)
-    cluster = {}
-    rows = list(range(n))
-    with _session(ray, options.ray or LOCAL, cluster):
-        layout = actor_layout(ray, options.ray_actors)
-        cluster.update(layout)
-        found = [{} for _ in parts]
-        for attempt in range(2):  # a second pass only when a store file went bad between the workers' look-up and ours
-            worker_args = {"images": dataset.images, "parts": parts, "root": str(root), "writable": writable, "held": held,
-                           "use_cache": options.use_cache, "n_images": n, "threads": layout["cpus_per_actor"]}
-            blocks = job_blocks(rows, options.shard_size, options.batch_size, layout["actors"])
-            for out in _raising_user_errors(_pipeline(ray, blocks, worker_args, layout)):
-                for i, (row, digest) in enumerate(zip(out["index"].tolist(), out["sha256"].tolist())):
-                    digests[row] = digest
-                    for p in range(len(parts)):
-                        if out[f"computed_{p}"][i]:
-                            computed[p][digest] = [out[f"embedding_{p}"][i], float(out["wall_s"][i]), float("nan")]
-                bar.update(len(out["index"]))
-            if None in digests:
-                raise ClusterError(f"the Ray job ended without returning {digests.count(None)} of {n} images; run it again to finish them")
-            # The rows the workers skipped are read from the stores here, checked as in a local run.
-            found = [store.lookup({d for d in digests if d not in done}) if options.use_cache else {} for store, done in zip(stores, computed)]
-            rows = [r for r in range(n) if any(digests[r] not in found[p] and digests[r] not in computed[p] for p in range(len(parts)))]
-            if not rows:
-                break
-            log.warning("%d images were not in the store after all (a damaged file was removed); embedding them again", len(rows))
-            held = [(frozenset(f), frozenset(p.name for p in store.files())) for f, store in zip(found, stores)]  # intact just now
-            bar.total += len(rows)
-        else:
-            raise ClusterError(f"{len(rows)} images are still missing from the store after a second pass; run the command again")
-    bar.close()
+    job = _RayJob(models, options)
+    if dataset.digests is not None and all(set(dataset.digests) <= digests for digests, _ in job.held):
+        digests, computed, cluster = dataset.digests, [{} for _ in job.parts], {}
+        found = [store.lookup(set(digests)) for store in job.stores]
+    else:
+        digests, computed, found, bad, cluster = job.run(dataset)
+        drop_unreadable(dataset, bad, "fail")
     results = []
-    for p, (part, store) in enumerate(zip(parts, stores)):
+    for p, (part, store) in enumerate(zip(job.parts, job.stores)):
         dim = models[p][0].config.embed_dim
-        job = Job(list(digests), part.description, content_key(digests, part.description), store, options.use_cache, found[p],
-                  todo=[], chunks=[], writable=writable[p], computed=computed[p])
-        result = job.result(dim, started)
+        embedding_job = Job(list(digests), part.description, content_key(digests, part.description), store, options.use_cache,
+                            found[p], todo=[], chunks=[], writable=job.writable[p], computed=computed[p])
+        result = embedding_job.result(dim, started)
         # One pass embedded every part: its wall time is shared out, so a fusion's (the parts' sum) is the pass's.
-        result.seconds = (result.seconds - cluster.get("start_s", 0.0)) / len(parts)
-        result.cost["ray"] = dict(cluster)
+        result.seconds = (result.seconds - cluster.get("start_s", 0.0)) / len(job.parts)
+        result.cost["ray"] = dict(cluster) if cluster else None
         if computed[p]:
             result.cost["measured_in"] = result.cost["measured_in"].replace("this run", "this run (wall time on the Ray workers)", 1)
         results.append(result)
     return results
+
+
+def read_on_cluster(options, encoders):
+    """The pre-scan of `DataSpec.scan(read=...)` done by the Ray job that embeds the images with every encoder named in
+    `encoders`: the workers read each file once, hash it, decode and embed what the stores lack, and append it. This
+    process lists the dataset and never reads an image. Unreadable files are listed (on_error "fail", after the job:
+    what was embedded stays in the store) or their rows left out and recorded ("skip"), as the local pre-scan does.
+    A file the store already holds is not decoded again: the same bytes decoded when they were stored.
+
+    >>> data, scanned = DataSpec("s3://bucket/ham/manifest.csv").scan(read=read_on_cluster(options, ["efficientnet_lite0"]))
+    """
+    def read(dataset, on_error):
+        started = time.perf_counter()
+        models = [create_encoder(name, weights=options.weights, device=options.device, runtime=options.runtime) for name in encoders]
+        dataset.digests, computed, _, bad, cluster = _RayJob(models, options).run(dataset)
+        dataset, report = drop_unreadable(dataset, bad, on_error, check=False)
+        report.seconds = time.perf_counter() - started - cluster.get("start_s", 0.0)
+        report.on_ray = {**cluster, "embedded_now": sum(digest in done for done in computed for digest in dataset.digests)}
+        return dataset, report
+
+    return read
+
+
+class _RayJob:
+    """The parts' stores as the driver sees them (what each holds, whether it takes writes), and the pass over a
+    dataset's rows on the cluster that fills them."""
+
+    def __init__(self, models, options):
+        for model, _ in models:
+            if model.mode in INT8:
+                # the actors would each calibrate on their own first batch, not on the job's sample that keys the store
+                raise ClusterError(f"--runtime {options.runtime} is not available on Ray yet (its int8 calibration is chosen per "
+                                   "job); embed without Ray, or use --runtime auto or openvino-bf16 on Ray")
+        self.options, self.root = options, cache_root(options.cache_dir)
+        self.parts = [Part(model.config.name, replace(options, encoder=model.config.name, ray=None), describe_job(model, transform))
+                      for model, transform in models]
+        self.stores = [Store(self.root, part.name, part.description) for part in self.parts]
+        self.writable = [options.use_cache and store.writable() for store in self.stores]
+        for store, ok in zip(self.stores, self.writable):
+            if options.use_cache and not ok:
+                log.warning("the embedding cache %s is not writable (or not a folder); embedding on Ray without saving the result "
+                            "there (set --cache-dir or MEDPROBE_CACHE to a writable folder to keep it)", store.root)
+        # What the stores hold is read from their files' digest columns (store metadata, not images): the workers skip those.
+        self.held = [_held_digests(store) if options.use_cache else (frozenset(), frozenset()) for store in self.stores]
+
+    def run(self, dataset):
+        """(digests, computed, found, bad, cluster): every row's digest as the workers computed it, what they embedded
+        ({digest: [vector, wall_s, nan]} per part), what the stores held of the rest, {row: ImageError} of the files
+        they could not read or decode, and the cluster's layout and start-up seconds."""
+        from tqdm.auto import tqdm
+
+        options, parts, stores, held = self.options, self.parts, self.stores, self.held
+        ray = _import_ray()
+        n = len(dataset)
+        digests, computed, bad = [None] * n, [{} for _ in parts], {}
+        bar = tqdm(total=n, desc=f"embedding with {'+'.join(p.name for p in parts)} on Ray", unit="img",
+                   disable=not options.progress or None)
+        cluster = {}
+        rows = list(range(n))
+        with _session(ray, options.ray or LOCAL, cluster):
+            layout = actor_layout(ray, options.ray_actors)
+            cluster.update(layout)
+            found = [{} for _ in parts]
+            for attempt in range(2):  # a second pass only when a store file went bad between the workers' look-up and ours
+                worker_args = {"images": dataset.images, "parts": parts, "root": str(self.root), "writable": self.writable,
+                               "held": held, "use_cache": options.use_cache, "n_images": n, "threads": layout["cpus_per_actor"]}
+                blocks = job_blocks(rows, options.shard_size, options.batch_size, layout["actors"])
+                for out in _raising_user_errors(_pipeline(ray, blocks, worker_args, layout)):
+                    for i, (row, digest, error) in enumerate(zip(out["index"].tolist(), out["sha256"].tolist(), out["error"].tolist())):
+                        digests[row] = digest
+                        if error:
+                            bad[row] = ImageError(dataset.images.describe(row), error)
+                        for p in range(len(parts)):
+                            if out[f"computed_{p}"][i]:
+                                computed[p][digest] = [out[f"embedding_{p}"][i], float(out["wall_s"][i]), float("nan")]
+                    bar.update(len(out["index"]))
+                if None in digests:
+                    raise ClusterError(f"the Ray job ended without returning {digests.count(None)} of {n} images; run it again to finish them")
+                # The rows the workers skipped are read from the stores here, checked as in a local run.
+                found = [store.lookup({d for r, d in enumerate(digests) if r not in bad and d not in done}) if options.use_cache else {}
+                         for store, done in zip(stores, computed)]
+                rows = [r for r in range(n) if r not in bad
+                        and any(digests[r] not in found[p] and digests[r] not in computed[p] for p in range(len(parts)))]
+                if not rows:
+                    break
+                log.warning("%d images were not in the store after all (a damaged file was removed); embedding them again", len(rows))
+                held = [(frozenset(f), frozenset(p.name for p in store.files())) for f, store in zip(found, stores)]  # intact just now
+                bar.total += len(rows)
+            else:
+                raise ClusterError(f"{len(rows)} images are still missing from the store after a second pass; run the command again")
+        bar.close()
+        return digests, computed, found, bad, cluster
 
 
 @contextmanager
@@ -229,8 +280,9 @@ class ShardEmbedder:
     def __call__(self, batch):
         tick = time.perf_counter()
         rows = [int(i) for i in np.concatenate([np.atleast_1d(r) for r in batch["index"]])]  # one block's rows (or a plain list)
-        contents = list(self.pool.map(self.images.content, rows))  # each file read once, here
-        digests = [hashlib.sha256(c).hexdigest() for c in contents]
+        contents = list(self.pool.map(lambda row: _returned(self.images.content, row), rows))  # each file read once, here
+        errors = [c.reason if isinstance(c, ImageError) else "" for c in contents]  # why a file cannot be read or decoded
+        digests = ["" if error else hashlib.sha256(c).hexdigest() for c, error in zip(contents, errors)]
         out = {"index": np.asarray(rows, np.int64), "sha256": np.asarray(digests, dtype=object)}
         for p, store in enumerate(self.stores if self.use_cache else ()):
             # Files added since this actor last looked (other actors; a lost one whose block this is, rerun): skipped too.
@@ -241,7 +293,7 @@ class ShardEmbedder:
         for held in self.held:
             seen, mine = set(), []
             for i, digest in enumerate(digests):
-                if digest not in held and digest not in seen:
+                if not errors[i] and digest not in held and digest not in seen:
                     seen.add(digest)
                     mine.append(i)
             todo.append(mine)
@@ -249,11 +301,19 @@ class ShardEmbedder:
         for positions, group in _same_rows(todo):
             for first in range(0, len(positions), self.batch_size):
                 at = positions[first : first + self.batch_size]
-                images = list(self.pool.map(lambda i: self.images.load_content(rows[i], contents[i]), at))
-                for p in group:
+                decoded = list(self.pool.map(lambda i: _returned(self.images.load_content, rows[i], contents[i]), at))
+                for i, image in zip(at, decoded):
+                    if isinstance(image, ImageError):
+                        errors[i] = image.reason
+                at = [i for i in at if not errors[i]]
+                images = [image for image in decoded if not isinstance(image, ImageError)]
+                for p in group if at else ():
                     model, transform = self.models[p]
                     pixels = np.stack(list(self.pool.map(transform, images)))
                     vectors[p][at] = model.embed_batch(pixels)
+        failed = {digest: error for digest, error in zip(digests, errors) if error and digest}  # its copies in the block too
+        errors = [error or failed.get(digest, "") for digest, error in zip(digests, errors)]
+        todo = [[i for i in mine if not errors[i]] for mine in todo]
         n_computed = len(set().union(*map(set, todo)))
         wall = (time.perf_counter() - tick) / max(1, n_computed)
         for p, store in enumerate(self.stores):
@@ -265,7 +325,16 @@ class ShardEmbedder:
                 self.files[p].add(path.name)
                 self.held[p].update(digests[i] for i in todo[p])
         out["wall_s"] = np.full(len(rows), wall)
+        out["error"] = np.asarray(errors, dtype=object)
         return out
+
+
+def _returned(function, *args):
+    """function(*args), or the ImageError it raised: returned, so that one bad file does not stop its block."""
+    try:
+        return function(*args)
+    except ImageError as e:
+        return e
 
 
 def _same_rows(todo):

@@ -30,6 +30,7 @@ from medprobe.evaluation.metrics import medmnist_acc, medmnist_auc
 from medprobe.probes.fit import fit_probe
 from medprobe.probes.spec import ProbeSpec
 from medprobe.reporting.results import CURVE_JSON, CurveResult, read_curve, write_curve
+from medprobe.workflows.run import scan_for
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def run_curve(data_spec, options=None, probe="logreg", shots=DEFAULT_SHOTS, seed
             return previous
 
     started = time.perf_counter()
-    data, _ = data_spec.load()
+    data, _ = data_spec.load(scan_for(data_spec, options))
     model, transform = create_encoder(options.encoder, weights=options.weights, device=options.device, runtime=options.runtime)
     # --ray: what the store lacks is embedded on the cluster
     embedded = embed_parts_on_ray(data, [(model, transform)], options)[0] if options.ray is not None else embed(data, model, transform, options)

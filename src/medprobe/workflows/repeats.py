@@ -21,7 +21,7 @@ from medprobe.embedding.options import EmbedOptions
 from medprobe.probes.spec import ProbeSpec
 from medprobe.reporting.repeats import summarize
 from medprobe.reporting.results import RESULTS, SUMMARY, write_json
-from medprobe.workflows.run import check_before_images, run
+from medprobe.workflows.run import check_before_images, run, scan_for
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def run_seeds(data_spec, options=None, probe_spec=None, evaluation=None, out=Non
         log.warning("--no-cache with --seeds: the embeddings are computed again for each of the %d seeds", n_seeds)
     results = []
     check_before_images(options or EmbedOptions(), probe_spec, out)
-    scanned = data_spec.scan()  # every image decoded and checked once; each seed draws its splits on a copy
+    scanned = scan_for(data_spec, options or EmbedOptions())  # every image read once; each seed draws its splits on a copy
     for seed in seeds:
         # Only the first seed writes the folder: it is an ordinary run folder at every moment, even if the loop is interrupted.
         results.append(run(replace(data_spec, split_seed=seed), options, replace(probe_spec, seed=seed), evaluation,

@@ -12,7 +12,7 @@ from medprobe.core.errors import ModelError
 from medprobe.core.files import check_writable_folder
 from medprobe.embedding.fusion import check_spec, embed_spec, split_choices, split_spec
 from medprobe.embedding.options import EmbedOptions
-from medprobe.embedding.ray import on_cluster
+from medprobe.embedding.ray import on_cluster, read_on_cluster
 from medprobe.encoders.registry import column_groups
 from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, check_n_boot, evaluate
@@ -93,12 +93,12 @@ def run_here(data_spec, options=None, probe_spec=None, evaluation=None, out=None
     timings = timings or Timings()  # run() has put Ray's start-up in it
     with timings.stage("load"):
         choices = check_before_images(options, probe_spec, out, save, data_spec)
-        data, scanned = data_spec.load(scanned)
+        data, scanned = data_spec.load(scanned or scan_for(data_spec, options))
         check_study_columns(data, evaluation.study)
     timings.scan_s = scanned.seconds
     with timings.stage("embed"):
         candidates = [embed_spec(data, replace(options, encoder=choice)) for choice in choices]
-    count_embedding(timings, [c.embeddings for c in candidates])
+    count_embedding(timings, [c.embeddings for c in candidates], scanned)
     with timings.stage("fit"):
         encoded, fitted = fit_candidates(data, candidates, choices, probe_spec, options)
     with timings.stage("evaluate"):
@@ -116,6 +116,16 @@ def run_here(data_spec, options=None, probe_spec=None, evaluation=None, out=None
     return result
 
 
+def scan_for(data_spec, options):
+    """`data_spec.scan()`, by the Ray job that embeds the images when the command runs on a cluster (with a store to
+    keep its work in): this process then lists the dataset and never reads an image. Every encoder of the run (each
+    choice's parts) is embedded in that one pass."""
+    if options.ray is None or not options.use_cache:
+        return data_spec.scan()
+    encoders = list(dict.fromkeys(name for choice in split_choices(options.encoder) for name in split_spec(choice)))
+    return data_spec.scan(read=read_on_cluster(options, encoders))
+
+
 def check_study_columns(data, study):
     """A misspelt subgroup column, or a calibrator that does not fit the task, is refused before any embedding."""
     resolve_method(study.calibrate, data.task)
@@ -124,13 +134,21 @@ def check_study_columns(data, study):
         group_values(data.columns, column, study.subgroups, data.name)
 
 
-def count_embedding(timings, embeddings):
-    """What computing every candidate's images cost, whenever it was computed (None where unknown: embedded on Ray)."""
+def count_embedding(timings, embeddings, scanned):
+    """What computing every candidate's images cost, whenever it was computed (None where unknown: embedded on Ray).
+
+    On Ray the workers embedded what the store lacked in the same pass that read the files (`scan_for`): that pass is
+    the embedding's time and count, and the store read after it the rest."""
     timings.embed_s = sum(e.seconds for e in embeddings)
     costs = [e.cost for e in embeddings]
     timings.embed_cost_s, timings.embed_cost_cpu_s = _total(c["wall_s"] for c in costs), _total(c["cpu_s"] for c in costs)
     timings.embed_cost_source = costs[0]["measured_in"]
     timings.embedded_now, timings.embedded_from_store = _total(c.get("computed_now") for c in costs), _total(c.get("from_store") for c in costs)
+    if scanned.on_ray is not None:
+        timings.embed_s += scanned.seconds
+        images = timings.embedded_now + timings.embedded_from_store  # rows x parts, every one read from the store just now
+        embedded = scanned.on_ray["embedded_now"]
+        timings.embedded_now, timings.embedded_from_store = embedded, images - embedded
 
 
 def fit_candidates(data, candidates, choices, probe_spec, options):
@@ -211,7 +229,7 @@ def run_result(data, scanned, encoded, probe_spec, fitted, scored, timings):
             **({"prompts": fitted.prompts} if probe_spec.name == ZEROSHOT else {}),
         },
         metrics={split: m.to_json() for split, m in scored.metrics.items()},
-        cache={"key": embedded.key, "path": embedded.path, "hit": embedded.from_cache},
+        cache={"key": embedded.key, "path": embedded.path, "hit": embedded.from_cache and not timings.embedded_now},
         timings=timings.to_json(),
         seed=probe_spec.seed,
         near_duplicates=scored.near_duplicates,
