@@ -51,11 +51,22 @@ def parent(pid):
         return None
 
 
+def is_worker(pid):
+    """Whether a Ray process is a worker running a task or actor (its title "ray::<name>"), not a daemon (raylet, GCS,
+    agents, log monitor) or an idle worker (Ray's own cost of being there)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return title.startswith(b"ray::") and not title.startswith(b"ray::IDLE")
+
+
 class CpuMeter:
-    """CPU seconds of this process plus every process that `belongs` (sampled every 0.2 s, so the short-lived count)."""
+    """CPU seconds of this process plus every process that `belongs` (sampled every 0.2 s, so the short-lived count),
+    with the Ray workers that ran the job's tasks and actors (`workers`) apart from Ray's daemons and idle workers."""
 
     def __init__(self, belongs):
-        self.belongs, self.seen, self.stop = belongs, {}, threading.Event()
+        self.belongs, self.seen, self.working, self.stop = belongs, {}, set(), threading.Event()
 
     def sample(self):
         for entry in Path("/proc").iterdir():
@@ -63,6 +74,8 @@ class CpuMeter:
                 cpu = proc_cpu(int(entry.name))
                 if cpu is not None:
                     self.seen[int(entry.name)] = cpu
+                    if is_worker(int(entry.name)):
+                        self.working.add(int(entry.name))  # once it ran the job's work, all its CPU is the work's
 
     def __enter__(self):
         self.sample()
@@ -82,7 +95,9 @@ class CpuMeter:
         self.sample()
         me = resource.getrusage(resource.RUSAGE_SELF)
         self.own = (me.ru_utime - self.self_before.ru_utime) + (me.ru_stime - self.self_before.ru_stime)
-        self.cpu = self.own + sum(cpu - self.before.get(pid, 0.0) for pid, cpu in self.seen.items())
+        used = {pid: cpu - self.before.get(pid, 0.0) for pid, cpu in self.seen.items()}
+        self.workers = sum(cpu for pid, cpu in used.items() if pid in self.working)
+        self.cpu = self.own + sum(used.values())
 
 
 def descends_from(pid, ancestor):
@@ -136,7 +151,7 @@ def run_local(csv_path, cache):
         tick = time.perf_counter()
         result = embed(data, encoder, transform, EmbedOptions(ENCODER, cache_dir=str(cache), progress=False))
         wall = time.perf_counter() - tick
-    return result, wall, 0.0, meter.cpu, meter.own
+    return result, wall, 0.0, meter.cpu, meter.own, 0.0
 
 
 def run_ray(dataset, cache, address, belongs):
@@ -150,7 +165,7 @@ def run_ray(dataset, cache, address, belongs):
         result = embed_on_ray(data, EmbedOptions(ENCODER, cache_dir=str(cache), progress=False), address=address)
         wall = time.perf_counter() - tick
     start = result.cost["ray"]["start_s"]
-    return result, wall - start, start, meter.cpu, meter.own
+    return result, wall - start, start, meter.cpu, meter.own, meter.workers
 
 
 def main():
@@ -235,15 +250,18 @@ def stop(folder):
 
 
 def report(rows, n):
-    reference, _, _, local_cpu, _ = rows[0][1:]
+    reference, _, _, local_cpu, _, _ = rows[0][1:]
     local_wall = rows[0][2]
     print(f"\nEfficientNet-Lite0, {n} HAM10000 JPEGs, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| configuration | identical to local | start-up s | job s | img/s | CPU-s / image | driver CPU-s / image | wall ratio | CPU ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, result, wall, start, cpu, own in rows:
+    print("CPU-s over the job (Ray's start-up apart): the driver, the Ray workers that ran its tasks and actors, and Ray's "
+          "daemons and idle workers; the work ratio is (driver + workers) / local, the CPU ratio everything / local.\n")
+    print("| configuration | identical to local | start-up s | job s | img/s | CPU-s / image | driver CPU-s | workers CPU-s | "
+          "Ray daemons CPU-s | wall ratio | work CPU ratio | CPU ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, result, wall, start, cpu, own, workers in rows:
         same = np.array_equal(result.vectors, reference.vectors) and result.key == reference.key
-        print(f"| {name} | {'yes' if same else 'NO'} | {start:.1f} | {wall:.1f} | {n / wall:.1f} | {cpu / n:.4f} | {own / n:.5f} | "
-              f"{wall / local_wall:.2f} | {cpu / local_cpu:.2f} |")
+        print(f"| {name} | {'yes' if same else 'NO'} | {start:.1f} | {wall:.1f} | {n / wall:.1f} | {cpu / n:.4f} | {own:.1f} | {workers:.1f} | "
+              f"{cpu - own - workers:.1f} | {wall / local_wall:.2f} | {(own + workers) / local_cpu:.2f} | {cpu / local_cpu:.2f} |")
 
 
 if __name__ == "__main__":
