@@ -18,6 +18,7 @@ from pathlib import Path
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_text
 from medprobe.embedding.options import EmbedOptions
+from medprobe.embedding.ray import on_cluster
 from medprobe.probes.spec import ProbeSpec
 from medprobe.reporting.repeats import summarize
 from medprobe.reporting.results import RESULTS, SUMMARY, write_json
@@ -43,13 +44,15 @@ def run_seeds(data_spec, options=None, probe_spec=None, evaluation=None, out=Non
     if options is not None and not options.use_cache:
         log.warning("--no-cache with --seeds: the embeddings are computed again for each of the %d seeds", n_seeds)
     results = []
-    check_before_images(options or EmbedOptions(), probe_spec, out)
-    scanned = scan_for(data_spec, options or EmbedOptions())  # every image read once; each seed draws its splits on a copy
-    for seed in seeds:
-        # Only the first seed writes the folder: it is an ordinary run folder at every moment, even if the loop is interrupted.
-        results.append(run(replace(data_spec, split_seed=seed), options, replace(probe_spec, seed=seed), evaluation,
-                           out=out if seed == first else None, scanned=scanned))
-        log.info("seed %d: test AUC %s", seed, results[-1].metrics["test"]["auc"])
+    options = options or EmbedOptions()
+    check_before_images(options, probe_spec, out)
+    with on_cluster(options.ray):  # with --ray, one Ray session for the reading pass and every seed
+        scanned = scan_for(data_spec, options)  # every image read once; each seed draws its splits on a copy
+        for seed in seeds:
+            # Only the first seed writes the folder: it is an ordinary run folder at every moment, even if the loop is interrupted.
+            results.append(run(replace(data_spec, split_seed=seed), options, replace(probe_spec, seed=seed), evaluation,
+                               out=out if seed == first else None, scanned=scanned))
+            log.info("seed %d: test AUC %s", seed, results[-1].metrics["test"]["auc"])
     main = results[0]
     main.repeats = summarize(seeds, results)
     if out is not None:
