@@ -54,6 +54,16 @@ def real_store(tmp_path_factory):
     return tmp_path_factory.mktemp("real_store")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_user_cache(tmp_path_factory):
+    """The user cache (platformdirs: $XDG_CACHE_HOME) of this session's own, for this process, its Ray workers and the
+    commands it starts: a store at a URL keeps its exported graphs there, and one left in ~/.cache by an earlier session
+    would change which backend a later small job runs (eager or ONNX Runtime, equal only to ~1e-6)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own embedding cache and data dir, so nothing leaks between tests or into ~/.cache."""

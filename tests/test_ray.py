@@ -326,3 +326,15 @@ def test_run_on_ray_reads_no_image_here_and_skips_or_lists_an_unreadable_one(loc
     assert there["images"]["on_ray"]["actors"] == 1 and here["images"]["on_ray"] is None
     assert there["timings"]["embedded_now"] == 0 and there["timings"]["embedded_from_store"] == 48  # the failed run stored them
     assert there["cache"]["hit"] is True  # the failed run computed them all, this one nothing
+
+
+def test_a_worker_keeps_exported_graphs_beside_a_local_store_given_as_a_string(tmp_path, monkeypatch):
+    """The driver hands each worker the store's root as a string; a local one is still local. (Taken for a URL, the
+    worker looked for graphs in the user cache, where another job's export made it run ONNX Runtime while the local
+    path ran PyTorch eager on the same images: equal only to ~1e-6, and the store is compared bit for bit.)"""
+    from medprobe.core.locations import job_artifacts, user_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    assert job_artifacts(str(tmp_path / "store"), writable=True) == tmp_path / "store"
+    assert job_artifacts(tmp_path / "store", writable=True) == tmp_path / "store"
+    assert job_artifacts("s3://bucket/store", writable=True) == user_cache() / "embeddings"

@@ -31,6 +31,6 @@ def artifacts_root(cache_dir=None):
 def job_artifacts(root, writable):
     """Where an embedding job on the store at `root` keeps exported graphs: beside the store when it is a writable local
     folder; the user cache for a store at a URL; else a temporary folder."""
-    if isinstance(root, str):
+    if is_url(str(root)):  # by what it names, not its type: a Ray worker is handed a local root as a string too
         return user_cache() / "embeddings"
     return Path(root) if writable else Path(tempfile.gettempdir()) / "medprobe-artifacts"
