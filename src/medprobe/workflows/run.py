@@ -146,9 +146,9 @@ def count_embedding(timings, embeddings, scanned):
     timings.embedded_now, timings.embedded_from_store = _total(c.get("computed_now") for c in costs), _total(c.get("from_store") for c in costs)
     if scanned.on_ray is not None:
         timings.embed_s += scanned.seconds
-        images = timings.embedded_now + timings.embedded_from_store  # rows x parts, every one read from the store just now
+        images = _total([timings.embedded_now, timings.embedded_from_store])  # rows x parts, all read from the store just now
         embedded = scanned.on_ray["embedded_now"]
-        timings.embedded_now, timings.embedded_from_store = embedded, images - embedded
+        timings.embedded_now, timings.embedded_from_store = embedded, None if images is None else images - embedded
 
 
 def fit_candidates(data, candidates, choices, probe_spec, options):
