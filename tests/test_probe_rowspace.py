@@ -90,6 +90,20 @@ def test_the_fast_cv_selection_chooses_as_the_plain_one():
     assert fast.selection.solver.startswith("row space") and plain.selection.solver == "scikit-learn per fold"
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_folds_with_more_rows_than_the_row_space_pays_for_are_solved_in_place_and_choose_as_the_plain_ones(classes):
+    X, y = _problem(300, 200, classes, seed=2)  # 180-row folds of 200 columns: too alike in size for either basis to pay
+    X = X + np.random.default_rng(3).normal(scale=4.0, size=X.shape)  # overlapping classes: C lands inside the grid
+    fast = fit_probe("logreg", X[:225], y[:225], X[225:], y[225:], task="binary" if classes == 2 else "multi-class", selection="cv")
+    plain = fit_probe("logreg", X[:225], y[:225], X[225:], y[225:], task="binary" if classes == 2 else "multi-class", selection="cv",
+                      fast=False)
+    assert fast.selection.solver == "in place on the columns, warm-started along C"
+    assert fast.params == plain.params and fast.selection.scores.keys() == plain.selection.scores.keys()
+    for value, score in plain.selection.scores.items():
+        assert fast.selection.scores[value] == pytest.approx(score, abs=2e-3)
+    assert np.abs(fast.out_of_fold - plain.out_of_fold).max() < 1e-2  # the same folds, solved to the same tolerance
+
+
 def test_above_the_row_limit_it_selects_on_a_subsample_and_fits_all_rows(monkeypatch):
     monkeypatch.setattr(fit_module, "SELECT_ROWS", 150)
     X, y = _signal(n=400, d=60)

@@ -302,8 +302,11 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     with _parallel(parallel) as run:
         # logreg's final fit of a large X is solved in place (no standardised copy); its folds in their row space where that pays
         in_place = fast and name == "logreg" and task != "multi-label" and len(rows) < len(X)
-        rowspace_logreg = fast and name == "logreg" and task != "multi-label" and rowspace.pays(n_train, X.shape[1])
-        folds_path = rowspace.FoldPath(X_sel, y_sel, splits, class_weight, run) if rowspace_logreg else None
+        # logreg's folds: in their row space where that pays, else on the columns in place; both warm-started along C
+        path_logreg = fast and name == "logreg" and task != "multi-label"
+        rowspace_logreg = path_logreg and rowspace.pays(n_train, X.shape[1])
+        folds_path = (rowspace.FoldPath if rowspace_logreg else rowspace.InPlacePath)(X_sel, y_sel, splits, class_weight, run) \
+            if path_logreg else None
 
         def score(value):
             if value not in fold_aucs:
@@ -383,7 +386,8 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
         best_auc=means[best] if np.isfinite(means[best]) else None,
         best_se=ses[best],
         grid_widened=evaluated[0] < min(values) or evaluated[-1] > max(values),
-        solver=("row space, warm-started along C" if rowspace_logreg else "scikit-learn per fold")
+        solver=("row space, warm-started along C" if rowspace_logreg else "in place on the columns, warm-started along C"
+                if path_logreg else "scikit-learn per fold")
                + ("" if parallel is None else f", {parallel} tasks"),
         selected_on_rows=len(rows),
         fitted_on_rows=len(X),

@@ -258,7 +258,7 @@ def solve_fold(basis, y, class_weight, C, W0=None):
 
 class FoldPath:
     """Every CV fold standardised and factorised once (`Basis`), then solved at each C asked for, warm-started from
-    the C values already solved (`starts`). `run` is a joblib Parallel: threads here, or tasks on a Ray cluster.
+    the C values already solved (`warm_starts`). `run` is a joblib Parallel: threads here, or tasks on a Ray cluster.
 
     >>> path = FoldPath(X, y, splits, None, Parallel(n_jobs=2, prefer="threads"))
     >>> held_probabilities = path(0.01)   # one array per split
@@ -271,24 +271,58 @@ class FoldPath:
 
     def __call__(self, C):
         out = self.run(delayed(solve_fold)(basis, self.y[train], self.class_weight, C, W0)
-                       for basis, (train, _), W0 in zip(self.bases, self.splits, self.starts(C)))
+                       for basis, (train, _), W0 in zip(self.bases, self.splits, warm_starts(self.solved, C, len(self.splits))))
         for basis, (_, _, ratio) in zip(self.bases, out):
             basis.ratio = ratio  # the same on threads and Ray's tasks, so the two stop at the same iterations
         self.solved[C] = [W for W, _, _ in out]
         return [p for _, p, _ in out]
 
-    def starts(self, C):
-        """Each fold's warm start at C, from the C values already solved: interpolated in log C between the nearest
-        either side (the refinement's half steps), else extrapolated from the nearest two on one side (the walk
-        outwards), else the one solved value's solution; None before any. On RetinaMNIST's walk: 1,289 iterations
-        in all against 1,885 from the nearest solution alone (measured)."""
-        below, above = sorted(c for c in self.solved if c < C), sorted(c for c in self.solved if c > C)
-        pair = (below[-1], above[0]) if below and above else below[-2:] or above[:2]
-        if len(pair) < 2:
-            return self.solved[pair[0]] if pair else [None] * len(self.splits)
-        a, b = pair
-        t = np.log(C / a) / np.log(b / a)  # 0 at a, 1 at b; outside [0, 1] when extrapolating
-        return [(1 - t) * W_a + t * W_b for W_a, W_b in zip(self.solved[a], self.solved[b])]
+
+def warm_starts(solved, C, n_folds):
+    """Each fold's warm start at C from `solved` ({C: [W per fold]}): interpolated in log C between the nearest values
+    either side (the refinement's half steps), else extrapolated from the nearest two on one side (the walk outwards),
+    else the one solved value's solution; None before any. On RetinaMNIST's walk: 1,289 iterations in all against
+    1,885 from the nearest solution alone (measured)."""
+    below, above = sorted(c for c in solved if c < C), sorted(c for c in solved if c > C)
+    pair = (below[-1], above[0]) if below and above else below[-2:] or above[:2]
+    if len(pair) < 2:
+        return solved[pair[0]] if pair else [None] * n_folds
+    a, b = pair
+    t = np.log(C / a) / np.log(b / a)  # 0 at a, 1 at b; outside [0, 1] when extrapolating
+    return [(1 - t) * W_a + t * W_b for W_a, W_b in zip(solved[a], solved[b])]
+
+
+class InPlacePath:
+    """Every CV fold solved on all of X's standardised columns in place, the rows outside it weighted 0
+    (`solve_columns`): no fold copy, no standardised copy, warm-started along C as FoldPath is. For folds where the
+    row space does not pay (PneumoniaMNIST balanced's 2,152-row folds of 4,128 columns): one fit took 2-4x less time
+    than a scikit-learn pipeline on the fold's copy, for the same iterations cold (measured).
+
+    >>> path = InPlacePath(X, y, splits, None, Parallel(n_jobs=2, prefer="threads"))
+    >>> held_probabilities = path(0.01)   # one array per split
+    """
+
+    def __init__(self, X, y, splits, class_weight, run):
+        self.X, self.y, self.splits, self.class_weight, self.run = X, y, splits, class_weight, run
+        self.stats = run(delayed(scale_stats)(X[train]) for train, _ in splits)  # each fold's StandardScaler
+        self.solved = {}
+
+    def __call__(self, C):
+        out = self.run(delayed(solve_in_place)(self.X, self.y, train, held, stats, self.class_weight, C, W0)
+                       for (train, held), stats, W0 in zip(self.splits, self.stats, warm_starts(self.solved, C, len(self.splits))))
+        self.solved[C] = [W for W, _ in out]
+        return [p for _, p in out]
+
+
+def solve_in_place(X, y, train, held, stats, class_weight, C, W0=None):
+    """One CV fold at one C on all of X in place: (W ((D+1) x K, intercept last), the held-out rows' probabilities in
+    the columns of the fold's classes)."""
+    Y, binary = targets(y, np.unique(y[train]))  # rows outside the fold have weight 0: their targets are not read
+    weights = np.zeros(len(X))
+    weights[train] = sample_weights(y[train], class_weight)
+    mean, scale, _ = stats
+    coef, intercept, _ = solve_columns(X, Y, weights, C, binary, mean, scale, W0)
+    return np.vstack([coef.T, intercept]), probabilities(margins(X, coef, intercept, mean, scale, held), binary)
 
 
 def fit(X, y, C, class_weight=None, start_rows=None, tol=TOL):
