@@ -65,7 +65,8 @@ def test_a_fold_stops_by_scikit_learns_rule_on_the_standardised_columns(classes)
     G = (P[:, 1:] if binary else P) - Y  # the loss's gradient in the margins, per row (mean over rows below)
     gradient = np.vstack([A.T @ G / 60 + coef.T / (0.05 * 60), G.mean(axis=0)])
     assert np.abs(gradient).max() <= 1.01e-4  # 1 % for the float32 products the solver ran on
-    assert n_iter <= strict_iter if binary else n_iter < strict_iter  # measured: 6 against 7, and 8 against 16
+    if not binary:  # 8 against 16 (measured); binary problems take a handful either way (6 against 7): no margin to assert
+        assert n_iter < strict_iter
 
 
 def _signal(n=240, d=600, seed=0):
@@ -92,11 +93,17 @@ def test_the_fast_cv_selection_chooses_as_the_plain_one():
 
 @pytest.mark.parametrize("classes", [2, 3])
 def test_folds_with_more_rows_than_the_row_space_pays_for_are_solved_in_place_and_choose_as_the_plain_ones(classes):
-    X, y = _problem(300, 200, classes, seed=2)  # 180-row folds of 200 columns: too alike in size for either basis to pay
-    X = X + np.random.default_rng(3).normal(scale=4.0, size=X.shape)  # overlapping classes: C lands inside the grid
-    fast = fit_probe("logreg", X[:225], y[:225], X[225:], y[225:], task="binary" if classes == 2 else "multi-class", selection="cv")
-    plain = fit_probe("logreg", X[:225], y[:225], X[225:], y[225:], task="binary" if classes == 2 else "multi-class", selection="cv",
-                      fast=False)
+    # 180-row folds of 200 columns: too alike in size for either basis to pay. Both problems have their best C inside the
+    # grid, at least 6e-4 of CV AUC above the next value and 2e-3 from the one-standard-error line (measured), against
+    # score differences of 2e-4 between the two solvers: no tie that a CPU's rounding could break either way.
+    if classes == 2:
+        X, y = _signal(n=300, d=200)
+    else:
+        X, y = _problem(300, 200, 3, seed=7)
+        X = X + np.random.default_rng(8).normal(scale=3.0, size=X.shape)  # overlapping classes
+    task = "binary" if classes == 2 else "multi-class"
+    fast = fit_probe("logreg", X[:225], y[:225], X[225:], y[225:], task=task, selection="cv")
+    plain = fit_probe("logreg", X[:225], y[:225], X[225:], y[225:], task=task, selection="cv", fast=False)
     assert fast.selection.solver == "in place on the columns, warm-started along C"
     assert fast.params == plain.params and fast.selection.scores.keys() == plain.selection.scores.keys()
     for value, score in plain.selection.scores.items():

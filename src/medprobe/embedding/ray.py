@@ -73,13 +73,15 @@ def embed_parts_on_ray(dataset, models, options):
     (Ray's start-up is not in it; `cost["ray"]` reports it apart); the workers' CPU seconds are not
     visible to the driver and are recorded as unknown. A file the workers cannot read or decode stops the command
     after the job, with every such file listed (what was embedded is in the store). When the dataset's digests are
-    known (`read_on_cluster` read it) and every store holds them all, no job is started: the stores are read here.
+    known (`read_on_cluster` read it) and every store holds them all, no job is started: the one look-up a run makes
+    anyway reads them here.
     """
     started = time.perf_counter()
     job = _RayJob(models, options)
-    if dataset.digests is not None and all(set(dataset.digests) <= digests for digests, _ in job.held):
+    wanted = set(dataset.digests or ())
+    found = [store.lookup(wanted) for store in job.stores] if wanted and options.use_cache else None
+    if found and all(len(f) == len(wanted) for f in found):
         digests, computed, cluster = dataset.digests, [{} for _ in job.parts], {}
-        found = [store.lookup(set(digests)) for store in job.stores]
     else:
         digests, computed, found, bad, cluster = job.run(dataset)
         drop_unreadable(dataset, bad, "fail")
@@ -138,8 +140,6 @@ class _RayJob:
             if options.use_cache and not ok:
                 log.warning("the embedding cache %s is not writable (or not a folder); embedding on Ray without saving the result "
                             "there (set --cache-dir or MEDPROBE_CACHE to a writable folder to keep it)", store.root)
-        # What the stores hold is read from their files' digest columns (store metadata, not images): the workers skip those.
-        self.held = [_held_digests(store) if options.use_cache else (frozenset(), frozenset()) for store in self.stores]
 
     def run(self, dataset):
         """(digests, computed, found, bad, cluster): every row's digest as the workers computed it, what they embedded
@@ -147,7 +147,9 @@ class _RayJob:
         they could not read or decode, and the cluster's layout and start-up seconds."""
         from tqdm.auto import tqdm
 
-        options, parts, stores, held = self.options, self.parts, self.stores, self.held
+        options, parts, stores = self.options, self.parts, self.stores
+        # What the stores hold is read from their files' digest columns (store metadata, not images): the workers skip those.
+        held = [_held_digests(store) if options.use_cache else (frozenset(), frozenset()) for store in stores]
         ray = _import_ray()
         n = len(dataset)
         digests, computed, bad = [None] * n, [{} for _ in parts], {}

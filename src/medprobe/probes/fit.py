@@ -436,15 +436,11 @@ def _fit_logreg(X, y, task, C, class_weight, seed, start_rows=None):
 def _logreg_out_of_fold(X, y, folds, estimator, class_weight):
     """Out-of-fold scores of a large logreg: each fold solved in place (its rows weighted 0), from the full fit."""
     scaler, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
-    start = np.vstack([clf.coef_.T, clf.intercept_])
+    start, stats = np.vstack([clf.coef_.T, clf.intercept_]), (scaler.mean_, scaler.scale_, scaler.var_)
     out = np.empty((len(X), len(clf.classes_)))
     with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
         for train, held in folds:
-            Y, binary = rowspace.targets(y, clf.classes_)
-            weights = np.zeros(len(X))
-            weights[train] = rowspace.sample_weights(y[train], class_weight)
-            coef, intercept, _ = rowspace.solve_columns(X, Y, weights, clf.C, binary, scaler.mean_, scaler.scale_, start)
-            out[held] = rowspace.probabilities(rowspace.margins(X, coef, intercept, scaler.mean_, scaler.scale_, held), binary)
+            _, out[held] = rowspace.solve_in_place(X, y, train, held, stats, class_weight, clf.C, start, clf.classes_)
     return out
 
 

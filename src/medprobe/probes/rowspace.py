@@ -314,10 +314,10 @@ class InPlacePath:
         return [p for _, p in out]
 
 
-def solve_in_place(X, y, train, held, stats, class_weight, C, W0=None):
-    """One CV fold at one C on all of X in place: (W ((D+1) x K, intercept last), the held-out rows' probabilities in
-    the columns of the fold's classes)."""
-    Y, binary = targets(y, np.unique(y[train]))  # rows outside the fold have weight 0: their targets are not read
+def solve_in_place(X, y, train, held, stats, class_weight, C, W0=None, classes=None):
+    """One fold at one C on all of X in place, standardised by `stats` (mean, scale, var): (W ((D+1) x K, intercept
+    last), the held-out rows' probabilities in the columns of `classes`, by default the fold's own)."""
+    Y, binary = targets(y, np.unique(y[train]) if classes is None else classes)  # rows outside the fold weigh 0
     weights = np.zeros(len(X))
     weights[train] = sample_weights(y[train], class_weight)
     mean, scale, _ = stats
