@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 DATA ?= ../shared/data/medmnist
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/install
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	tools/install $(VENV) dev
 	touch $@
 
 # Headless Chromium renders the HTML report in its test, and chromium-driver lets the serve page's test upload a file

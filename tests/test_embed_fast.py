@@ -13,7 +13,7 @@ from medprobe.embedding.embed import describe_job, embed
 from medprobe.embedding.options import EmbedOptions
 from medprobe.encoders import backends, create_encoder
 from medprobe.encoders.runtimes import MIN_COSINE, min_cosine
-from medprobe.encoders.torch_encoder import TorchEncoder
+from medprobe.encoders.torch_encoder import AUTO_ONNX_MIN_IMAGES, TorchEncoder
 from medprobe.encoders.transforms import make_transform
 
 
@@ -98,9 +98,14 @@ def test_an_export_failure_falls_back_to_eager(real, caplog, monkeypatch):
 def test_auto_exports_only_for_jobs_large_enough_to_pay_for_it(real):
     _, pixels, _, artifacts = real
     small = TorchEncoder(real[0].config, lambda: real[0].module)
-    small.prepare(n_images=10, artifacts=Path(artifacts) / "empty")
+    small.prepare(n_images=AUTO_ONNX_MIN_IMAGES - 1, artifacts=Path(artifacts) / "empty")
     small.embed_batch(pixels[:2])
     assert small.backend.startswith("torch eager fp32")
+    assert not list((Path(artifacts) / "empty").rglob("*.onnx"))
+    large = TorchEncoder(real[0].config, lambda: real[0].module)
+    large.prepare(n_images=AUTO_ONNX_MIN_IMAGES, artifacts=Path(artifacts) / "large")
+    large.embed_batch(pixels[:2])
+    assert large.backend.startswith("onnxruntime") and list((Path(artifacts) / "large").rglob("*.onnx"))
     unprepared = TorchEncoder(real[0].config, lambda: real[0].module)  # called directly, as tests and notebooks do
     unprepared.embed_batch(pixels[:2])
     assert unprepared.backend.startswith("torch eager fp32")

@@ -38,8 +38,10 @@ from medprobe.encoders.weights import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
-# Below this many images, exporting to ONNX (a few seconds) costs more than it saves, unless already exported.
-AUTO_ONNX_MIN_IMAGES = 256
+# Below this many images, exporting to ONNX costs more than it saves, unless already exported. The TorchScript export takes
+# 0.3-0.6 s for the Lite encoders, and a cold ONNX Runtime job (export, session, guard) of 32 images already takes 0.43-0.55x
+# of eager's time, at 16 images 0.83-1.09x (benchmarks/auto_threshold.py).
+AUTO_ONNX_MIN_IMAGES = 32
 FP32 = {"precision": "fp32"}
 
 
