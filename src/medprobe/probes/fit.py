@@ -285,105 +285,52 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     X_sel, y_sel, g_sel = (X, y, groups) if len(rows) == len(X) else (X[rows], y[rows], None if groups is None else groups[rows])
     folds = min(CV_FOLDS, smallest_class(y_sel, task)[0], _group_count(g_sel, y_sel, task))
     calibration = min(CALIBRATION_FOLDS, smallest)
-    if groups is None:
-        repeated = RepeatedKFold if task == "multi-label" else RepeatedStratifiedKFold
-        splits = list(repeated(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed).split(X_sel, y_sel))
-    else:  # scikit-learn has no repeated grouped splitter: one shuffled partition per repeat
-        splits = [split for repeat in range(CV_REPEATS) for split in _folds(X_sel, y_sel, task, folds, seed + repeat, g_sel)]
-    # The first repeat is the partition the out-of-fold scores come from (as _folds draws it), when every fold of it scores
-    first = [i for i, (_, held) in enumerate(splits[:folds]) if _scorable(y_sel[held], task)]
-    splits = [(train, held) for train, held in splits if _scorable(y_sel[held], task)]
-    if not splits:
-        raise ProbeError(f"no {folds}-fold split of the {fit_on} images keeping each group whole holds every class in a fold; "
-                         f"add images of more groups, or use --selection val")
+    splits, first = _cv_splits(X_sel, y_sel, g_sel, task, folds, seed, fit_on)
     n_train = min(len(train) for train, _ in splits)
-    fold_aucs, means, held_scores = {}, {}, {}
+    # logreg's folds: in their row space where that pays, else on the columns in place; both warm-started along C.
+    # Its final fit of a large X is solved in place too (no standardised copy).
+    path_logreg = fast and name == "logreg" and task != "multi-label"
+    rowspace_logreg = path_logreg and rowspace.pays(n_train, X.shape[1])
+    in_place = path_logreg and len(rows) < len(X)
     # One pool for the whole walk: a joblib backend such as Ray starts its workers once, not once per grid value
     with _parallel(parallel) as run:
-        # logreg's final fit of a large X is solved in place (no standardised copy); its folds in their row space where that pays
-        in_place = fast and name == "logreg" and task != "multi-label" and len(rows) < len(X)
-        # logreg's folds: in their row space where that pays, else on the columns in place; both warm-started along C
-        path_logreg = fast and name == "logreg" and task != "multi-label"
-        rowspace_logreg = path_logreg and rowspace.pays(n_train, X.shape[1])
-        folds_path = (rowspace.FoldPath if rowspace_logreg else rowspace.InPlacePath)(X_sel, y_sel, splits, class_weight, run) \
-            if path_logreg else None
-
-        def score(value):
-            if value not in fold_aucs:
-                if folds_path is not None:
-                    held_scores[value] = folds_path(value)
-                else:
-                    probe = make_probe(name, task, class_weight, seed, calibration, **{param: value})
-                    def fold_scores(train, held):
-                        return clone(probe).fit(X_sel[train], y_sel[train]).predict_proba(X_sel[held])
-
-                    # The folds run on threads, one BLAS thread each (set by the caller): scikit-learn's solvers release the GIL
-                    # in their BLAS calls, and RetinaMNIST's 15 folds took 4.9 s against 7.7 s one after another on 2 cores.
-                    held_scores[value] = run(delayed(fold_scores)(*split) for split in splits)
-                fold_aucs[value] = np.array([selection_auc(y_sel[held], p, task) for (_, held), p in zip(splits, held_scores[value])])
-                finite = fold_aucs[value][np.isfinite(fold_aucs[value])]
-                means[value] = float(finite.mean()) if len(finite) else float("-inf")  # -inf: never the best
-            return means[value]
-
-        grid = sorted(_tidy(v, name) for v in values if name != "knn" or v < n_train) or [max(1, n_train - 1)]
-        # Simple end first, stopping once two values in a row score below the best: past the optimum the AUC only falls,
-        # and the complex end (large C) is where the solver is slowest (measured: 3x less time on RetinaMNIST).
-        falling = 0
-        for value in grid if SIMPLER[name] is min else grid[::-1]:
-            falling = falling + 1 if score(value) < max(means.values()) else 0
-            if falling == 2:
-                break
-        for _ in range(MAX_WIDENINGS):
-            evaluated = sorted(fold_aucs)
-            best = max(evaluated, key=means.get)
-            if len(evaluated) > 1 and means[best] == min(means.values()):
-                break  # a flat curve (every value ties, e.g. separable data): nothing to find past the edge
-            wider = _widen(evaluated, best, name, n_train)
-            if wider == evaluated:
-                break
-            for value in wider:
-                score(value)
-        evaluated = sorted(fold_aucs)
-        best = max(evaluated, key=means.get)
-        i = evaluated.index(best)
-        for neighbour in evaluated[max(0, i - 1) : i] + evaluated[i + 1 : i + 2]:
-            score(_tidy(np.sqrt(best * neighbour), name))  # half a step towards each neighbour
-        evaluated = sorted(fold_aucs)
-        best = max(evaluated, key=means.get)
-        ses = {v: float(np.nanstd(a, ddof=1) / np.sqrt(np.isfinite(a).sum())) if np.isfinite(a).sum() > 1 else 0.0
-               for v, a in fold_aucs.items()}
-        # The one-standard-error rule: the simplest model whose CV AUC is within one SE of the best one's;
-        # it trades a statistically invisible loss for a probe less tuned to these particular folds.
-        chosen = SIMPLER[name]([v for v in evaluated if means[v] >= means[best] - ses[best]] or [best])
-    folds_path = None  # its factorised folds are not needed past here: freed before the final fit of a large X
-    oof_folds = _folds(X, y, task, folds, seed, groups)
+        if path_logreg:
+            held_scores = (rowspace.FoldPath if rowspace_logreg else rowspace.InPlacePath)(X_sel, y_sel, splits, class_weight, run)
+        else:
+            held_scores = _pipeline_folds(lambda value: make_probe(name, task, class_weight, seed, calibration, **{param: value}),
+                                          X_sel, y_sel, splits, run)
+        cv = _CrossValidated(held_scores, y_sel, splits, task)
+        _walk_grid(cv, sorted(_tidy(v, name) for v in values if name != "knn" or v < n_train) or [max(1, n_train - 1)], name, n_train)
+    del held_scores
+    cv.score_folds = None  # a FoldPath's factorised folds are not needed past here: freed before the final fit of a large X
+    best, chosen, ses = _one_standard_error(cv, name)
     if rowspace_logreg or in_place:
         estimator = _fit_logreg(X, y, task, chosen, class_weight, seed, rows if in_place else None)
     else:
         estimator = make_probe(name, task, class_weight, seed, calibration, **{param: chosen}).fit(X, y)
-    reuse = fast and len(rows) == len(X) and len(first) == folds and all(
-        np.array_equal(held, splits[i][1]) for i, (_, held) in zip(first, oof_folds))
-    if reuse:  # the chosen value's held-out scores in the first repeat: no second CV pass
-        out_of_fold = np.empty((len(X), held_scores[chosen][0].shape[1]))
+    oof_folds = _folds(X, y, task, folds, seed, groups)
+    if fast and len(rows) == len(X) and len(first) == folds and all(np.array_equal(held, splits[i][1]) for i, (_, held) in zip(first, oof_folds)):
+        out_of_fold = np.empty((len(X), cv.held_scores[chosen][0].shape[1]))  # the first repeat's held-out scores: no second pass
         for i in first:
-            out_of_fold[splits[i][1]] = held_scores[chosen][i]
+            out_of_fold[splits[i][1]] = cv.held_scores[chosen][i]
     elif in_place:
         out_of_fold = _logreg_out_of_fold(X, y, oof_folds, estimator, class_weight)
     else:
         out_of_fold = cross_val_predict(make_probe(name, task, class_weight, seed, calibration, **{param: chosen}), X, y,
                                         cv=oof_folds, method="predict_proba")
+    evaluated = sorted(cv.means)
     subsample = f", on a subsample of {len(rows)} of {len(X)} rows" if len(rows) < len(X) else ""
     selection = Selection(
         criterion=f"{folds}-fold CV AUC on {fit_on} ({CV_REPEATS} repeats){_grouped(groups)}, one-standard-error rule{subsample}",
         protocol="cv",
         fit_on=fit_on,
-        scores={str(v): (means[v] if np.isfinite(means[v]) else None) for v in evaluated},
+        scores={str(v): (cv.means[v] if np.isfinite(cv.means[v]) else None) for v in evaluated},
         calibration_folds=calibration if name in ("svm", "ridge") and calibration < CALIBRATION_FOLDS else None,
         folds=folds,
         repeats=CV_REPEATS,
         folds_keep_groups_whole=groups is not None,
         best=best,
-        best_auc=means[best] if np.isfinite(means[best]) else None,
+        best_auc=cv.means[best] if np.isfinite(cv.means[best]) else None,
         best_se=ses[best],
         grid_widened=evaluated[0] < min(values) or evaluated[-1] > max(values),
         solver=("row space, warm-started along C" if rowspace_logreg else "in place on the columns, warm-started along C"
@@ -393,6 +340,93 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
         fitted_on_rows=len(X),
     )
     return FittedProbe(estimator, name, {param: chosen, "class_weight": class_weight}, selection, out_of_fold)
+
+
+def _cv_splits(X, y, groups, task, folds, seed, fit_on):
+    """The repeated CV splits whose held-out folds can be scored, and which of them make up the first repeat.
+
+    The first repeat is the partition the out-of-fold scores come from (as _folds draws it), when every fold of it scores.
+    """
+    if groups is None:
+        repeated = RepeatedKFold if task == "multi-label" else RepeatedStratifiedKFold
+        splits = list(repeated(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed).split(X, y))
+    else:  # scikit-learn has no repeated grouped splitter: one shuffled partition per repeat
+        splits = [split for repeat in range(CV_REPEATS) for split in _folds(X, y, task, folds, seed + repeat, groups)]
+    first = [i for i, (_, held) in enumerate(splits[:folds]) if _scorable(y[held], task)]
+    splits = [(train, held) for train, held in splits if _scorable(y[held], task)]
+    if not splits:
+        raise ProbeError(f"no {folds}-fold split of the {fit_on} images keeping each group whole holds every class in a fold; "
+                         f"add images of more groups, or use --selection val")
+    return splits, first
+
+
+def _pipeline_folds(probe_for, X, y, splits, run):
+    """value -> each split's held-out scores, from a new scikit-learn pipeline per fold (every probe but fast logreg)."""
+    def held_scores(value):
+        probe = probe_for(value)
+
+        def fold_scores(train, held):
+            return clone(probe).fit(X[train], y[train]).predict_proba(X[held])
+
+        # The folds run on threads, one BLAS thread each (set by the caller): scikit-learn's solvers release the GIL
+        # in their BLAS calls, and RetinaMNIST's 15 folds took 4.9 s against 7.7 s one after another on 2 cores.
+        return run(delayed(fold_scores)(*split) for split in splits)
+
+    return held_scores
+
+
+class _CrossValidated:
+    """Each grid value's held-out scores, fold AUCs and mean AUC, computed on first use."""
+
+    def __init__(self, score_folds, y, splits, task):
+        self.score_folds, self._y, self._splits, self._task = score_folds, y, splits, task
+        self.held_scores, self.fold_aucs, self.means = {}, {}, {}
+
+    def __call__(self, value):
+        """The mean CV AUC of `value` (-inf when no fold scores: never the best)."""
+        if value not in self.means:
+            self.held_scores[value] = self.score_folds(value)
+            aucs = np.array([selection_auc(self._y[held], p, self._task) for (_, held), p in zip(self._splits, self.held_scores[value])])
+            finite = aucs[np.isfinite(aucs)]
+            self.fold_aucs[value], self.means[value] = aucs, float(finite.mean()) if len(finite) else float("-inf")
+        return self.means[value]
+
+    def best(self):
+        return max(sorted(self.means), key=self.means.get)
+
+
+def _walk_grid(cv, grid, name, n_train):
+    """Score `grid` from its simple end, widen it past an edge where the best value sits, then refine around the best."""
+    # Stop once two values in a row score below the best: past the optimum the AUC only falls, and the complex end
+    # (large C) is where the solver is slowest (measured: 3x less time on RetinaMNIST).
+    falling = 0
+    for value in grid if SIMPLER[name] is min else grid[::-1]:
+        falling = falling + 1 if cv(value) < max(cv.means.values()) else 0
+        if falling == 2:
+            break
+    for _ in range(MAX_WIDENINGS):
+        evaluated, best = sorted(cv.means), cv.best()
+        if len(evaluated) > 1 and cv.means[best] == min(cv.means.values()):
+            break  # a flat curve (every value ties, e.g. separable data): nothing to find past the edge
+        wider = _widen(evaluated, best, name, n_train)
+        if wider == evaluated:
+            break
+        for value in wider:
+            cv(value)
+    evaluated, best = sorted(cv.means), cv.best()
+    i = evaluated.index(best)
+    for neighbour in evaluated[max(0, i - 1) : i] + evaluated[i + 1 : i + 2]:
+        cv(_tidy(np.sqrt(best * neighbour), name))  # half a step towards each neighbour
+
+
+def _one_standard_error(cv, name):
+    """(best, chosen, standard errors): the chosen value is the simplest whose CV AUC is within one SE of the best one's;
+    it trades a statistically invisible loss for a probe less tuned to these particular folds."""
+    best = cv.best()
+    ses = {v: float(np.nanstd(a, ddof=1) / np.sqrt(np.isfinite(a).sum())) if np.isfinite(a).sum() > 1 else 0.0
+           for v, a in cv.fold_aucs.items()}
+    chosen = SIMPLER[name]([v for v in sorted(cv.means) if cv.means[v] >= cv.means[best] - ses[best]] or [best])
+    return best, chosen, ses
 
 
 def _parallel(backend):
