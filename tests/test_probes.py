@@ -187,7 +187,7 @@ def test_cli_cv_selection_is_recorded_and_never_looks_at_test(tmp_path, medprobe
     results = []
     for name in ("t.npz", "permuted.npz"):
         out = tmp_path / f"out-{name}"
-        done = medprobe("run", "--dataset", tmp_path / name, "--selection", "cv", "--out", out, "--quiet", "--runtime", "torch")
+        done = medprobe("run", "--dataset", tmp_path / name, "--selection", "cv", "--out", out, "--quiet")
         assert done.returncode == 0, done.stderr
         results.append(json.loads((out / "results.json").read_text()))
     first, second = results

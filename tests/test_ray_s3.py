@@ -180,8 +180,9 @@ def test_wrong_credentials_are_one_line_naming_the_url(s3, capsys):
     assert s3["url"] in err and "access denied" in err and "Traceback" not in err
 
 
-def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path):
+def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's back-off on a refused connection (~7 s) is not under test here
     command = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--batch-size", "8", "--cache-dir", cache, "--ray", cluster, "--quiet"]
     stopped = []
 

@@ -9,7 +9,7 @@ from medprobe.cli.args import (
     embed_options,
     study_options,
 )
-from medprobe.workflows.evaluate import ROWS
+from medprobe.data.datasets import ROWS  # not from workflows.evaluate: scikit-learn would load with every command
 
 
 def add_commands(commands):

@@ -24,6 +24,7 @@ from medprobe.data.sources import ArrayImages, FileImages, ImageSource, content_
 from medprobe.data.splits import SPLIT_SEED, make_missing_splits
 
 SPLITS = ("train", "val", "test")
+ROWS = ("all", *SPLITS)  # what `evaluate --rows` may score: every row, or one split
 TASKS = ("binary", "multi-class", "ordinal", "multi-label")
 
 

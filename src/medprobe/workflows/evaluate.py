@@ -18,7 +18,7 @@ import numpy as np
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import DatasetError
 from medprobe.core.files import check_writable_folder
-from medprobe.data.datasets import SPLITS
+from medprobe.data.datasets import ROWS, SPLITS
 from medprobe.embedding.fusion import embed_spec
 from medprobe.embedding.options import EmbedOptions
 from medprobe.evaluation.metrics import evaluate
@@ -27,8 +27,6 @@ from medprobe.evaluation.subgroups import group_values
 from medprobe.probes.saved import load_model
 from medprobe.reporting.results import RunResult, write_run_folder
 from medprobe.workflows.run import EvalOptions
-
-ROWS = ("all", *SPLITS)
 
 
 def match_labels(data, model):
