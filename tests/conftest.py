@@ -8,9 +8,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# The suite runs on two workers (pyproject's addopts): one thread each for PyTorch, OpenMP and BLAS, set before numpy
+# and torch load, or two workers of two threads contend for two cores (the suite took 416 s so, 303 s with one thread).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -93,7 +97,7 @@ def exported_once(tmp_path_factory):
 
     With the per-test cache above, every test that runs ONNX Runtime or OpenVINO would export the same network
     again (~5 s each). A graph's file name is its content key (config, weights fingerprint, torch version, opset,
-    precision), so the copy equals a fresh export, and it lands at the same path when the export would have, so what
+    precision), so the copy (a hard link) equals a fresh export, and it lands at the same path when the export would have, so what
     a test sees is unchanged. int8 graphs are still quantised by each test. Tests marked `own_exports` export for
     themselves: the exporter is what they check.
     """
@@ -112,7 +116,10 @@ def exported_once(tmp_path_factory):
         if not master.is_file():
             export(module, config, master)
         with atomic_target(path) as partial:
-            shutil.copyfile(master, partial)
+            try:
+                os.link(master, partial)  # no test writes into a graph, so the tests can share its bytes on disk
+            except OSError:  # another filesystem
+                shutil.copyfile(master, partial)
         return path
 
     with pytest.MonkeyPatch.context() as patch:
@@ -272,3 +279,13 @@ def medprobe():
         return Done(code, out.getvalue(), err.getvalue())
 
     return call
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that starts Ray runs on one xdist worker, one after another, as in a serial run: two local clusters
+    starting at once would contend for ports and the two cores. They go first (in their own order), so the other worker
+    runs the rest beside them instead of waiting at the end (loadgroup hands a group to one worker whole)."""
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+    items.sort(key=lambda item: item.get_closest_marker("ray") is None)  # stable: every other order is kept
