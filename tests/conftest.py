@@ -284,8 +284,13 @@ def medprobe():
 def pytest_collection_modifyitems(items):
     """Every test that starts Ray runs on one xdist worker, one after another, as in a serial run: two local clusters
     starting at once would contend for ports and the two cores. They go first (in their own order), so the other worker
-    runs the rest beside them instead of waiting at the end (loadgroup hands a group to one worker whole)."""
+    runs the rest beside them instead of waiting at the end (loadgroup hands a group to one worker whole).
+
+    The tests of `real_store` share one worker too: its store is per worker, and on two they would each embed RetinaMNIST
+    and HAM10000 whole."""
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
+        elif "real_store" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("real_store"))
     items.sort(key=lambda item: item.get_closest_marker("ray") is None)  # stable: every other order is kept
