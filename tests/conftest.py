@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The suite runs on two workers (pyproject's addopts): one thread each for PyTorch, OpenMP and BLAS, set before numpy
-# and torch load, or two workers of two threads contend for two cores (the suite took 416 s so, 303 s with one thread).
+# and torch load, or two workers of two threads contend for two cores (the suite took 416 s so, 303-367 s with one).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
