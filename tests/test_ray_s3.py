@@ -5,6 +5,7 @@ The server and the cluster are started once for the module and stopped after it,
 """
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -53,7 +54,10 @@ def s3(shared_data, tmp_path_factory):
     port = _free_port()
     server = {"now": _moto(port)}
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "medprobe-test", "AWS_SECRET_ACCESS_KEY": "medprobe-test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_DEFAULT_REGION": "us-east-1",
+           # fsspec's own configuration (read by every process the tests start, Ray's workers included): a request in
+           # flight when a test stops the server waited for botocore's 60 s read timeout; on loopback 10 s is ample
+           "FSSPEC_S3": json.dumps({"config_kwargs": {"connect_timeout": 5, "read_timeout": 10}})}
     local = tmp_path_factory.mktemp("ham_local")
     files = sorted((shared_data / "ham10000_melnv").rglob("*.jpg"))
     (local / "images").mkdir()
@@ -129,7 +133,6 @@ def medprobe(s3, *args):
 def test_run_on_two_nodes_from_s3_with_an_s3_store_equals_the_local_run(s3, cluster, tmp_path):
     """Images and the embedding store both in the bucket (no shared filesystem): the two-node run equals the local run bit
     for bit, and a second run on this machine, without Ray, reads every vector back from the bucket and writes nothing."""
-    import json
 
     import s3fs
 
@@ -247,7 +250,6 @@ def test_cache_listing_of_a_bucket_is_refused_in_one_line(capsys):
 def test_an_image_folder_in_a_bucket_runs_as_the_same_folder_on_disk(s3, tmp_path, monkeypatch):
     """split/class/image objects under a prefix, listed (never read) by the driver: the same run as the local folder, and the
     bucket's metadata.csv beside the class folders is not taken for a manifest."""
-    import json
 
     import s3fs
 
