@@ -1,7 +1,7 @@
 """Where `--runtime auto` should start exporting: PyTorch eager against a cold ONNX Runtime (export included), by job size.
 
     python benchmarks/auto_threshold.py                       # the three Lite encoders, jobs of 8 to 256 images
-    python benchmarks/auto_threshold.py --encoders efficientnet_lite0 --sizes 16,64
+    python benchmarks/auto_threshold.py --encoders efficientnet_lite0 efficientnet_lite2 --sizes 16,64
 
 For each encoder and job size, in one process and alternated: `eager` builds a fresh encoder and embeds the job with fp32
 PyTorch; `onnx cold` builds a fresh encoder with an empty artifacts folder and embeds the same job with ONNX Runtime,
@@ -36,32 +36,21 @@ def job_seconds(name, runtime, pixels, batch):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoders", default="efficientnet_lite0,efficientnet_lite0@stages,up,max,efficientnet_lite2")
+    parser.add_argument("--encoders", nargs="+", default=["efficientnet_lite0", "efficientnet_lite0@stages,up,max", "efficientnet_lite2"],
+                        help="encoder names, space-separated (a recipe's own commas stay in its name)")
     parser.add_argument("--sizes", default="8,16,32,64,128,256")
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     images = np.load(DATA)["test_images"]
     print(f"AUTO_ONNX_MIN_IMAGES = {AUTO_ONNX_MIN_IMAGES}")
     print(f"{'encoder':34s} {'images':>6s} {'eager s':>8s} {'onnx cold s':>11s} {'onnx/eager':>10s}")
-    for name in args.encoders.split(",") if "@" not in args.encoders else _split(args.encoders):
+    for name in args.encoders:
         _, transform = create_encoder(name, runtime="torch")
         for size in map(int, args.sizes.split(",")):
             pixels = np.stack([transform(Image.fromarray(a)) for a in images[:size]])
             eager, _ = job_seconds(name, "torch", pixels, args.batch)
             onnx, backend = job_seconds(name, "onnx", pixels, args.batch)
             print(f"{name:34s} {size:6d} {eager:8.2f} {onnx:11.2f} {onnx / eager:10.2f}   ({backend})", flush=True)
-
-
-def _split(names):
-    """Encoder names hold commas of their own (`efficientnet_lite0@stages,up,max`): split before each `efficientnet`."""
-    parts = names.split(",")
-    out = []
-    for part in parts:
-        if part.startswith("efficientnet") or not out:
-            out.append(part)
-        else:
-            out[-1] += "," + part
-    return out
 
 
 if __name__ == "__main__":

@@ -295,13 +295,13 @@ def _fit_by_cv(name, param, values, X, y, task, class_weight, seed, smallest, fi
     # One pool for the whole walk: a joblib backend such as Ray starts its workers once, not once per grid value
     with _parallel(parallel) as run:
         if path_logreg:
-            held_scores = (rowspace.FoldPath if rowspace_logreg else rowspace.InPlacePath)(X_sel, y_sel, splits, class_weight, run)
+            score_folds = (rowspace.FoldPath if rowspace_logreg else rowspace.InPlacePath)(X_sel, y_sel, splits, class_weight, run)
         else:
-            held_scores = _pipeline_folds(lambda value: make_probe(name, task, class_weight, seed, calibration, **{param: value}),
+            score_folds = _pipeline_folds(lambda value: make_probe(name, task, class_weight, seed, calibration, **{param: value}),
                                           X_sel, y_sel, splits, run)
-        cv = _CrossValidated(held_scores, y_sel, splits, task)
+        cv = _CrossValidated(score_folds, y_sel, splits, task)
+        del score_folds  # cv holds it until the walk is done
         _walk_grid(cv, sorted(_tidy(v, name) for v in values if name != "knn" or v < n_train) or [max(1, n_train - 1)], name, n_train)
-    del held_scores
     cv.score_folds = None  # a FoldPath's factorised folds are not needed past here: freed before the final fit of a large X
     best, chosen, ses = _one_standard_error(cv, name)
     if rowspace_logreg or in_place:
