@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,26 @@ def real_store(tmp_path_factory):
     first fills it, the others read it. The store is keyed by recipe and image bytes, so sharing it changes no result;
     tests that count what was embedded use their own."""
     return tmp_path_factory.mktemp("real_store")
+
+
+@pytest.fixture
+def local_ray():
+    """A 2-CPU local Ray for a test that needs one running. Start-up costs seconds, so one is kept from test to test and
+    shut down after the last Ray test of this process (pytest_runtest_teardown below)."""
+    import ray
+
+    if not ray.is_initialized():
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("RAY_DEDUP_LOGS", "0")  # show each worker's warnings as they happen
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    return ray
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """No Ray outlives the Ray tests: the tests after them run as they would alone (some code uses a running session)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and (nextitem is None or not nextitem.get_closest_marker("ray")):
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -281,16 +302,44 @@ def medprobe():
     return call
 
 
-def pytest_collection_modifyitems(items):
-    """Every test that starts Ray runs on one xdist worker, one after another, as in a serial run: two local clusters
-    starting at once would contend for ports and the two cores. They go first (in their own order), so the other worker
-    runs the rest beside them instead of waiting at the end (loadgroup hands a group to one worker whole).
+SHARED_ONCE = ("real", "real_store")  # session fixtures worth building on one worker only
 
-    The tests of `real_store` share one worker too: its store is per worker, and on two they would each embed RetinaMNIST
-    and HAM10000 whole."""
+
+def xdist_group(item):
+    """The group an item must share a worker with (None: it may run anywhere).
+
+    - "ray": every test that starts Ray, one after another as in a serial run; two local clusters starting at once would
+      contend for ports and the two cores;
+    - "real" or "real_store": the tests of those session fixtures (per worker: on two, each would embed its images);
+    - its module: a test using one of its module's fixtures, which would otherwise be built on both workers.
+    """
+    if item.get_closest_marker("ray"):
+        return "ray"
+    shared = [name for name in SHARED_ONCE if name in item.fixturenames]
+    if shared:
+        return shared[0]
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(d.scope == "module" for defs in definitions.values() for d in defs):
+        return item.module.__name__
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads xdist_group into the node ids it schedules by
+def pytest_collection_modifyitems(items):
+    """Groups (above) for xdist's loadgroup, which hands a group to one worker whole. The Ray tests go first, in their own
+    order, so the other worker runs the rest beside them instead of waiting at the end (pyproject's addopts keep this
+    order: --no-loadscope-reorder)."""
     for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif "real_store" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("real_store"))
+        group = xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.get_closest_marker("ray") is None)  # stable: every other order is kept
+
+
+def pytest_collection_finish(session):
+    """xdist schedules a group by the `@group` suffix its own hook adds to node ids; a pytest that stores ids where that
+    hook does not write would run the Ray tests on both workers at once, so say so instead of running slowly."""
+    if session.config.getoption("dist", "no") == "no" and getattr(session.config.option, "loadgroup", False):
+        lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist's loadgroup did not tag {lost[0]}: this pytest and pytest-xdist disagree")

@@ -51,10 +51,15 @@ def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
     data = load_dataset(tiny)
     options = EmbedOptions("efficientnet_lite0", runtime="bf16", cache_dir=str(tmp_path / "cache"), progress=False)
     local = embed_spec(data, options).embeddings
+    import ray
+
     from medprobe.embedding.ray import embed_on_ray
 
-    # Every image is in the bf16 store: the workers hash each file, find it there and embed nothing.
+    # Every image is in the bf16 store: the workers hash each file, find it there and embed nothing. No Ray runs yet (this
+    # test is the first of the Ray tests), so embed_on_ray starts its own and shuts it down.
+    assert not ray.is_initialized()
     on_ray = embed_on_ray(data, options, address="local")
+    assert not ray.is_initialized()
     assert on_ray.from_cache and on_ray.key == local.key
     np.testing.assert_array_equal(on_ray.vectors, local.vectors)
     assert embed_spec(data, EmbedOptions("efficientnet_lite0", cache_dir=str(tmp_path / "cache"), progress=False)).embeddings.key != local.key

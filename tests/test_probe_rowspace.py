@@ -126,17 +126,6 @@ def test_above_the_row_limit_it_selects_on_a_subsample_and_fits_all_rows(monkeyp
     assert grouped.selection.fitted_on_rows == 400
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A 2-CPU local Ray, always shut down."""
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.parametrize("probe", ["logreg", "knn"])
 def test_the_selection_on_ray_is_the_local_one(local_ray, probe):
