@@ -273,7 +273,7 @@ def test_an_image_folder_in_a_bucket_runs_as_the_same_folder_on_disk(s3, tmp_pat
     (folder / "metadata.csv").write_text("image_id,age\nx,1\n")
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.put(str(folder) + "/", f"{BUCKET}/folders/{tmp_path.name}/", recursive=True)
-    quick = ["--encoder", ENCODER, "--runtime", "torch", "--selection", "val", "--n-boot", "200", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    quick = ["--encoder", ENCODER, "--selection", "val", "--n-boot", "200", "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main(["run", "--dataset", str(folder), "--out", str(tmp_path / "here"), *quick]) == 0
     assert main(["run", "--dataset", f"s3://{BUCKET}/folders/{tmp_path.name}/", "--out", str(tmp_path / "there"), *quick]) == 0
     here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))

@@ -311,7 +311,7 @@ def test_run_chooses_among_recipes_by_the_selection_protocol_and_records_it(tmp_
     npz = write_npz(tmp_path / "t.npz", n_train=30, n_val=12, n_test=12, classes=2)
     out = tmp_path / "out"
     spec = "efficientnet_lite0|efficientnet_lite0@stages"
-    done = medprobe("run", "--dataset", npz, "--encoder", spec, "--selection", "val", "--out", out, "--quiet", "--runtime", "torch")
+    done = medprobe("run", "--dataset", npz, "--encoder", spec, "--selection", "val", "--out", out, "--quiet")
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "results.json").read_text())
     choice = result["probe"]["selection"]["encoder_choice"]
