@@ -69,3 +69,12 @@ def test_lists_encoders_and_datasets(capsys, shared_data):
     assert main(["datasets", "--data-dir", str(shared_data / "medmnist")]) == 0
     listing = capsys.readouterr().out
     assert "retinamnist" in listing and str(shared_data / "medmnist" / "retinamnist.npz") in listing
+
+
+def test_an_error_quoting_a_control_character_stays_on_its_line():
+    """A message may quote a hand-edited file; its carriage returns and escape sequences are shown, not obeyed."""
+    from medprobe.cli import describe_error
+    from medprobe.core.errors import MedprobeError
+
+    assert describe_error(MedprobeError("p.csv: got \r,label\x1b[31m")) == "p.csv: got \\r,label\\x1b[31m"
+    assert describe_error(MedprobeError("2 images cannot be read:\n  a.jpg")) == "2 images cannot be read:\n  a.jpg"  # lines kept

@@ -25,9 +25,14 @@ def build_parser():
     return parser
 
 
+# Control characters other than a line break, shown escaped: a message may quote a hand-edited file (a header cell holding
+# a carriage return, an ANSI escape), and printed raw they would break its line or the terminal.
+_ESCAPED = {code: ascii(chr(code))[1:-1] for code in [*range(32), 127] if code != ord("\n")}
+
+
 def describe_error(error):
     """The one line a user sees: the library's message, plus where to look when a name is unknown."""
-    message = str(error)
+    message = str(error).translate(_ESCAPED)
     if isinstance(error, UnknownNameError) and error.kind in LISTING_COMMANDS:
         message += f" (run `{LISTING_COMMANDS[error.kind]}` to list them)"
     elif error.command:
