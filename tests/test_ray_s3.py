@@ -110,11 +110,9 @@ def _stop(folder):
             continue
     children = set()
     for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) in ours:
-                children.add(int(entry.name))
-        except (OSError, ValueError):
-            continue
+        fields = _stat(entry.name) if entry.name.isdigit() else []
+        if fields and int(fields[1]) in ours:  # its parent is one of ours
+            children.add(int(entry.name))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in ours | children:
             try:
@@ -126,12 +124,17 @@ def _stop(folder):
             time.sleep(0.05)
 
 
+def _stat(pid):
+    """A process's /proc stat fields after its name (state, parent pid, ...); [] once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _running(pid):
     """Whether a process is still there and not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 def medprobe(s3, *args):
