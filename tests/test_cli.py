@@ -46,10 +46,11 @@ def test_embed_then_run_reuses_the_cache(tmp_path, capsys):
         (["run", "--dataset", "missing.csv"], "missing.csv: CSV manifest not found"),
     ],
 )
-def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):
+def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, args, message, medprobe):
+    """In this process (an exception fails the test, as a traceback would); test_corrupt_image_is_named runs a real one."""
     npz = write_npz(tmp_path / "t.npz", n_train=8, n_val=4, n_test=4)
     args = [str(npz) if a == "DATA" else a for a in args]
-    done = subprocess.run([sys.executable, "-m", "medprobe.cli", *args, "--out", str(tmp_path / "o"), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    done = medprobe(*args, "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
