@@ -73,10 +73,31 @@ def local_ray():
 
 
 def pytest_runtest_teardown(item, nextitem):
-    """No Ray outlives the Ray tests: the tests after them run as they would alone (some code uses a running session)."""
+    """Ray is kept only for a next test that asks for `local_ray`: any other test runs as it would alone (some code uses a
+    running session, and an idle one's daemons take CPU from the other worker)."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized() and (nextitem is None or not nextitem.get_closest_marker("ray")):
+    if ray is not None and ray.is_initialized() and (nextitem is None or "local_ray" not in nextitem.fixturenames):
         ray.shutdown()
+
+
+def process_stat(pid):
+    """A process's /proc stat fields after its name (state, parent pid, ...); [] once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def processes_naming(needle):
+    """The pids of the processes whose command line holds `needle` (bytes)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -55,10 +55,9 @@ def test_ray_path_keys_the_cache_by_the_runtime(tmp_path, tiny):
 
     from medprobe.embedding.ray import embed_on_ray
 
-    # Every image is in the bf16 store: the workers hash each file, find it there and embed nothing. With no Ray running,
-    # embed_on_ray starts its own and shuts it down. (The suite runs this test first of the Ray tests; in another order, a
-    # session an earlier one kept is ended here, and the next one starts it again.)
-    ray.shutdown()
+    # Every image is in the bf16 store: the workers hash each file, find it there and embed nothing. No Ray runs here (conftest
+    # keeps one only for tests that ask for `local_ray`), so embed_on_ray starts its own and shuts it down.
+    assert not ray.is_initialized()
     on_ray = embed_on_ray(data, options, address="local")
     assert not ray.is_initialized()
     assert on_ray.from_cache and on_ray.key == local.key

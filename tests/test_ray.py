@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import store_rows, store_vectors
+from conftest import process_stat, processes_naming, store_rows, store_vectors
 from medprobe.cli import main
 from medprobe.data.datasets import load_dataset
 from medprobe.data.sources import FileImages
@@ -137,24 +137,16 @@ def _descends_from(pid, ancestor):
     while pid > 1:
         if pid == ancestor:
             return True
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+        fields = process_stat(pid)
+        if not fields:
             return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        pid = int(fields[1])
     return False
 
 
 def _actor_pids():
     """This session's encoder actors: Ray titles each worker after its UDF, and they descend from this process."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"Embedder" in (entry / "cmdline").read_bytes():
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    return {pid for pid in pids if pid != os.getpid() and _descends_from(pid, os.getpid())}
+    return {pid for pid in processes_naming(b"Embedder") if pid != os.getpid() and _descends_from(pid, os.getpid())}
 
 
 @pytest.mark.ray

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import store_vectors
+from conftest import process_stat, processes_naming, store_vectors
 from medprobe.cli import main
 
 # Ray Data deprecation warnings: their summary parses source with `ast` while Ray threads run, which CPython 3.11.7 can abort
@@ -101,16 +101,10 @@ def cluster(s3):
 
 def _stop(folder):
     """End this cluster's processes (those naming its folder, and their children), and no other Ray on the machine."""
-    ours = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and folder.encode() in (entry / "cmdline").read_bytes():
-                ours.add(int(entry.name))
-        except OSError:
-            continue
+    ours = processes_naming(folder.encode())
     children = set()
     for entry in Path("/proc").iterdir():
-        fields = _stat(entry.name) if entry.name.isdigit() else []
+        fields = process_stat(entry.name) if entry.name.isdigit() else []
         if fields and int(fields[1]) in ours:  # its parent is one of ours
             children.add(int(entry.name))
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -124,17 +118,9 @@ def _stop(folder):
             time.sleep(0.05)
 
 
-def _stat(pid):
-    """A process's /proc stat fields after its name (state, parent pid, ...); [] once it has gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
-
-
 def _running(pid):
     """Whether a process is still there and not a zombie waiting to be reaped."""
-    return _stat(pid)[:1] not in ([], ["Z"])
+    return process_stat(pid)[:1] not in ([], ["Z"])
 
 
 def medprobe(s3, *args):
