@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +19,6 @@ from medprobe.data.datasets import load_dataset
 from medprobe.data.images import read_image
 from medprobe.data.scan import scan_images
 
-WORK = Path(tempfile.mkdtemp(prefix="medprobe-fuzz-"))
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -35,16 +32,23 @@ def _valid_files():
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format=fmt)
         files[suffix] = buffer.getvalue()
-    write_dicom(WORK / "seed.dcm", (rng.integers(0, 4096, (16, 16))).astype(np.uint16), bits_stored=12, WindowCenter=2048, WindowWidth=1000)
-    files[".dcm"] = (WORK / "seed.dcm").read_bytes()
+    buffer = io.BytesIO()
+    write_dicom(buffer, (rng.integers(0, 4096, (16, 16))).astype(np.uint16), bits_stored=12, WindowCenter=2048, WindowWidth=1000)
+    files[".dcm"] = buffer.getvalue()
     return files
 
 
 VALID = _valid_files()
 
 
-def decodes_or_image_error(data, suffix):
-    path = WORK / f"fuzz{suffix}"
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """This module's folder for the files it writes (pytest's temporary folders: old sessions' are removed)."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def decodes_or_image_error(work, data, suffix):
+    path = work / f"fuzz{suffix}"
     path.write_bytes(data)
     for fast in (False, True):
         try:
@@ -58,7 +62,7 @@ def decodes_or_image_error(data, suffix):
 
 @FUZZ
 @given(st.sampled_from(sorted(VALID)), st.data())
-def test_mutated_image_bytes(suffix, data):
+def test_mutated_image_bytes(work, suffix, data):
     original = bytearray(VALID[suffix])
     kind = data.draw(st.sampled_from(["flip", "truncate", "splice"]))
     if kind == "flip":
@@ -69,19 +73,19 @@ def test_mutated_image_bytes(suffix, data):
     else:
         at = data.draw(st.integers(0, len(original)))
         original[at:at] = data.draw(st.binary(max_size=64))
-    decodes_or_image_error(bytes(original), data.draw(st.sampled_from([suffix, ".png", ".dcm", ""])))
+    decodes_or_image_error(work, bytes(original), data.draw(st.sampled_from([suffix, ".png", ".dcm", ""])))
 
 
 @FUZZ
 @given(st.binary(max_size=512), st.sampled_from([".png", ".jpg", ".dcm", ".tif", ""]))
-def test_random_bytes(data, suffix):
-    decodes_or_image_error(data, suffix)
+def test_random_bytes(work, data, suffix):
+    decodes_or_image_error(work, data, suffix)
 
 
 @FUZZ
 @given(st.binary(max_size=256))
-def test_random_bytes_after_a_dicom_preamble(tail):
-    decodes_or_image_error(bytes(128) + b"DICM" + tail, ".dcm")
+def test_random_bytes_after_a_dicom_preamble(work, tail):
+    decodes_or_image_error(work, bytes(128) + b"DICM" + tail, ".dcm")
 
 
 cells = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
@@ -95,8 +99,8 @@ names = st.sampled_from(["img0.png", "img1.png", "img2.png", "missing.png", "../
     raw=st.binary(max_size=64),
     use_raw=st.booleans(),
 )
-def test_csv_manifests(header, rows, raw, use_raw):
-    folder = WORK / "csv"
+def test_csv_manifests(work, header, rows, raw, use_raw):
+    folder = work / "csv"
     folder.mkdir(exist_ok=True)
     for i in range(3):
         if not (folder / f"img{i}.png").exists():
@@ -156,9 +160,9 @@ def assert_refused_in_one_line(code, err):
 
 
 @pytest.fixture(scope="module")
-def real_images(shared_data):
+def real_images(shared_data, work):
     """Real HAM10000 images: train/{mel,nv} (6 each) and test/{mel,nv} (3 each)."""
-    root = WORK / "ham"
+    root = work / "ham"
     for split, n in (("train", 6), ("test", 3)):
         for label in ("mel", "nv"):
             (root / split / label).mkdir(parents=True, exist_ok=True)
@@ -168,7 +172,7 @@ def real_images(shared_data):
 
 
 @pytest.fixture(scope="module")
-def base_models():
+def base_models(work):
     """One tiny saved model per task, fitted through the library on random 1280-d vectors (efficientnet_lite0's width)."""
     from medprobe.data.datasets import Dataset
     from medprobe.data.sources import FileImages
@@ -188,7 +192,7 @@ def base_models():
         X = rng.normal(size=(40, config.embed_dim)).astype(np.float32)
         fitted = fit_probe(probe, X[:30], y[:30], X[30:], y[30:], task=task, selection="val")
         data = Dataset("toy", task, names, np.arange(30).astype(str), np.array(["train"] * 30), y[:30], FileImages([]))
-        models[task] = save_model(WORK / f"base_{task}", fitted, data, SimpleNamespace(config=config), make_transform(config), "efficientnet_lite0")
+        models[task] = save_model(work / f"base_{task}", fitted, data, SimpleNamespace(config=config), make_transform(config), "efficientnet_lite0")
     return models
 
 
@@ -237,13 +241,13 @@ label_lists = st.one_of(st.lists(st.sampled_from(["mel", "nv", "other", "", "MEL
 @given(task=st.sampled_from(["binary", "multi-class", "multi-label"]), edits=st.lists(st.tuples(st.integers(0, 100), st.sampled_from(ARRAY_OPS)),
        max_size=3), new_task=st.one_of(st.none(), st.sampled_from(["binary", "multi-class", "multi-label", "regression", 3])),
        names=st.one_of(st.none(), label_lists), seed=st.integers(0, 3))
-def test_a_hand_edited_saved_model_answers_finite_probabilities_or_is_refused(base_models, real_images, task, edits, new_task, names, seed):
+def test_a_hand_edited_saved_model_answers_finite_probabilities_or_is_refused(base_models, real_images, work, task, edits, new_task, names, seed):
     from safetensors.numpy import load
 
     from medprobe.core.errors import ModelError
     from medprobe.probes.saved import ARRAYS, MODEL_JSON, load_model
 
-    folder = WORK / "edited_model"
+    folder = work / "edited_model"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(base_models[task], folder)
     meta = json.loads((folder / MODEL_JSON).read_text())
@@ -271,35 +275,35 @@ def test_a_hand_edited_saved_model_answers_finite_probabilities_or_is_refused(ba
         else:
             assert scores.shape == (5, len(model.label_names)) and np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()
     # And through the CLI, as a user meets it.
-    code, _, err = cli("predict", folder, real_images / "test", "--out", WORK / "fuzz_predictions.csv", "--quiet", "--cache-dir", WORK / "cache")
+    code, _, err = cli("predict", folder, real_images / "test", "--out", work / "fuzz_predictions.csv", "--quiet", "--cache-dir", work / "cache")
     if code == 0:
         import pandas as pd
 
-        written = pd.read_csv(WORK / "fuzz_predictions.csv")
+        written = pd.read_csv(work / "fuzz_predictions.csv")
         probabilities = written[[c for c in written.columns if c.startswith("p_")]].to_numpy(float)
         assert len(written) == 6 and np.isfinite(probabilities).all(), written
         event("predict: exit 0")
     else:
         assert_refused_in_one_line(code, err)
     if task == "binary":
-        code, out, err = cli("evaluate", folder, "--dataset", real_images / "test", "--n-boot", "50", "--quiet", "--cache-dir", WORK / "cache",
-                             "--out", WORK / "fuzz_eval")
+        code, out, err = cli("evaluate", folder, "--dataset", real_images / "test", "--n-boot", "50", "--quiet", "--cache-dir", work / "cache",
+                             "--out", work / "fuzz_eval")
         if code == 0:
-            auc = json.loads((WORK / "fuzz_eval" / "results.json").read_text())["metrics"]["test"]["auc"]
+            auc = json.loads((work / "fuzz_eval" / "results.json").read_text())["metrics"]["test"]["auc"]
             assert np.isfinite(auc)
         else:
             assert_refused_in_one_line(code, err)
 
 
 @pytest.fixture(scope="module")
-def base_runs(real_images):
+def base_runs(real_images, work):
     """Two runs (logreg, with and without class weights) on the same real images: the folders `compare` and `report` read."""
     runs = []
     for name, weights in (("plain", ()), ("balanced", ("--class-weight", "balanced"))):
-        code, _, err = cli("run", "--dataset", real_images, *weights, "--out", WORK / f"run_{name}", "--encoder", "efficientnet_lite0",
-                           "--selection", "val", "--n-boot", "50", "--quiet", "--cache-dir", WORK / "cache")
+        code, _, err = cli("run", "--dataset", real_images, *weights, "--out", work / f"run_{name}", "--encoder", "efficientnet_lite0",
+                           "--selection", "val", "--n-boot", "50", "--quiet", "--cache-dir", work / "cache")
         assert code == 0, err
-        runs.append(WORK / f"run_{name}")
+        runs.append(work / f"run_{name}")
     return runs
 
 
@@ -353,8 +357,8 @@ def edited_predictions(folder, edits):
 @MODEL_FUZZ
 @given(edits=st.lists(csv_edits, min_size=1, max_size=3), recompute=st.sampled_from([True, True, True, False]), report=st.integers(0, 7))
 @example(edits=[("cell", 0, 0, "\r")], recompute=True, report=1)  # found here: the header quoted in the error broke its line
-def test_a_hand_edited_predictions_file_compares_and_reports_finite_numbers_or_is_refused(base_runs, edits, recompute, report):
-    folder = WORK / "edited_run"
+def test_a_hand_edited_predictions_file_compares_and_reports_finite_numbers_or_is_refused(base_runs, work, edits, recompute, report):
+    folder = work / "edited_run"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(base_runs[0], folder)
     path = edited_predictions(folder, edits)
@@ -370,5 +374,5 @@ def test_a_hand_edited_predictions_file_compares_and_reports_finite_numbers_or_i
     else:
         assert_refused_in_one_line(code, err)
     if report == 0:  # the report draws figures (seconds each): one example in eight
-        code, _, err = cli("report", folder, "--out", WORK / "edited_report.html")
+        code, _, err = cli("report", folder, "--out", work / "edited_report.html")
         assert code == 0 or assert_refused_in_one_line(code, err) is None
