@@ -135,13 +135,15 @@ def worker_threads():
 
 @pytest.fixture(scope="session", autouse=True)
 def exported_once(tmp_path_factory):
-    """Each ONNX graph is exported once per session, then copied wherever a later test's encoder exports it again.
+    """Each ONNX graph is exported (and each int8 graph quantised) once per session, then copied wherever a later test's
+    encoder builds it again.
 
     With the per-test cache above, every test that runs ONNX Runtime or OpenVINO would export the same network
-    again (~5 s each). A graph's file name is its content key (config, weights fingerprint, torch version, opset,
-    precision), so the copy (a hard link) equals a fresh export, and it lands at the same path when the export would have, so what
-    a test sees is unchanged. int8 graphs are still quantised by each test. Tests marked `own_exports` export for
-    themselves: the exporter is what they check.
+    again (~5 s each), and each int8 test would quantise the same images' graph again (~3 s). A graph's file name is
+    its content key (config, weights fingerprint, torch version, opset, precision and, for int8, the calibration's
+    record, which names its images), so the copy (a hard link) equals a fresh build, and it lands at the same path when
+    the build would have, so what a test sees is unchanged. Tests marked `own_exports` build for themselves: the
+    exporter is what they check.
     """
     import shutil
 
@@ -149,14 +151,14 @@ def exported_once(tmp_path_factory):
     from medprobe.encoders import runtimes
 
     kept = tmp_path_factory.mktemp("exported-once")
-    export = runtimes.export_onnx
 
-    def export_onnx(module, config, path):
+    def linked(path, build):
+        """`path` as a link to the kept copy of its graph, which `build(target)` writes the first time."""
         if _OWN_EXPORTS[0]:
-            return export(module, config, path)
+            return build(path)
         master = kept / Path(path).name
         if not master.is_file():
-            export(module, config, master)
+            build(master)
         with atomic_target(path) as partial:
             try:
                 os.link(master, partial)  # no test writes into a graph, so the tests can share its bytes on disk
@@ -164,8 +166,10 @@ def exported_once(tmp_path_factory):
                 shutil.copyfile(master, partial)
         return path
 
+    export, quantize = runtimes.export_onnx, runtimes.quantize_int8
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtimes, "export_onnx", export_onnx)
+        patch.setattr(runtimes, "export_onnx", lambda module, config, path: linked(path, lambda to: export(module, config, to)))
+        patch.setattr(runtimes, "quantize_int8", lambda fp32, pixels, path, method: linked(path, lambda to: quantize(fp32, pixels, to, method)))
         yield kept
 
 
