@@ -123,7 +123,7 @@ def _running(pid):
     return process_stat(pid)[:1] not in ([], ["Z"])
 
 
-def medprobe(s3, *args):
+def in_a_new_process(s3, *args):
     """The CLI in a fresh process, as a user runs it (a driver that never held another Ray session), with the S3 variables."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **s3["env"]}
     return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=900)
@@ -141,7 +141,7 @@ def test_run_on_two_nodes_from_s3_with_an_s3_store_equals_the_local_run(s3, clus
     common = ["--encoder", ENCODER, "--runtime", "onnx", "--selection", "val", "--n-boot", "200", "--batch-size", "32", "--quiet"]
     assert main(["run", "--dataset", str(s3["local"]), *common, "--cache-dir", str(tmp_path / "local"), "--out", str(tmp_path / "here")]) == 0
     store = f"s3://{BUCKET}/stores/{tmp_path.name}"
-    there = medprobe(s3, "run", "--dataset", s3["url"], *common, "--cache-dir", store, "--out", tmp_path / "there", "--ray", cluster)
+    there = in_a_new_process(s3, "run", "--dataset", s3["url"], *common, "--cache-dir", store, "--out", tmp_path / "there", "--ray", cluster)
     assert there.returncode == 0, there.stderr[-3000:]
 
     with pytest.MonkeyPatch.context() as patch:
@@ -185,7 +185,9 @@ def test_wrong_credentials_are_one_line_naming_the_url(s3, capsys):
 def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's back-off on a refused connection (~7 s) is not under test here
-    command = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--batch-size", "8", "--cache-dir", cache, "--ray", cluster, "--quiet"]
+    # One actor: what is under test is the error and the resumed store, not the layout (the two-node test has both nodes write).
+    command = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--batch-size", "8", "--cache-dir", cache, "--ray", cluster,
+               "--ray-actors", "1", "--quiet"]
     stopped = []
 
     def stop_after_the_first_file():
@@ -198,7 +200,7 @@ def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, c
     stopper = threading.Thread(target=stop_after_the_first_file)
     stopper.start()
     try:
-        first = medprobe(s3, *command)
+        first = in_a_new_process(s3, *command)
     finally:
         stopper.join()
         s3["server"]["now"] = _moto(s3["port"])  # the same buckets: moto keeps them in this process
@@ -210,7 +212,7 @@ def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, c
     assert sum("medprobe: error" in line for line in err.splitlines()) == 1, err
 
     kept = {p.name: p.stat().st_mtime_ns for p in cache.rglob("rows-*.parquet")}
-    again = medprobe(s3, *command)
+    again = in_a_new_process(s3, *command)
     assert kept and again.returncode == 0 and "computed" in again.stdout, again.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in cache.rglob("rows-*.parquet") if p.name in kept} == kept  # nothing redone
     assert len(store_vectors(next(cache.glob(f"{ENCODER}/*")))) == 64
@@ -272,24 +274,38 @@ def test_an_image_folder_in_a_bucket_runs_as_the_same_folder_on_disk(s3, tmp_pat
     assert there["timings"]["embedded_from_store"] == 64  # the same bytes: every vector came from the local run's store
 
 
-def test_an_unreachable_store_bucket_is_one_line_naming_it(s3):
-    """The images are local, the store's endpoint is down: one line naming the store's URL, exit 2, nothing taken for damage.
-    (A fresh process: fsspec caches filesystems per process, so one made for the live server here would be reused.)"""
-    down = {**s3, "env": {**s3["env"], "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1"}}  # no retries to wait for
-    done = medprobe(down, "embed", "--dataset", s3["local"], "--encoder", ENCODER, "--cache-dir", f"s3://{BUCKET}/stores/down", "--quiet")
+def down(s3):
+    """The S3 variables with the endpoint at a port where nothing listens (and no retries to wait for)."""
+    return {**s3["env"], "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1"}
+
+
+@pytest.fixture
+def fresh_filesystems():
+    """fsspec keeps one filesystem per set of arguments in each process: dropped before the test, so none made for the
+    live server is reused for a dead endpoint, and after it, so none made for the dead one outlives the test."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_an_unreachable_store_bucket_is_one_line_naming_it(s3, fresh_filesystems, medprobe):
+    """The images are local, the store's endpoint is down: one line naming the store's URL, exit 2, nothing taken for damage."""
+    done = medprobe("embed", "--dataset", s3["local"], "--encoder", ENCODER, "--cache-dir", f"s3://{BUCKET}/stores/down", "--quiet",
+                    env=down(s3))
     err = done.stderr.strip()
     assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"medprobe: error: embedding store s3://{BUCKET}/stores/down/") and "AWS_ENDPOINT_URL" in err
 
 
-def test_unreachable_images_stop_in_one_line_even_under_on_error_skip(s3, tmp_path):
+def test_unreachable_images_stop_in_one_line_even_under_on_error_skip(s3, fresh_filesystems, medprobe, tmp_path):
     """An endpoint that is down fails every image alike: --on-error skip must not drop them all as "unreadable" (the
     dataset would shrink to nothing, or worse, to the images read before a blip); one line naming an image's URL."""
     rows = s3["local"].read_text().splitlines()
     manifest = tmp_path / "remote.csv"  # on this disk, naming the images in the bucket
     manifest.write_text("\n".join(rows[:1] + [f"s3://{BUCKET}/ham/{row}" for row in rows[1:]]) + "\n")
-    down = {**s3, "env": {**s3["env"], "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1"}}
-    done = medprobe(down, "run", "--dataset", manifest, "--encoder", ENCODER, "--on-error", "skip", "--out", tmp_path / "run", "--quiet")
+    done = medprobe("run", "--dataset", manifest, "--encoder", ENCODER, "--on-error", "skip", "--out", tmp_path / "run", "--quiet", env=down(s3))
     err = done.stderr.strip()
     assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"medprobe: error: s3://{BUCKET}/ham/images/") and "AWS_ENDPOINT_URL" in err
