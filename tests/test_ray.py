@@ -227,25 +227,6 @@ def test_embed_on_ray_then_run_report_and_bench_say_the_cpu_cost_is_unknown(loca
     assert "<td>unknown</td>" in page and "compute ratio to ResNet-18" in page
 
 
-@pytest.mark.ray
-def test_run_on_ray_writes_the_local_run_folder_with_a_fusion_embedded_in_one_pass(local_ray, ham48, tmp_path):
-    ham = ham48
-    fusion = f"{ENCODER}+{ENCODER}@max"
-    common = ["--dataset", str(ham), "--encoder", fusion, "--selection", "val", "--n-boot", "200", "--quiet"]
-    assert main(["run", *common, "--cache-dir", str(tmp_path / "local"), "--out", str(tmp_path / "here")]) == 0
-    assert main(["run", *common, "--cache-dir", str(tmp_path / "ray"), "--out", str(tmp_path / "there"), "--ray", "--ray-actors", "1"]) == 0
-
-    here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
-    assert there["metrics"] == here["metrics"] and there["probe"]["params"] == here["probe"]["params"]
-    assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
-    assert there["timings"]["ray_start_s"] >= 0 and there["timings"]["embedded_now"] == 2 * 48  # both parts, computed on Ray
-    stores = sorted(p.parent.relative_to(tmp_path / "local") for p in (tmp_path / "local").glob("*/*/_recipe.json"))
-    assert len(stores) == 2 and stores == sorted(p.parent.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").glob("*/*/_recipe.json"))
-    for store in stores:  # each part's store, image by image, bit for bit
-        ours, theirs = store_vectors(tmp_path / "ray" / store), store_vectors(tmp_path / "local" / store)
-        assert ours.keys() == theirs.keys() and all(ours[d].tobytes() == theirs[d].tobytes() for d in theirs)
-
-
 def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     from conftest import write_npz
 
@@ -271,10 +252,13 @@ def _manifest_with_a_broken_jpeg(folder, rows):
 
 
 @pytest.mark.ray
-def test_run_on_ray_reads_no_image_here_and_skips_or_lists_an_unreadable_one(local_ray, ham48, tmp_path, monkeypatch, medprobe):
-    """Issue 24: with --ray the driver lists the dataset and the workers read it; nothing here opens an image file."""
+def test_run_on_ray_reads_no_image_here_skips_or_lists_an_unreadable_one_and_embeds_a_fusion_in_one_pass(local_ray, ham48, tmp_path,
+                                                                                                       monkeypatch, medprobe):
+    """Issue 24: with --ray the driver lists the dataset and the workers read it; nothing here opens an image file. The
+    encoder is a fusion: the workers embed both parts in the one pass, each into its own store, as the local run does."""
     manifest = _manifest_with_a_broken_jpeg(tmp_path, ham48)
-    common = ["--dataset", manifest, "--encoder", ENCODER, "--selection", "val", "--n-boot", "200", "--quiet"]
+    fusion = f"{ENCODER}+{ENCODER}@max"
+    common = ["--dataset", manifest, "--encoder", fusion, "--selection", "val", "--n-boot", "200", "--quiet"]
     local = medprobe("run", *common, "--on-error", "skip", "--cache-dir", tmp_path / "local", "--out", tmp_path / "here")
     assert local.returncode == 0, local.stderr
 
@@ -287,13 +271,22 @@ def test_run_on_ray_reads_no_image_here_and_skips_or_lists_an_unreadable_one(loc
     assert failed.returncode == 2 and re.search(r"1 of 49 images cannot be read:\n  .*broken.jpg: ", failed.stderr), failed.stderr
     assert "--on-error skip" in failed.stderr  # how to go on without it
     assert "Traceback" not in failed.stderr and not (tmp_path / "failed" / "results.json").exists()
+    stores = sorted(p.parent.relative_to(tmp_path / "local") for p in (tmp_path / "local").glob("*/*/_recipe.json"))
+    assert len(stores) == 2 and stores == sorted(p.parent.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").glob("*/*/_recipe.json"))
+    for store in stores:  # each part's store, filled on Ray by the failed run, image by image, bit for bit
+        ours, theirs = store_vectors(tmp_path / "ray" / store), store_vectors(tmp_path / "local" / store)
+        assert len(theirs) == 48 and ours.keys() == theirs.keys() and all(ours[d].tobytes() == theirs[d].tobytes() for d in theirs)
+
     done = medprobe("run", *common, "--on-error", "skip", "--cache-dir", tmp_path / "ray", "--out", tmp_path / "there",
                     "--ray", "--ray-actors", "1")
     assert done.returncode == 0, done.stderr
     here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
-    assert there["metrics"] == here["metrics"] and there["images"]["skipped"] == here["images"]["skipped"]
+    assert there["metrics"] == here["metrics"] and there["probe"]["params"] == here["probe"]["params"]
+    assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
+    assert there["images"]["skipped"] == here["images"]["skipped"]
     assert there["images"]["on_ray"]["actors"] == 1 and here["images"]["on_ray"] is None
-    assert there["timings"]["embedded_now"] == 0 and there["timings"]["embedded_from_store"] == 48  # the failed run stored them
+    assert there["timings"]["ray_start_s"] >= 0
+    assert there["timings"]["embedded_now"] == 0 and there["timings"]["embedded_from_store"] == 2 * 48  # both parts, stored by the failed run
     assert there["cache"]["hit"] is True  # the failed run computed them all, this one nothing
 
 
