@@ -32,6 +32,7 @@ import numpy as np
 
 from medprobe.core.errors import EncoderError
 from medprobe.core.locations import artifacts_root
+from medprobe.core.memory import reuse_freed_memory
 from medprobe.encoders import backends, runtimes
 from medprobe.encoders.transforms import make_transform
 from medprobe.encoders.weights import weights_fingerprint
@@ -168,6 +169,7 @@ class TorchEncoder:
         if self._module is None:
             import torch
 
+            reuse_freed_memory()  # PyTorch eager on the CPU: each layer's output would otherwise be faulted in page by page
             module = self._build().eval().to(torch.device(self.device))
             for param in module.parameters():
                 param.requires_grad_(False)

@@ -32,6 +32,7 @@ from medprobe.core import defaults
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_bytes, check_writable_folder
+from medprobe.core.memory import reuse_freed_memory
 from medprobe.evaluation.metrics import check_n_boot, evaluate, medmnist_acc, medmnist_auc
 from medprobe.reporting.results import BaselineResult, write_run_folder
 
@@ -151,6 +152,7 @@ def train_baseline(data_spec, config=TrainingConfig(), out=None, n_boot=defaults
     n_out = data.labels.shape[1] if data.task == "multi-label" else len(data.label_names)
 
     torch.manual_seed(config.seed)
+    reuse_freed_memory()  # as an encoder does: training allocates every activation and gradient anew each step
     model = build_resnet18(n_out, config.size)
     epoch = _Epoch(model, config, data.task, data.labels, pixels)
     history, best = [], _Best()
