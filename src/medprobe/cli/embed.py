@@ -11,8 +11,7 @@ def add_commands(commands):
 
 
 def cmd_embed(args):
-    from medprobe.embedding.fusion import check_spec, embed_spec
-    from medprobe.workflows.run import scan_for
+    from medprobe.embedding.fusion import check_spec, embed_spec, scan_for
 
     options = embed_options(args)
     check_spec(options.encoder)

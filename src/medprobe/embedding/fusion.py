@@ -12,7 +12,7 @@ import numpy as np
 
 from medprobe.core.errors import EncoderError
 from medprobe.embedding.embed import Embeddings, embed
-from medprobe.embedding.ray import embed_parts_on_ray
+from medprobe.embedding.ray import embed_parts_on_ray, read_on_cluster
 from medprobe.encoders import create_encoder, get_config
 
 FUSE = "+"
@@ -146,3 +146,13 @@ def _record(spec, names, encoders, parts):
             for name, encoder, part in zip(names, encoders, parts)
         ],
     }
+
+
+def scan_for(data_spec, options):
+    """`data_spec.scan()`, by the Ray job that embeds the images when the command runs on a cluster (with a store to
+    keep its work in): this process then lists the dataset and never reads an image. Every encoder of the run (each
+    choice's parts) is embedded in that one pass."""
+    if options.ray is None or not options.use_cache:
+        return data_spec.scan()
+    encoders = list(dict.fromkeys(name for choice in split_choices(options.encoder) for name in split_spec(choice)))
+    return data_spec.scan(read=read_on_cluster(options, encoders))

@@ -23,6 +23,7 @@ from medprobe.core.costs import Stopwatch
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import check_writable_folder
 from medprobe.embedding.embed import embed
+from medprobe.embedding.fusion import scan_for
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.ray import embed_parts_on_ray
 from medprobe.encoders import create_encoder
@@ -30,7 +31,6 @@ from medprobe.evaluation.metrics import medmnist_acc, medmnist_auc
 from medprobe.probes.fit import fit_probe
 from medprobe.probes.spec import ProbeSpec
 from medprobe.reporting.results import CURVE_JSON, CurveResult, read_curve, write_curve
-from medprobe.workflows.run import scan_for
 
 log = logging.getLogger(__name__)
 

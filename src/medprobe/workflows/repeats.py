@@ -17,12 +17,13 @@ from pathlib import Path
 
 from medprobe.core.errors import MedprobeError
 from medprobe.core.files import atomic_write_text
+from medprobe.embedding.fusion import scan_for
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.ray import on_cluster
 from medprobe.probes.spec import ProbeSpec
 from medprobe.reporting.repeats import summarize
 from medprobe.reporting.results import RESULTS, SUMMARY, write_json
-from medprobe.workflows.run import check_before_images, run, scan_for
+from medprobe.workflows.run import check_before_images, run
 
 log = logging.getLogger(__name__)
 

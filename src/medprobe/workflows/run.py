@@ -10,9 +10,9 @@ import numpy as np
 from medprobe.core.costs import Timings
 from medprobe.core.errors import ModelError
 from medprobe.core.files import check_writable_folder
-from medprobe.embedding.fusion import check_spec, embed_spec, split_choices, split_spec
+from medprobe.embedding.fusion import check_spec, embed_spec, scan_for, split_choices, split_spec
 from medprobe.embedding.options import EmbedOptions
-from medprobe.embedding.ray import on_cluster, read_on_cluster
+from medprobe.embedding.ray import on_cluster
 from medprobe.encoders.registry import column_groups
 from medprobe.evaluation.calibration import resolve_method
 from medprobe.evaluation.metrics import N_BOOTSTRAP, check_n_boot, evaluate
@@ -114,16 +114,6 @@ def run_here(data_spec, options=None, probe_spec=None, evaluation=None, out=None
                    probe_spec.seed, scored.decisions, training_index(data, X, fitted_on) if index else None,
                    calibration=encoded.encoders[0].int8_calibration)
     return result
-
-
-def scan_for(data_spec, options):
-    """`data_spec.scan()`, by the Ray job that embeds the images when the command runs on a cluster (with a store to
-    keep its work in): this process then lists the dataset and never reads an image. Every encoder of the run (each
-    choice's parts) is embedded in that one pass."""
-    if options.ray is None or not options.use_cache:
-        return data_spec.scan()
-    encoders = list(dict.fromkeys(name for choice in split_choices(options.encoder) for name in split_spec(choice)))
-    return data_spec.scan(read=read_on_cluster(options, encoders))
 
 
 def check_study_columns(data, study):
