@@ -55,6 +55,9 @@ def s3(shared_data, tmp_path_factory):
     server = {"now": _moto(port)}
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "medprobe-test", "AWS_SECRET_ACCESS_KEY": "medprobe-test",
            "AWS_DEFAULT_REGION": "us-east-1",
+           # one retry, not botocore's four with back-off (up to 15 s on a refused connection, when a test stops the server);
+           # set here, as the cluster's workers read only what its nodes were started with
+           "AWS_MAX_ATTEMPTS": "2",
            # fsspec's own configuration (read by every process the tests start, Ray's workers included): a request in
            # flight when a test stops the server waited for botocore's 60 s read timeout; on loopback 10 s is ample
            "FSSPEC_S3": json.dumps({"config_kwargs": {"connect_timeout": 5, "read_timeout": 10}})}
@@ -182,9 +185,8 @@ def test_wrong_credentials_are_one_line_naming_the_url(s3, capsys):
     assert s3["url"] in err and "access denied" in err and "Traceback" not in err
 
 
-def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path, monkeypatch):
+def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, cluster, tmp_path):
     cache = tmp_path / "cache"
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's back-off on a refused connection (~7 s) is not under test here
     # One actor: what is under test is the error and the resumed store, not the layout (the two-node test has both nodes write).
     command = ["embed", "--dataset", s3["url"], "--encoder", ENCODER, "--batch-size", "8", "--cache-dir", cache, "--ray", cluster,
                "--ray-actors", "1", "--quiet"]
