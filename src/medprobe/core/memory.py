@@ -16,8 +16,9 @@ def reuse_freed_memory():
     PyTorch's CPU kernels allocate each layer's output anew. By default glibc maps fresh pages for every allocation above
     128 KB-32 MB and unmaps them when freed, so each batch faults its activations in again, page by page, and the kernel
     zeroes every page. On the 2-core machine PyTorch eager spent most of its CPU time there: 128 images through
-    efficientnet_lite0 at one thread took 4.9 s user + 7.1 s system time and 2.7 million page faults; after this call,
-    4.8 s user + 0.07 s system. The cost is memory: up to KEEP_FREED_BYTES that the process freed stay with it.
+    efficientnet_lite0 at one thread took 4.7 s user + 7.2 s system time and 2.8 million page faults; after this call,
+    4.6 s user + 0.08 s system (benchmarks/eager_heap.py). The cost is memory: up to KEEP_FREED_BYTES that the process
+    freed stay with it.
 
     Called where medprobe starts PyTorch work (an encoder's network, the baseline's training); once per process. Returns
     whether the heap was changed: not where the C library is not glibc (macOS, Windows, musl).
