@@ -5,7 +5,7 @@ DATA ?= ../shared/data/medmnist
 # Python writes each module's bytecode the first time it is imported, even where PYTHONDONTWRITEBYTECODE is set (the
 # __pycache__ folders it adds under src/ and tests/ are ignored by git). The install compiles none: compiling all 23,500
 # files of the dev extras took about 55 s on the 2-core machine, and the suite imports 6,650 of them.
-RUN := PYTHONDONTWRITEBYTECODE=
+WRITE_BYTECODE := PYTHONDONTWRITEBYTECODE=
 
 $(VENV)/.installed: pyproject.toml tools/install
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,9 @@ chromium:
 		|| echo "could not install chromium (needs root): the HTML report screenshot test will fail"
 
 demo: $(VENV)/.installed
-	$(RUN) $(VENV)/bin/medprobe run --dataset retinamnist --data-dir $(DATA) --probe logreg --out runs/retinamnist
+	$(WRITE_BYTECODE) $(VENV)/bin/medprobe run --dataset retinamnist --data-dir $(DATA) --probe logreg --out runs/retinamnist
 
 test: $(VENV)/.installed chromium
-	$(RUN) $(VENV)/bin/python -m pytest
+	$(WRITE_BYTECODE) $(VENV)/bin/python -m pytest
 
 .PHONY: demo test chromium
