@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `benchmarks/fresh_clone.sh [REF]`: the README's `make test` on a fresh clone of REF (default HEAD), timed, between two
+# runs of the machine's yardstick (benchmarks/auto_threshold.py on 32 and 256 images), so that a suite time can be read
+# against how fast the machine was that hour (the same code has taken 348-435 s on the 2-core machine).
+#
+# The clone goes beside this repository (the tests read ../shared/data from there) and is removed afterwards. uv gets an
+# empty cache folder of its own, so the install is timed as a new user's would be; the user's own uv cache is untouched.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+ref=${1:-HEAD}
+[[ -x $repo/.venv/bin/python ]] || { echo "the yardstick runs in this checkout's .venv: run \`make .venv/.installed\` first" >&2; exit 2; }
+log=$(mktemp --suffix=.log)
+clone=$(mktemp -d "$(dirname "$repo")/fresh-clone.XXXXXX")
+export UV_CACHE_DIR
+UV_CACHE_DIR=$(mktemp -d)
+trap 'rm -rf "$clone" "$UV_CACHE_DIR"' EXIT
+
+yardstick() {
+    echo "yardstick ($1):"
+    "$repo/.venv/bin/python" "$repo/benchmarks/auto_threshold.py" --encoders efficientnet_lite0 --sizes 32,256 | tail -2
+}
+
+yardstick before
+git clone --quiet "$repo" "$clone"
+git -C "$clone" checkout --quiet "$ref"
+started=$(date +%s)
+(cd "$clone" && make test) > "$log" 2>&1 || { tail -40 "$log"; echo "make test failed (log: $log)"; exit 1; }
+echo "make test on a fresh clone of $(git -C "$clone" rev-parse --short HEAD): $(( $(date +%s) - started )) s (log: $log)"
+grep -E "passed|failed" "$log" | tail -1
+yardstick after
