@@ -57,6 +57,32 @@ def test_a_gigapixel_header_gets_medprobes_message_with_the_setting(tmp_path, me
     assert "MEDPROBE_MAX_PIXELS" in done.stderr and "DecompressionBomb" not in done.stderr
 
 
+def test_headers_read_in_threads_warn_nowhere_and_leave_the_filters_as_they_were():
+    """The scan reads headers in threads, and Pillow warns while guessing at a DICOM file. Warning filters are one list
+    per process: with each thread saving and restoring it unlocked, a warning reached the terminal (2 of them, every
+    time, in this loop) and the filters stayed changed after it."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pydicom.data
+
+    from medprobe.data.images import decoded_bytes
+
+    guessed_as_tiff = Path(pydicom.data.__file__).parent / "test_files" / "MR_small_expb.dcm"  # "Corrupt EXIF data"
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads take turns inside each header read, as on a loaded machine
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                sizes = set(pool.map(decoded_bytes, [guessed_as_tiff] * 400))
+        finally:
+            sys.setswitchinterval(switch)
+        assert [str(w.message) for w in shown] == [] and warnings.filters == filters
+    assert sizes == {None}  # Pillow cannot size a DICOM file: read_image decodes it, as it always did
+
+
 def test_pydicoms_own_output_becomes_per_file_notes(tmp_path):
     # A real process, not the in-process runner: what must not happen is raw output on the user's terminal.
     import shutil

@@ -5,12 +5,11 @@ JPEG, JPEG-LS and JPEG 2000 transfer syntaxes).
 """
 
 import logging
-import threading
-import warnings
 from contextlib import contextmanager
 
 import numpy as np
 
+from medprobe.core.caught import caught_warnings
 from medprobe.core.errors import ImageError
 from medprobe.data.pixels import check_pixels, stretch_to_8bit
 
@@ -22,8 +21,8 @@ DECODERS_HINT = "pip install 'medprobe[dicom]' (pylibjpeg, pylibjpeg-libjpeg, py
 
 
 # pydicom reports through its logger (with tracebacks) and through warnings; both are captured per file and
-# become that file's notes. Capturing changes process-wide logging/warning state, so one file at a time.
-_CAPTURE = threading.Lock()
+# become that file's notes. Capturing changes process-wide logging and warning state: caught_warnings holds the lock
+# that makes it one file (and one thread) at a time.
 
 
 class _Collect(logging.Handler):
@@ -40,8 +39,7 @@ def _pydicom_messages(notes):
     """Route pydicom's log records and warnings into `notes` (first line of each, deduplicated) instead of the terminal."""
     logger = logging.getLogger("pydicom")
     collect = _Collect()
-    with _CAPTURE, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caught_warnings("always", record=True) as caught:
         handlers, propagate = logger.handlers[:], logger.propagate
         logger.handlers, logger.propagate = [collect], False
         try:

@@ -5,7 +5,6 @@ DICOM (see `medprobe.data.dicom`). Anything that cannot be decoded raises `Image
 """
 
 import io
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medprobe.core import remote
+from medprobe.core.caught import caught_warnings
 from medprobe.core.errors import ImageError, MedprobeError
 from medprobe.data.dicom import read_dicom
 from medprobe.data.pixels import check_pixels, stretch_to_8bit
@@ -108,9 +108,7 @@ def decoded_bytes(path):
     Image.MAX_IMAGE_PIXELS = None  # as in _read_pillow: our own limit applies, in read_image
     try:
         # Pillow's plugins warn while guessing at a DICOM file or junk; read_image reports what is wrong, per file.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+        with caught_warnings("ignore"), Image.open(path) as image:
                 width, height = image.size
                 gray = image.mode in ("1", "L", "LA", "La", "F") or image.mode.startswith("I")
     except Exception:  # noqa: BLE001 -- read_image reports what is wrong with the file; here it only cannot be kept

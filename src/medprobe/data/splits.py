@@ -5,6 +5,7 @@ import hashlib
 
 import numpy as np
 
+from medprobe.core.caught import caught_warnings
 from medprobe.core.errors import DatasetError
 
 # Seed of the split made when a dataset has no val (or no test) split. Documented in docs/datasets.md.
@@ -87,10 +88,7 @@ def _draw_groups(dataset, train, groups, fraction, split, group_name, seed):
     labels = dataset.labels[train]
     if labels.ndim == 1 and n_groups >= n_folds:
         folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "least populated class has only k members": checked below instead
+        with caught_warnings("ignore", UserWarning):  # "least populated class has only k members": checked below instead
             _, held = next(folds.split(train, labels, groups))
         taken = train[held]
         kept = np.setdiff1d(train, taken)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medprobe.core.caught import caught_warnings
 from medprobe.core.errors import EncoderError
 from medprobe.core.files import atomic_target
 
@@ -116,13 +117,11 @@ def onnx_file(folder, config, fingerprint, precision="fp32", extra=""):
 
 def export_onnx(module, config, path):
     """Export `module` (pixels -> (B, D)) with a dynamic batch axis; written atomically, so racing exporters are safe."""
-    import warnings
-
     import torch
 
     example = torch.zeros(1, config.channels, config.input_size, config.input_size)
-    with atomic_target(path) as partial, warnings.catch_warnings(), plain_attention():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about deprecations and constant folding
+    # the TorchScript exporter is chatty about deprecations and constant folding
+    with atomic_target(path) as partial, caught_warnings("ignore"), plain_attention():
         torch.onnx.export(
             module,
             (example,),
