@@ -37,12 +37,26 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _moto(port):
-    from moto.server import ThreadedMotoServer
+class _S3Server:
+    """moto's S3 app (and its /moto-api) on 127.0.0.1:`port`, in a thread of this process. moto's own ThreadedMotoServer
+    looks for each request's service among all of moto's, listing its package folder every time: a third of its CPU here."""
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server
+    def __init__(self, port):
+        from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        s3, api = create_backend_app("s3"), create_backend_app("moto_api")
+
+        def app(environ, start_response):
+            return (api if environ.get("PATH_INFO", "").startswith("/moto-api") else s3)(environ, start_response)
+
+        self.server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +66,7 @@ def s3(shared_data, tmp_path_factory):
     import s3fs
 
     port = _free_port()
-    server = {"now": _moto(port)}
+    server = {"now": _S3Server(port)}
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "medprobe-test", "AWS_SECRET_ACCESS_KEY": "medprobe-test",
            "AWS_DEFAULT_REGION": "us-east-1",
            # one retry, not botocore's four with back-off (up to 15 s on a refused connection, when a test stops the server);
@@ -205,7 +219,7 @@ def test_a_stopped_s3_server_is_named_and_a_rerun_completes_from_the_store(s3, c
         first = in_a_new_process(s3, *command)
     finally:
         stopper.join()
-        s3["server"]["now"] = _moto(s3["port"])  # the same buckets: moto keeps them in this process
+        s3["server"]["now"] = _S3Server(s3["port"])  # the same buckets: moto keeps them in this process
     code, err = first.returncode, first.stderr.strip()
     assert stopped and stopped[0] < 4, "the job ended before the server was stopped"
     # The error is one line naming the file's URL (Ray's workers may print their own lines before it).
