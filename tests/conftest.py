@@ -20,6 +20,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import shared_exports  # noqa: E402
+from shared_exports import linked_to_kept  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 # CLI flags for calls where neither the default recipe (260 px, @stages,up,max) nor the default CV selection is under
@@ -63,15 +66,19 @@ def real_store(tmp_path_factory):
 
 
 @pytest.fixture
-def local_ray():
+def local_ray(exported_once):
     """A 2-CPU local Ray for a test that needs one running. Start-up costs seconds, so one is kept from test to test and
-    shut down after the last Ray test of this process (pytest_runtest_teardown below)."""
+    shut down after the last Ray test of this process (pytest_runtest_teardown below). Its workers link each graph from
+    this session's kept copies, as this process does (`exported_once`; shared_exports.in_ray_worker)."""
     import ray
 
     if not ray.is_initialized():
-        with pytest.MonkeyPatch.context() as env:
+        with pytest.MonkeyPatch.context() as env:  # Ray's processes inherit this environment
             env.setenv("RAY_DEDUP_LOGS", "0")  # show each worker's warnings as they happen
-            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            env.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+            env.setenv(shared_exports.KEPT, str(exported_once))
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                     runtime_env={"worker_process_setup_hook": "shared_exports.in_ray_worker"})
     return ray
 
 
@@ -148,26 +155,12 @@ def exported_once(tmp_path_factory):
     the build would have, so what a test sees is unchanged. Tests marked `own_exports` build for themselves: the
     exporter is what they check.
     """
-    import shutil
-
-    from medprobe.core.files import atomic_target
     from medprobe.encoders import runtimes
 
     kept = tmp_path_factory.mktemp("exported-once")
 
     def linked(path, build):
-        """`path` as a link to the kept copy of its graph, which `build(target)` writes the first time."""
-        if _OWN_EXPORTS[0]:
-            return build(path)
-        master = kept / Path(path).name
-        if not master.is_file():
-            build(master)
-        with atomic_target(path) as partial:
-            try:
-                os.link(master, partial)  # no test writes into a graph, so the tests can share its bytes on disk
-            except OSError:  # another filesystem
-                shutil.copyfile(master, partial)
-        return path
+        return build(path) if _OWN_EXPORTS[0] else linked_to_kept(kept, path, build)
 
     export, quantize = runtimes.export_onnx, runtimes.quantize_int8
     with pytest.MonkeyPatch.context() as patch:
