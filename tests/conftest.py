@@ -21,7 +21,6 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import shared_exports  # noqa: E402
-from shared_exports import linked_to_kept  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDPROBE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -160,7 +159,7 @@ def exported_once(tmp_path_factory):
     kept = tmp_path_factory.mktemp("exported-once")
 
     def linked(path, build):
-        return build(path) if _OWN_EXPORTS[0] else linked_to_kept(kept, path, build)
+        return build(path) if _OWN_EXPORTS[0] else shared_exports.linked_to_kept(kept, path, build)
 
     export, quantize = runtimes.export_onnx, runtimes.quantize_int8
     with pytest.MonkeyPatch.context() as patch:
