@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,10 @@ def local_ray(exported_once):
             env.setenv("RAY_DEDUP_LOGS", "0")  # show each worker's warnings as they happen
             env.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]))
             env.setenv(shared_exports.KEPT, str(exported_once))
+            # Ray restarts a worker whose setup hook fails, forever: a broken hook would hang the Ray tests, not fail them
+            hook = subprocess.run([sys.executable, "-c", "import shared_exports; shared_exports.in_ray_worker()"], capture_output=True, text=True)
+            if hook.returncode:
+                pytest.fail(f"the Ray workers' setup hook fails (tests/shared_exports.py):\n{hook.stderr[-3000:]}")
             ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
                      runtime_env={"worker_process_setup_hook": "shared_exports.in_ray_worker"})
     return ray
