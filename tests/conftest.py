@@ -75,7 +75,7 @@ def local_ray(exported_once):
     if not ray.is_initialized():
         with pytest.MonkeyPatch.context() as env:  # Ray's processes inherit this environment
             env.setenv("RAY_DEDUP_LOGS", "0")  # show each worker's warnings as they happen
-            env.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+            env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])))
             env.setenv(shared_exports.KEPT, str(exported_once))
             # Ray restarts a worker whose setup hook fails, forever: a broken hook would hang the Ray tests, not fail them
             hook = subprocess.run([sys.executable, "-c", "import shared_exports; shared_exports.in_ray_worker()"], capture_output=True, text=True)
