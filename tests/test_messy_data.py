@@ -341,7 +341,7 @@ def cell(column, value):
     (cell("label", ""), "line 2, column label: '' is not a class index from 0 to 1"),
     (lambda lines: [lines[0], lines[1].rsplit(",", 1)[0], *lines[2:]], "line 2: 3 field(s), the header has 4"),
     (lambda lines: [lines[0].replace("score_healthy", "score_normal"), *lines[1:]],
-     "the header must be id,label,score_disease,score_healthy (the run's label names), got id,label,score_disease,score_normal"),
+     "the header must be id,label,score_disease,score_healthy (the run's label names), got 'id,label,score_disease,score_normal'"),
 ])
 def test_a_hand_edited_predictions_file_is_refused_by_line_and_column(tmp_path, two_runs, medprobe, edit, where):
     edited = tmp_path / "edited"

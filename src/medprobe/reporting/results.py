@@ -254,7 +254,7 @@ def read_predictions(path, label_names, task):
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise MedprobeError(f"{path}: cannot be read as CSV ({e}); rerun the run that wrote it") from e
     if not rows or rows[0] != expected:
-        got = ",".join(rows[0]) if rows else "an empty file"
+        got = repr(",".join(rows[0])) if rows else "an empty file"  # quoted as a cell is: it may hold a line break (\x85)
         raise MedprobeError(f"{path}: the header must be {','.join(expected)} (the run's label names), got {got}; "
                             "the file was edited after the run: restore it or rerun")
     ids, labels, scores = [], [], []
