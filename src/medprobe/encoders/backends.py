@@ -54,6 +54,8 @@ class Eager(Backend):
 
         with torch.inference_mode():
             batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+            if batch.dim() == 4 and self.device == "cpu":  # the layout of an encoder's module on the CPU (TorchEncoder.module)
+                batch = batch.contiguous(memory_format=torch.channels_last)
             return self.module(batch).float().cpu().numpy()
 
 
