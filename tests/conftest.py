@@ -16,6 +16,9 @@ from pathlib import Path
 # 3.3-3.5 CPU-s at one thread and 3.8-4.0 at two, idle; the second thread only pays off where a core is free.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MEDPROBE_THREADS", "1")
+# Ray's usage statistics off, as for test_ray_s3's cluster: Ray Data otherwise starts an actor per cluster to collect them
+# (2 CPU-s), read from this process's environment when a job runs.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
