@@ -12,7 +12,7 @@ from pathlib import Path
 
 # The suite runs on two workers (pyproject's addopts): one thread each for PyTorch, OpenMP and BLAS, set before numpy
 # and torch load, or two workers of two threads contend for two cores (the suite took 416 s so, 303-367 s with one).
-# ONNX Runtime and OpenVINO size their pools by $MEDPROBE_THREADS (encoders.runtimes.usable_cores): 256 images took
+# ONNX Runtime and OpenVINO size their pools by $MEDPROBE_THREADS (core.cores.usable_cores): 256 images took
 # 3.3-3.5 CPU-s at one thread and 3.8-4.0 at two, idle; the second thread only pays off where a core is free.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MEDPROBE_THREADS", "1")

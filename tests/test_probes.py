@@ -217,3 +217,22 @@ def test_cv_selection_keeps_out_of_fold_scores_because_val_is_inside_the_fit():
     held_out = roc_auc_score(y[80:], fitted.out_of_fold[80:, 1])
     assert in_sample == 1.0 and held_out < 0.95
     assert fit_probe("knn", X[:80], y[:80], X[80:], y[80:], task="binary", selection="val").out_of_fold is None
+
+
+def test_the_folds_and_blas_use_the_cores_the_process_may_use(monkeypatch):
+    """One cap for every pool: the CV's threads and the large fit's BLAS threads follow $MEDPROBE_THREADS and the CPU
+    affinity (a container's cores), as the encoders' runtimes do; os.cpu_count() would take the whole machine."""
+    import os
+
+    from medprobe.probes import fit as fit_module
+
+    limits = []
+    original = fit_module.threadpool_limits
+    monkeypatch.setattr(fit_module, "threadpool_limits", lambda **kw: limits.append(kw["limits"]) or original(**kw))
+    monkeypatch.setenv("MEDPROBE_THREADS", "1")
+    assert fit_module._parallel(None).n_jobs == 1
+    X, y = _blobs(n=200, classes=2)
+    fit_probe("logreg", X[:150], y[:150], X[150:], y[150:], task="binary", selection="cv")
+    assert limits and set(limits) == {1}
+    monkeypatch.delenv("MEDPROBE_THREADS")
+    assert fit_module._parallel(None).n_jobs == min(fit_module.CV_FOLDS * fit_module.CV_REPEATS, len(os.sched_getaffinity(0)))

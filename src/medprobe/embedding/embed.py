@@ -15,7 +15,7 @@ from medprobe.data.images import DECODING
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import Store, content_key
 from medprobe.encoders.base import StreamingEncoder
-from medprobe.encoders.runtimes import usable_cores
+from medprobe.core.cores import usable_cores
 
 log = logging.getLogger(__name__)
 

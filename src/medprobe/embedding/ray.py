@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from medprobe.core.cores import THREADS_VARIABLE
 from medprobe.core.errors import ClusterError, ImageError, MedprobeError
 from medprobe.core.locations import cache_root, job_artifacts
 from medprobe.data.scan import drop_unreadable
@@ -38,7 +39,6 @@ INSTALL_HINT = "--ray needs Ray Data, which is not installed: pip install 'medpr
 # Cores per actor at most: one ONNX Runtime session gains little beyond 8 intra-op threads on batches of 64,
 # while every further actor on a big node adds a full model's worth of throughput.
 MAX_CPUS_PER_ACTOR = 8
-THREADS_VARIABLE = "MEDPROBE_THREADS"  # read by encoders.runtimes.usable_cores: the cores an actor was given
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from medprobe.core.cores import usable_cores
 from medprobe.encoders import runtimes
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class OnnxRuntime(Backend):
 
         self.session = runtimes.ort_session(path)
         self.input = self.session.get_inputs()[0].name
-        self.description = f"onnxruntime {onnxruntime.__version__} {precision} (cpu, {runtimes.usable_cores()} threads)"
+        self.description = f"onnxruntime {onnxruntime.__version__} {precision} (cpu, {usable_cores()} threads)"
 
     def embed_batch(self, pixels):
         # Sub-batches keep ONNX Runtime's activation arena ~4x smaller (~0.4 GB less at 224 px) at the same speed.
@@ -110,7 +111,7 @@ class OpenVino(Backend):
         self.idle = deque(compiled.create_infer_request() for _ in range(requests))
         precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the CPU runs, not what was asked
         precision = f"int8 + {precision}" if int8 else precision
-        self.description = f"openvino {ov.__version__.split('-')[0]} {precision} (cpu, {runtimes.usable_cores()} threads, {streams} streams)"
+        self.description = f"openvino {ov.__version__.split('-')[0]} {precision} (cpu, {usable_cores()} threads, {streams} streams)"
 
     def embed_batch(self, pixels):
         return next(self.embed_batches([(None, pixels)]))[1]

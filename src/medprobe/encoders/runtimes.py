@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medprobe.core.caught import caught_warnings
+from medprobe.core.cores import usable_cores
 from medprobe.core.errors import EncoderError
 from medprobe.core.files import atomic_target
 
@@ -66,18 +67,6 @@ def check_installed(runtime):
 def resize_library(runtime):
     """Which library the transform of `runtime` resizes with ("pillow" unless the runtime says otherwise)."""
     return RESIZE_LIBRARY.get(runtime or "auto", "pillow")
-
-
-def usable_cores():
-    """CPU cores this process may run on (affinity-aware, so containers and `taskset` are respected).
-
-    $MEDPROBE_THREADS lowers it: a Ray actor sets it to the CPUs Ray gave it, so its runtime does not take the node's.
-    """
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS and Windows have no affinity call
-        cores = max(1, os.cpu_count() or 1)
-    return min(cores, int(os.environ.get("MEDPROBE_THREADS") or cores))
 
 
 def min_cosine(a, b):

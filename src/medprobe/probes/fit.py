@@ -14,7 +14,6 @@ the splits do: otherwise a fold is scored on images whose twins it trained on, a
 """
 
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +41,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from medprobe.core import defaults
+from medprobe.core.cores import usable_cores
 from medprobe.core.errors import ProbeError, UnknownNameError
 from medprobe.evaluation.metrics import binary_columns
 from medprobe.evaluation.study import decisions_fitted_on
@@ -76,7 +76,6 @@ DEFAULTS = {"logreg": 1.0, "svm": 1e-2, "knn": 10, "pca_logreg": 1.0, "lda": 0.1
 CV_FOLDS, CALIBRATION_FOLDS = 5, 3
 SELECTIONS = ("val", "cv")
 CV_REPEATS = 3  # 5 folds x 3 repeats: each grid point's AUC is a mean of 15, and its standard error is usable
-CV_THREADS = min(CV_FOLDS * CV_REPEATS, os.cpu_count() or 1)
 MAX_WIDENINGS = 3  # how often the cv grid may grow past an edge (by two steps each time)
 # The simpler (more regularised) end of each grid, for the one-standard-error rule.
 SIMPLER = {"logreg": min, "svm": min, "pca_logreg": min, "knn": max, "lda": max, "ridge": max}
@@ -432,7 +431,7 @@ def _one_standard_error(cv, name):
 def _parallel(backend):
     """The joblib Parallel the CV's fold x grid fits run on: threads here (None), or a joblib backend ("ray")."""
     if backend is None:
-        return Parallel(n_jobs=CV_THREADS, prefer="threads")
+        return Parallel(n_jobs=min(CV_FOLDS * CV_REPEATS, usable_cores()), prefer="threads")
     if backend == "ray":
         from ray.util.joblib import register_ray  # Ray is optional: imported only where asked for
 
@@ -455,8 +454,8 @@ def _subsample(y, task, groups, size, seed):
 
 def _fit_logreg(X, y, task, C, class_weight, seed, start_rows=None):
     """The logreg probe's pipeline fitted on all of X by the row-space solver (tests pin it to scikit-learn's own fit)."""
-    # All BLAS threads for one large fit; the CV's many small ones ran on one each
-    with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
+    # Every usable core's BLAS thread for one large fit; the CV's many small ones ran on one each
+    with threadpool_limits(limits=usable_cores(), user_api="blas"):
         mean, scale, var, coef, intercept, n_iter = rowspace.fit(X, y, C, class_weight, start_rows)
     probe = make_probe("logreg", task, class_weight, seed, C=C)
     scaler, clf = probe.named_steps["scale"], probe.named_steps["clf"]
@@ -472,7 +471,7 @@ def _logreg_out_of_fold(X, y, folds, estimator, class_weight):
     scaler, clf = estimator.named_steps["scale"], estimator.named_steps["clf"]
     start, stats = np.vstack([clf.coef_.T, clf.intercept_]), (scaler.mean_, scaler.scale_, scaler.var_)
     out = np.empty((len(X), len(clf.classes_)))
-    with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
+    with threadpool_limits(limits=usable_cores(), user_api="blas"):
         for train, held in folds:
             _, out[held] = rowspace.solve_in_place(X, y, train, held, stats, class_weight, clf.C, start, clf.classes_)
     return out
