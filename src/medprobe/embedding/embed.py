@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medprobe import __version__
+from medprobe.core.cores import usable_cores
 from medprobe.core.costs import cpu_seconds
 from medprobe.core.locations import cache_root, job_artifacts
 from medprobe.data.images import DECODING
 from medprobe.embedding.options import EmbedOptions
 from medprobe.embedding.store import Store, content_key
 from medprobe.encoders.base import StreamingEncoder
-from medprobe.core.cores import usable_cores
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from medprobe import __version__
+from medprobe.core.cores import usable_cores
 from medprobe.core.errors import ImageError, MedprobeError, ServeError
 from medprobe.core.locations import artifacts_root
 from medprobe.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_image
 from medprobe.encoders import create_encoder
-from medprobe.core.cores import usable_cores
 from medprobe.evaluation.operating_points import Rule, decide
 from medprobe.evaluation.study import NOT_RECORDED, decisions_fitted_on
 from medprobe.probes.index import TrainingIndex
