@@ -342,6 +342,8 @@ def cell(column, value):
     (lambda lines: [lines[0], lines[1].rsplit(",", 1)[0], *lines[2:]], "line 2: 3 field(s), the header has 4"),
     (lambda lines: [lines[0].replace("score_healthy", "score_normal"), *lines[1:]],
      "the header must be id,label,score_disease,score_healthy (the run's label names), got 'id,label,score_disease,score_normal'"),
+    (lambda lines: ["\x85" + lines[0].removeprefix("id"), *lines[1:]],  # a line break to Python's splitlines: quoted, one line
+     "the header must be id,label,score_disease,score_healthy (the run's label names), got '\\x85,label,score_disease,score_healthy'"),
 ])
 def test_a_hand_edited_predictions_file_is_refused_by_line_and_column(tmp_path, two_runs, medprobe, edit, where):
     edited = tmp_path / "edited"
