@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -222,8 +223,6 @@ def test_cv_selection_keeps_out_of_fold_scores_because_val_is_inside_the_fit():
 def test_the_folds_and_blas_use_the_cores_the_process_may_use(monkeypatch):
     """One cap for every pool: the CV's threads and the large fit's BLAS threads follow $MEDPROBE_THREADS and the CPU
     affinity (a container's cores), as the encoders' runtimes do; os.cpu_count() would take the whole machine."""
-    import os
-
     from medprobe.probes import fit as fit_module
 
     limits = []
