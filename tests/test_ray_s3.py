@@ -141,8 +141,9 @@ def _running(pid):
 
 
 def in_a_new_process(s3, *args):
-    """The CLI in a fresh process, as a user runs it (a driver that never held another Ray session), with the S3 variables."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **s3["env"]}
+    """The CLI in a fresh process, as a user runs it (a driver that never held another Ray session), with the S3 variables.
+    Usage statistics stay off, as for the whole suite (conftest): the driver's Ray Data would start an actor to send them."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, **s3["env"], "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.run([sys.executable, "-m", "medprobe.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=900)
 
 
