@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `benchmarks/fresh_clone.sh [REF]`: the README's `make test` on a fresh clone of commit REF (default HEAD; what is not
-# committed is not in the clone), timed in wall seconds and the machine's busy CPU seconds, between two runs of the machine's yardstick (benchmarks/auto_threshold.py on 32
-# and 256 images), so that a suite time can be read against how fast the machine was that hour (the suite has taken
-# 348-461 s on the 2-core machine).
+# committed is not in the clone), timed in wall seconds and in the machine's busy CPU seconds, between two runs of the
+# machine's yardstick (benchmarks/auto_threshold.py on 32 and 256 images), so that a suite time can be read against how
+# fast the machine was that hour (the suite has taken 348-461 s on the 2-core machine).
 #
 # The clone goes beside this repository (the tests read ../shared/data from there) and is removed afterwards. uv gets an
 # empty cache folder of its own, so the install is timed as a new user's would be; the user's own uv cache is untouched.
