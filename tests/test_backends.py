@@ -41,27 +41,51 @@ def test_the_default_embed_batches_takes_each_batch_in_turn():
 
 
 def test_a_guarded_backend_that_agrees_runs_and_records_its_cosine():
-    guarded = backends.Guarded(Scaled(scale=2.0), Scaled(), PIXELS[:8], "onnx")  # a scale keeps every cosine at 1
-    assert guarded.guard == {"images": 8, "min_cosine": 1.0} and guarded.description == "scaled x2.0 + 0.0"
+    guarded = backends.Guarded(Scaled(scale=2.0), Scaled(), "onnx")  # a scale keeps every cosine at 1
+    assert guarded.guard is None and guarded.description == "scaled x2.0 + 0.0"  # checked on the first batch, not before
     np.testing.assert_array_equal(guarded.embed_batch(PIXELS), Scaled(scale=2.0).embed_batch(PIXELS))
+    assert guarded.guard == {"images": 8, "min_cosine": 1.0}
+
+
+class Counted(Scaled):
+    """Scaled, counting the images it embeds."""
+
+    images = 0
+
+    def embed_batch(self, pixels):
+        self.images += len(pixels)
+        return super().embed_batch(pixels)
+
+
+def test_the_guard_checks_the_first_batchs_own_vectors_so_the_fast_backend_embeds_each_image_once():
+    fast, reference = Counted(scale=2.0), Counted()
+    guarded = backends.Guarded(fast, reference, "onnx")
+    out = list(guarded.embed_batches(zip("ab", (PIXELS[:6], PIXELS[6:]))))
+    assert fast.images == 10 and reference.images == 6  # the first batch's 6 images are the guard's (fewer than 8)
+    assert guarded.guard == {"images": 6, "min_cosine": 1.0} and [tag for tag, _ in out] == ["a", "b"]
+    np.testing.assert_array_equal(np.concatenate([v for _, v in out]), fast.embed_batch(PIXELS))
 
 
 @pytest.mark.parametrize("mode", ["onnx", "openvino", "auto"])
 def test_an_exact_runtime_that_disagrees_is_replaced_by_the_reference(mode, caplog):
     reference = Scaled()
+    guarded = backends.Guarded(Scaled(noise=5.0), reference, mode)
     with caplog.at_level(logging.WARNING):
-        guarded = backends.Guarded(Scaled(noise=5.0), reference, PIXELS[:8], mode)
+        out = list(guarded.embed_batches(zip("ab", (PIXELS[:8], PIXELS[8:]))))
     assert guarded.guard["min_cosine"] < runtimes.MIN_COSINE and "disagrees with PyTorch fp32" in caplog.text
     assert guarded.description == "torch eager fp32 (cpu; fast path failed the guard)"
+    # the first batch too: embedded again by the reference, so no vector of the fast path is kept
+    np.testing.assert_array_equal(np.concatenate([v for _, v in out]), reference.embed_batch(PIXELS))
     np.testing.assert_array_equal(guarded.embed_batch(PIXELS), reference.embed_batch(PIXELS))
-    out = list(guarded.embed_batches([("a", PIXELS)]))
-    np.testing.assert_array_equal(out[0][1], reference.embed_batch(PIXELS))
 
 
 @pytest.mark.parametrize("mode", runtimes.APPROXIMATE)
 def test_an_approximate_runtime_below_the_bar_warns_and_keeps_running(mode, caplog):
     fast = Scaled(noise=5.0)
+    guarded = backends.Guarded(fast, Scaled(), mode)
     with caplog.at_level(logging.WARNING):
-        guarded = backends.Guarded(fast, Scaled(), PIXELS[:8], mode)
+        first = guarded.embed_batch(PIXELS)
     assert f"{mode} embeddings differ from fp32" in caplog.text and guarded.description == fast.description
+    np.testing.assert_array_equal(first, fast.embed_batch(PIXELS))
     np.testing.assert_array_equal(guarded.embed_batch(PIXELS), fast.embed_batch(PIXELS))
+

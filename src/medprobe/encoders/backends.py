@@ -156,32 +156,47 @@ class OpenVino(Backend):
 
 
 class Guarded(Backend):
-    """The exactness guard around a fast backend: checked against fp32 eager on the first images it is given.
+    """The exactness guard around a fast backend: its first vectors are checked against fp32 eager on the same images.
 
-    Below runtimes.MIN_COSINE an approximate runtime (asked for by name) warns and keeps running; an exact one is
-    replaced by the reference, so a fast path that disagrees never reaches a store of fp32 embeddings.
+    The check takes the first batch's own vectors, the very ones the job keeps, so the fast backend never runs the
+    guard's images a second time. Below runtimes.MIN_COSINE an approximate runtime (asked for by name) warns and keeps
+    running; an exact one is replaced by the reference, which embeds that first batch again, so a fast path that
+    disagrees never reaches a store of fp32 embeddings.
     """
 
-    def __init__(self, backend, reference, pixels, mode):
-        cosine = runtimes.min_cosine(backend.embed_batch(pixels), reference.embed_batch(pixels))
-        self.guard = {"images": len(pixels), "min_cosine": round(cosine, 6)}
-        self.inner, self.description = backend, backend.description
-        if cosine >= runtimes.MIN_COSINE:
-            return
-        if mode in runtimes.APPROXIMATE:
-            log.warning("%s embeddings differ from fp32 (min cosine %.4f < %.3f on the first %d images); AUCs may shift slightly",
-                        mode, cosine, runtimes.MIN_COSINE, len(pixels))
-            return
-        log.warning("%s disagrees with PyTorch fp32 (min cosine %.4f < %.3f); embedding with PyTorch eager fp32 instead",
-                    backend.description, cosine, runtimes.MIN_COSINE)
-        self.inner = reference
-        self.description = f"torch eager fp32 ({reference.device}; fast path failed the guard)"
+    def __init__(self, backend, reference, mode):
+        self.inner, self.reference, self.mode = backend, reference, mode
+        self.description = backend.description
+        self.guard = None  # {"images", "min_cosine"} once the first batch is checked
 
     def embed_batch(self, pixels):
-        return self.inner.embed_batch(pixels)
+        vectors = self.inner.embed_batch(pixels)
+        return vectors if self.guard is not None else self._checked(pixels, vectors)
 
     def embed_batches(self, batches):
-        return self.inner.embed_batches(batches)
+        batches = iter(batches)
+        if self.guard is None:  # the first batch alone, checked before any other is started
+            first = next(batches, None)
+            if first is None:
+                return
+            yield first[0], self.embed_batch(first[1])
+        yield from self.inner.embed_batches(batches)
+
+    def _checked(self, pixels, vectors):
+        images = pixels[: runtimes.GUARD_IMAGES]
+        cosine = runtimes.min_cosine(vectors[: len(images)], self.reference.embed_batch(images))
+        self.guard = {"images": len(images), "min_cosine": round(cosine, 6)}
+        if cosine >= runtimes.MIN_COSINE:
+            return vectors
+        if self.mode in runtimes.APPROXIMATE:
+            log.warning("%s embeddings differ from fp32 (min cosine %.4f < %.3f on the first %d images); AUCs may shift slightly",
+                        self.mode, cosine, runtimes.MIN_COSINE, len(images))
+            return vectors
+        log.warning("%s disagrees with PyTorch fp32 (min cosine %.4f < %.3f); embedding with PyTorch eager fp32 instead",
+                    self.inner.description, cosine, runtimes.MIN_COSINE)
+        self.inner = self.reference
+        self.description = f"torch eager fp32 ({self.reference.device}; fast path failed the guard)"
+        return self.reference.embed_batch(pixels)
 
 
 class Graphs:

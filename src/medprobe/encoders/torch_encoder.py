@@ -197,7 +197,7 @@ class TorchEncoder:
         if first is None:
             return
         if self._backend is None:
-            self._start(np.ascontiguousarray(first[1], dtype=np.float32))  # picks the backend and runs the guard, once
+            self._start(np.ascontiguousarray(first[1], dtype=np.float32))  # picks the backend, once; its guard checks this batch
         yield from self._backend.embed_batches((tag, np.ascontiguousarray(pixels, dtype=np.float32)) for tag, pixels in itertools.chain([first], batches))
 
     def reference_batch(self, pixels):
@@ -225,7 +225,7 @@ class TorchEncoder:
     def _start(self, pixels):
         reference = backends.Eager(self.module, self.device)
         fast = self._fast_backend(pixels)
-        self._backend = reference if fast is None else backends.Guarded(fast, reference, pixels[: runtimes.GUARD_IMAGES], self.mode)
+        self._backend = reference if fast is None else backends.Guarded(fast, reference, self.mode)
 
     def _fast_backend(self, pixels):
         """The runtime's own backend, or None where PyTorch eager fp32 runs instead."""
