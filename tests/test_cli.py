@@ -37,6 +37,15 @@ def test_embed_then_run_reuses_the_cache(tmp_path, capsys):
     assert "cache hit" in capsys.readouterr().out
 
 
+def test_embed_draws_no_split_so_a_folder_too_small_to_split_still_embeds(tmp_path, capsys):
+    # One image per class: `run` cannot hold out a test split from it, but every row is embedded whatever its split.
+    folder = write_image_folder(tmp_path / "imgs", per_class=1)
+    assert main(["embed", "--dataset", str(folder), "--quiet", "--encoder", "efficientnet_lite0"]) == 0
+    assert capsys.readouterr().out.startswith("2 images -> 1280-d")
+    assert main(["run", "--dataset", str(folder), "--quiet", *QUICK]) == 2
+    assert "too few to hold out a test split" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -16,9 +16,9 @@ def cmd_embed(args):
     options = embed_options(args)
     check_spec(options.encoder)
     # On Ray the driver only lists the dataset: the workers read, hash, decode and embed each image (scan_for);
-    # locally the pre-scan reads them first. Either way every unreadable image is listed at once.
-    spec = data_spec(args)
-    data, scanned = spec.load(scan_for(spec, options))
+    # locally the pre-scan reads them first. Either way every unreadable image is listed at once. Every row is
+    # embedded whatever its split, so none is drawn: a folder too small to split embeds, and scikit-learn stays unloaded.
+    data, scanned = scan_for(data_spec(args), options)
     result = embed_spec(data, options).embeddings
     ray = scanned.on_ray  # the workers embedded while they read: their pass is the embedding
     seconds, computed = (scanned.seconds, ray["embedded_now"] > 0) if ray else (result.seconds, not result.from_cache)
