@@ -50,13 +50,18 @@ def bench(tmp_path_factory):
     out = root / "out"
     train_baseline(DataSpec(str(root / "tiny.npz")), TrainingConfig(epochs=1), out=out / "baselines" / "tiny", n_boot=50, progress=False)
     options = EmbedOptions(cache_dir=str(cache), progress=False)
-    manifest = run_bench(load_config(root / "grid.yaml"), out, options=options)
-    return {"root": root, "out": out, "cache": cache, "options": options, "manifest": manifest}
+    scanned, scan = [], DataSpec.scan
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DataSpec, "scan", lambda spec, *a, **k: scanned.append(spec.dataset) or scan(spec, *a, **k))
+        manifest = run_bench(load_config(root / "grid.yaml"), out, options=options)
+    return {"root": root, "out": out, "cache": cache, "options": options, "manifest": manifest, "scanned": scanned}
 
 
 def test_every_cell_is_a_run_folder_with_the_run_schema(bench):
     manifest = bench["manifest"]
     assert manifest["counts"] == {"ran": 4, "skipped": 0, "failed": 0}
+    # each dataset's images are decoded once for its two cells; the curves, which run after the cells, scan on their own
+    assert bench["scanned"][:2] == [str(bench["root"] / "tiny.npz"), str(bench["root"] / "folder")], bench["scanned"]
     for cell in manifest["cells"]:
         folder = bench["out"] / cell["path"]
         results = json.loads((folder / "results.json").read_text())

@@ -228,6 +228,18 @@ def data_spec(entry):
                     split_seed=entry.get("split_seed", 0))
 
 
+def _scan_once(scans, spec, options):
+    """`spec.scan()`, taken once for all the cells of its dataset (the scan comes before any split, so every seed's cells
+    share it); None on Ray, where each cell's workers read the images as they embed them with its encoder."""
+    if options.ray is not None:
+        return None
+    key = replace(spec, split_seed=0)
+    if key not in scans:
+        scans.clear()  # cells come dataset by dataset: only the current one's decoded images are kept
+        scans[key] = spec.scan()
+    return scans[key]
+
+
 def cell_done(folder, spec):
     """True when the folder holds results for exactly this spec."""
     try:
@@ -251,6 +263,7 @@ def run_bench(config, out, force=False, options=None, extra_baselines=(), report
     options = replace(options or EmbedOptions(), batch_size=config["batch_size"], runtime=config["runtime"] or "auto")
     started = time.perf_counter()
     statuses, counts = [], {"ran": 0, "skipped": 0, "failed": 0}
+    scans = {}  # the current dataset's scan (every image decoded once), shared by its cells as `run --seeds` shares one
     for dataset_name, folder, spec in cells(config):
         target = out / folder
         status = {"dataset": dataset_name, "path": str(folder), **{k: spec[k] for k in ("encoder", "probe", "seed")},
@@ -268,6 +281,7 @@ def run_bench(config, out, force=False, options=None, extra_baselines=(), report
                 ProbeSpec(spec["probe"], spec["class_weight"], seed=spec["seed"], selection=spec.get("selection", "val")),
                 EvalOptions(spec["n_boot"], spec["projection"]),
                 out=target,
+                scanned=_scan_once(scans, data_spec(spec), options),
             )
         except (MedprobeError, ValueError, RuntimeError) as e:  # one broken cell must not lose the rest of the sweep
             log.error("bench cell %s failed: %s", folder, e)
