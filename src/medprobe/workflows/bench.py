@@ -275,13 +275,14 @@ def run_bench(config, out, force=False, options=None, extra_baselines=(), report
         log.info("bench cell %s", folder)
         tick = time.perf_counter()
         try:
+            dataset = data_spec(spec)
             run(
-                data_spec(spec),
+                dataset,
                 replace(options, encoder=spec["encoder"]),
                 ProbeSpec(spec["probe"], spec["class_weight"], seed=spec["seed"], selection=spec.get("selection", "val")),
                 EvalOptions(spec["n_boot"], spec["projection"]),
                 out=target,
-                scanned=_scan_once(scans, data_spec(spec), options),
+                scanned=_scan_once(scans, dataset, options),
             )
         except (MedprobeError, ValueError, RuntimeError) as e:  # one broken cell must not lose the rest of the sweep
             log.error("bench cell %s failed: %s", folder, e)
