@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import QUICK
 from medprobe.cli import main
 
 
@@ -59,7 +60,7 @@ def binary_rows(retina_pngs, n, split="", skip=0):
 def test_every_row_twice_is_found_and_the_copies_leave_test(tmp_path, retina_pngs, medprobe):
     rows = binary_rows(retina_pngs, 60)
     manifest = write_manifest(tmp_path / "twice.csv", rows + rows)
-    done = medprobe("run", "--dataset", manifest, "--probe", "knn", "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
+    done = medprobe("run", "--dataset", manifest, "--probe", "knn", "--out", tmp_path / "o", "--quiet", "--n-boot", "100", *QUICK)
     assert done.returncode == 0, done.stderr
     assert "60 images occur more than once (120 rows)" in done.stderr and "dropped 60 rows" in done.stderr
     record = results(tmp_path / "o")["dataset"]
@@ -78,7 +79,7 @@ def test_the_same_image_under_two_labels_is_named_and_dropped(tmp_path, retina_p
     rows = binary_rows(retina_pngs, 40)
     contradiction = (rows[0][0], "healthy" if rows[0][1] == "disease" else "disease", "")
     manifest = write_manifest(tmp_path / "conflict.csv", rows + [contradiction])
-    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100")
+    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100", *QUICK)
     assert done.returncode == 0, done.stderr
     assert "with different labels" in done.stderr and rows[0][0].split("/")[-1] in done.stderr
     record = results(tmp_path / "o")["dataset"]["duplicates"]
@@ -177,7 +178,7 @@ def test_a_class_missing_from_test_is_named_and_auc_is_over_the_rest(tmp_path, r
     rows = [(str(p), f"grade{g}", "train") for g in (0, 1, 2) for p in grades[g][:8]]
     rows += [(str(p), f"grade{g}", "test") for g in (0, 1) for p in grades[g][8:14]]
     manifest = write_manifest(tmp_path / "absent.csv", rows)
-    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "200")
+    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "200", *QUICK)
     assert done.returncode == 0, done.stderr
     test = results(tmp_path / "o")["metrics"]["test"]
     assert test["auc_over"] == ["grade0", "grade1"] and "'grade2'" in test["notes"][0]
@@ -188,7 +189,7 @@ def test_a_val_split_that_cannot_score_is_not_called_a_val_selection(tmp_path, r
     rows = binary_rows(retina_pngs, 30, "train") + binary_rows(retina_pngs, 12, "test", skip=30)
     rows += [(str(p), "disease", "val") for p, g in retina_pngs if 0 < g < 4][30:33]  # val: one class only
     manifest = write_manifest(tmp_path / "val1.csv", rows)
-    assert run_main("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100") == 0
+    assert run_main("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", "--n-boot", "100", "--encoder", "efficientnet_lite0") == 0
     criterion = results(tmp_path / "o")["probe"]["selection"]["criterion"]
     assert criterion != "val AUC" and "CV AUC on train" in criterion
 
@@ -198,7 +199,7 @@ def test_few_test_images_per_class_flag_the_result_and_a_thin_bootstrap_says_so(
     rows = [(str(p), f"g{g}", "train") for g in range(4) for p in grades[g][:5]]
     rows += [(str(p), f"g{g}", "test") for g in range(4) for p in grades[g][5:7]]
     manifest = write_manifest(tmp_path / "thin.csv", rows)
-    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet")
+    done = medprobe("run", "--dataset", manifest, "--out", tmp_path / "o", "--quiet", *QUICK)
     assert done.returncode == 0, done.stderr
     test = results(tmp_path / "o")["metrics"]["test"]
     valid = test["bootstrap"]["valid_auc_resamples"]
@@ -222,7 +223,7 @@ def test_made_splits_record_the_images_actually_used(tmp_path, retina_pngs):
     broken = sorted(folder.glob("*/*.png"))[:3]
     for path in broken:
         path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    assert run_main("run", "--dataset", folder, "--on-error", "skip", "--out", tmp_path / "o", "--quiet", "--n-boot", "100") == 0
+    assert run_main("run", "--dataset", folder, "--on-error", "skip", "--out", tmp_path / "o", "--quiet", "--n-boot", "100", *QUICK) == 0
     record = results(tmp_path / "o")["dataset"]
     assert sum(record["n"].values()) == 37 and len(results(tmp_path / "o")["images"]["skipped"]) == 3
     assert record["made_splits"]["test"]["images"] == record["n"]["test"]
@@ -257,7 +258,7 @@ def test_a_re_encoded_copy_of_a_train_image_in_test_is_reported_as_a_near_duplic
                 shutil.copy(path, folder / split / cls / path.name)
     original = sorted((folder / "train" / "mel").glob("*.jpg"))[0]
     Image.open(original).save(folder / "test" / "mel" / "resaved.jpg", quality=85)  # other bytes, the same picture
-    done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50")
+    done = medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", *QUICK)
     assert done.returncode == 0, done.stderr
     close = results(tmp_path / "o")["near_duplicates"]
     # the floor, or what this encoder makes typical of near train pairs when that is closer (train_nn_p99)
