@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_image_folder
+from conftest import QUICK, write_image_folder
 from medprobe.data.datasets import DataSpec, load_dataset
 from medprobe.embedding.embed import describe_job, embed
 from medprobe.embedding.options import EmbedOptions
@@ -38,14 +38,14 @@ def ham_folder(shared_data, tmp_path_factory):
 
 def test_a_reordered_resplit_manifest_of_the_same_images_embeds_nothing(tmp_path, ham_folder, medprobe):
     root, metadata = ham_folder
-    first = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--out", tmp_path / "given", "--quiet", "--n-boot", "50")
+    first = medprobe("run", "--dataset", root, "--metadata", metadata, "--group", "lesion_id", "--out", tmp_path / "given", "--quiet", "--n-boot", "50", *QUICK)
     assert first.returncode == 0, first.stderr
     manifest = tmp_path / "shuffled.csv"
     rows = [(str(p), p.parent.name) for p in sorted(root.glob("*/*/*.jpg"))][::-1]  # another order, no splits
     with open(manifest, "w", newline="") as f:
         csv.writer(f).writerows([("path", "label"), *rows])
     second = medprobe("run", "--dataset", manifest, "--metadata", metadata, "--group", "lesion_id", "--resplit", "--out", tmp_path / "grouped",
-                      "--quiet", "--n-boot", "50")
+                      "--quiet", "--n-boot", "50", *QUICK)
     assert second.returncode == 0, second.stderr
     timings = results(tmp_path / "grouped")["timings"]
     assert timings["embedded_now"] == 0 and timings["embedded_from_store"] == 40 and "cache hit" in second.stdout
@@ -54,10 +54,10 @@ def test_a_reordered_resplit_manifest_of_the_same_images_embeds_nothing(tmp_path
 
 def test_a_grown_folder_embeds_only_the_new_images(tmp_path, medprobe):
     folder = write_image_folder(tmp_path / "imgs", per_class=25)
-    assert medprobe("embed", "--dataset", folder, "--quiet").returncode == 0
+    assert medprobe("embed", "--dataset", folder, "--quiet", "--encoder", "efficientnet_lite0").returncode == 0
     write_image_folder(tmp_path / "extra", per_class=1, seed=7)
     shutil.copy(tmp_path / "extra" / "a" / "a_0.png", folder / "a" / "new.png")
-    assert medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50").returncode == 0
+    assert medprobe("run", "--dataset", folder, "--out", tmp_path / "o", "--quiet", "--n-boot", "50", *QUICK).returncode == 0
     timings = results(tmp_path / "o")["timings"]
     assert timings["embedded_now"] == 1 and timings["embedded_from_store"] == 50
     assert timings["embed_cost_source"] == "this run and the store"
@@ -67,9 +67,9 @@ def test_fixing_one_skipped_file_embeds_exactly_that_file(tmp_path, medprobe):
     folder = write_image_folder(tmp_path / "imgs", per_class=10)
     good = (folder / "a" / "a_3.png").read_bytes()
     (folder / "a" / "a_3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    assert medprobe("run", "--dataset", folder, "--on-error", "skip", "--out", tmp_path / "o1", "--quiet", "--n-boot", "50").returncode == 0
+    assert medprobe("run", "--dataset", folder, "--on-error", "skip", "--out", tmp_path / "o1", "--quiet", "--n-boot", "50", *QUICK).returncode == 0
     (folder / "a" / "a_3.png").write_bytes(good)
-    assert medprobe("run", "--dataset", folder, "--out", tmp_path / "o2", "--quiet", "--n-boot", "50").returncode == 0
+    assert medprobe("run", "--dataset", folder, "--out", tmp_path / "o2", "--quiet", "--n-boot", "50", *QUICK).returncode == 0
     timings = results(tmp_path / "o2")["timings"]
     assert timings["embedded_now"] == 1 and timings["embedded_from_store"] == 19
 
