@@ -16,6 +16,10 @@ from pathlib import Path
 # 3.3-3.5 CPU-s at one thread and 3.8-4.0 at two, idle; the second thread only pays off where a core is free.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MEDPROBE_THREADS", "1")
+# A Ray actor of the local cluster owns 2 CPUs (all of them), so its PyTorch runs 2 OpenMP threads while this worker's
+# twin holds a core: a thread waiting for the other at a barrier spun there, 10-22 % of each encoder actor's CPU (perf).
+# Passive waiting sleeps instead; it changes no result, only where a waiting thread spends its time.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Ray's usage statistics off, as for test_ray_s3's cluster: Ray Data otherwise starts an actor per cluster to collect them
 # (2 CPU-s), read from this process's environment when a job runs.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

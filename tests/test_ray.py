@@ -54,7 +54,7 @@ def ham48(ham):
     return small
 
 
-def test_shard_embedder_call_on_a_plain_batch_dict(ham, tmp_path):
+def test_shard_embedder_call_on_a_plain_batch_dict(ham, tmp_path, monkeypatch):
     """The worker without Ray: it reads and hashes each file, embeds what the store lacks, appends it, and skips it next time."""
     data = load_dataset(ham)
     encoder, transform = create_encoder(ENCODER)
@@ -71,6 +71,16 @@ def test_shard_embedder_call_on_a_plain_batch_dict(ham, tmp_path):
     again = ShardEmbedder(**worker)({"index": np.arange(4)})  # a new actor sees the file the first one appended
     np.testing.assert_array_equal(again["computed_0"], [False, False, False, True])
     assert len(store_vectors(tmp_path)) == 4
+
+    # An actor whose rows are all stored never sizes PyTorch (its only reason to import it) nor builds a model.
+    import torch
+
+    sized = []
+    monkeypatch.setattr(torch, "set_num_threads", sized.append)
+    stored = ShardEmbedder(**worker)
+    assert not stored({"index": np.arange(4)})["computed_0"].any()
+    assert sized == [] and stored.models[0][0]._module is None
+    assert ShardEmbedder(**worker)({"index": np.arange(5)})["computed_0"].tolist() == [False] * 4 + [True] and sized == [1]
 
 
 def test_job_blocks_hold_the_local_paths_batches():

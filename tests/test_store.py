@@ -184,6 +184,18 @@ def test_cache_verify_exits_cleanly_every_time(tmp_path):
         assert "0 damaged file(s)" in done.stdout
 
 
+def test_a_ray_worker_reading_the_store_exits_cleanly_every_time(tmp_path):
+    # The same abort in a Ray worker's look-up of what a store holds (`_held_digests`, which read with pyarrow's pool): 3
+    # of 12 processes that only looked up a store aborted at exit, once the worker stopped importing PyTorch up front.
+    filled_store(tmp_path / "cache", n_files=6, rows=64)
+    code = ("import sys; from medprobe.embedding.ray import _held_digests; from medprobe.embedding.store import Store; "
+            "held, names = _held_digests(Store(sys.argv[1], 'efficientnet_lite0', {'encoder': {'name': 'efficientnet_lite0'}, "
+            "'runtime': {'precision': 'fp32'}})); print(len(held), len(names))")
+    for _ in range(6):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stderr == "" and done.stdout.split() == ["384", "6"], (done.returncode, done.stderr[-500:])
+
+
 @pytest.fixture
 def ham_twelve(shared_data, tmp_path):
     """Twelve real HAM10000 images in class folders (six each: enough for the splits drawn), embedded once."""

@@ -262,9 +262,7 @@ class ShardEmbedder:
 
     def __init__(self, images, parts, root, writable, held, use_cache=True, n_images=None, threads=1):
         os.environ[THREADS_VARIABLE] = str(threads)  # before any runtime session is made: it sizes its pool from this
-        import torch
-
-        torch.set_num_threads(threads)
+        self.torch_sized = False  # PyTorch is imported and sized to these CPUs when the actor first embeds (_embedding)
         self.images, self.parts, self.writable, self.use_cache, self.threads = images, parts, writable, use_cache, threads
         self.held = [set(digests) for digests, _ in held]  # what each part's store holds, as far as this actor knows
         self.files = [set(names) for _, names in held]
@@ -310,6 +308,7 @@ class ShardEmbedder:
                 at = [i for i in at if not errors[i]]
                 images = [image for image in decoded if not isinstance(image, ImageError)]
                 for p in group if at else ():
+                    self._embedding()
                     model, transform = self.models[p]
                     pixels = np.stack(list(self.pool.map(transform, images)))
                     vectors[p][at] = model.embed_batch(pixels)
@@ -329,6 +328,16 @@ class ShardEmbedder:
         out["wall_s"] = np.full(len(rows), wall)
         out["error"] = np.asarray(errors, dtype=object)
         return out
+
+
+    def _embedding(self):
+        """PyTorch sized to this actor's CPUs before its first embedding, and imported only then: an actor whose rows
+        are all in the stores (a rerun over a filled store) never loads it (about 2 CPU-s and its memory per actor)."""
+        if not self.torch_sized:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self.torch_sized = True
 
 
 def _returned(function, *args):
@@ -361,8 +370,10 @@ def _held_digests(store, skip=()):
             continue
         names.add(path.name)
         try:
-            with path.open("rb") as file:  # a local file or an object (s3://): only its footer and digest column are read
-                held.update(pq.read_table(file, columns=["image_sha256"], page_checksum_verification=True).column(0).to_pylist())
+            # A local file or an object (s3://): only its footer and digest column are read. One thread, as the store
+            # reads: pyarrow's pool torn down at exit aborts the process ("terminate called without an active exception").
+            with path.open("rb") as file:
+                held.update(pq.read_table(file, columns=["image_sha256"], page_checksum_verification=True, use_threads=False).column(0).to_pylist())
         except Exception:  # noqa: BLE001 -- torn or foreign: pyarrow raises many types
             continue
     return frozenset(held), frozenset(names)
