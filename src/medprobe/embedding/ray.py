@@ -329,7 +329,6 @@ class ShardEmbedder:
         out["error"] = np.asarray(errors, dtype=object)
         return out
 
-
     def _embedding(self):
         """PyTorch sized to this actor's CPUs before its first embedding, and imported only then: an actor whose rows
         are all in the stores (a rerun over a filled store) never loads it (about 2 CPU-s and its memory per actor)."""
