@@ -262,7 +262,7 @@ class ShardEmbedder:
 
     def __init__(self, images, parts, root, writable, held, use_cache=True, n_images=None, threads=1):
         os.environ[THREADS_VARIABLE] = str(threads)  # before any runtime session is made: it sizes its pool from this
-        self.torch_sized = False  # PyTorch is imported and sized to these CPUs when the actor first embeds (_embedding)
+        self.torch_sized = False  # PyTorch is imported and sized to these CPUs when the actor first embeds (_load_torch)
         self.images, self.parts, self.writable, self.use_cache, self.threads = images, parts, writable, use_cache, threads
         self.held = [set(digests) for digests, _ in held]  # what each part's store holds, as far as this actor knows
         self.files = [set(names) for _, names in held]
@@ -308,7 +308,7 @@ class ShardEmbedder:
                 at = [i for i in at if not errors[i]]
                 images = [image for image in decoded if not isinstance(image, ImageError)]
                 for p in group if at else ():
-                    self._embedding()
+                    self._load_torch()
                     model, transform = self.models[p]
                     pixels = np.stack(list(self.pool.map(transform, images)))
                     vectors[p][at] = model.embed_batch(pixels)
@@ -329,7 +329,7 @@ class ShardEmbedder:
         out["error"] = np.asarray(errors, dtype=object)
         return out
 
-    def _embedding(self):
+    def _load_torch(self):
         """PyTorch sized to this actor's CPUs before its first embedding, and imported only then: an actor whose rows
         are all in the stores (a rerun over a filled store) never loads it (about 2 CPU-s and its memory per actor)."""
         if not self.torch_sized:

@@ -181,7 +181,8 @@ def fit_probe(name, X_train, y_train, X_val=None, y_val=None, task="multi-class"
 
     Selection "cv" fits logreg in each fold's row space, warm-started along C (`medprobe.probes.rowspace`); above
     SELECT_ROWS rows it selects on a subsample and fits once on all rows. `parallel`: None runs the fold x grid fits
-    on threads here; a joblib backend name ("ray") runs them as that backend's tasks, with the same result.
+    on threads here; "ray" runs them as tasks on the running Ray cluster, another joblib backend name through joblib,
+    with the same result.
     `fast=False` computes the same protocol the plain way (a new scikit-learn pipeline per fold and value): the
     reference benchmarks/probe_scale.py and the tests compare against.
 
@@ -449,16 +450,14 @@ class _RayTasks:
     def __enter__(self):
         import ray  # Ray is optional: imported only where asked for
 
-        self.call = ray.remote(_call_delayed)
+        self.ray, self.call = ray, ray.remote(_call_delayed)
         return self
 
     def __exit__(self, *exc):
         return False
 
     def __call__(self, calls):
-        import ray
-
-        return ray.get([self.call.remote(function, args, kwargs) for function, args, kwargs in calls])
+        return self.ray.get([self.call.remote(function, args, kwargs) for function, args, kwargs in calls])
 
 
 def _call_delayed(function, args, kwargs):
