@@ -268,7 +268,8 @@ def test_run_on_ray_reads_no_image_here_skips_or_lists_an_unreadable_one_and_emb
     encoder is a fusion: the workers embed both parts in the one pass, each into its own store, as the local run does."""
     manifest = _manifest_with_a_broken_jpeg(tmp_path, ham48)
     fusion = f"{ENCODER}+{ENCODER}@max"
-    common = ["--dataset", manifest, "--encoder", fusion, "--selection", "val", "--n-boot", "200", "--quiet"]
+    # CV selection: on Ray its fold x grid fits are Ray tasks, and the result must equal the threads' here
+    common = ["--dataset", manifest, "--encoder", fusion, "--selection", "cv", "--n-boot", "200", "--quiet"]
     local = medprobe("run", *common, "--on-error", "skip", "--cache-dir", tmp_path / "local", "--out", tmp_path / "here")
     assert local.returncode == 0, local.stderr
 
@@ -292,6 +293,7 @@ def test_run_on_ray_reads_no_image_here_skips_or_lists_an_unreadable_one_and_emb
     assert done.returncode == 0, done.stderr
     here, there = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("here", "there"))
     assert there["metrics"] == here["metrics"] and there["probe"]["params"] == here["probe"]["params"]
+    assert there["probe"]["selection"]["solver"].endswith(", ray tasks") and not here["probe"]["selection"]["solver"].endswith("tasks")
     assert (tmp_path / "there" / "predictions.csv").read_bytes() == (tmp_path / "here" / "predictions.csv").read_bytes()
     assert there["images"]["skipped"] == here["images"]["skipped"]
     assert there["images"]["on_ray"]["actors"] == 1 and here["images"]["on_ray"] is None
